@@ -1,0 +1,47 @@
+# Two commands for users: `make run` and `make test`. Everything else is set up on demand, idempotently.
+PYTHON_BIN ?= python3.11
+VENV       := .venv
+PY         := $(VENV)/bin/python
+PIP        := $(VENV)/bin/pip
+PY_STAMP   := $(VENV)/.deps-installed
+SYS_STAMP  := $(VENV)/.system-deps-installed
+# Debian packages: chromium for the browser tests, Mesa EGL/GL for headless VTK.
+APT_PACKAGES := chromium fonts-dejavu-core libegl1 libegl-mesa0 libgl1-mesa-dri libglu1-mesa libxrender1
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: run test soak bench venv system-deps clean
+
+venv: $(PY_STAMP)
+
+$(PY_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
+	$(PIP) install --disable-pip-version-check -q --upgrade pip setuptools wheel
+	$(PIP) install --disable-pip-version-check -q -e '.[test]'
+	@touch $@
+
+system-deps: $(SYS_STAMP)
+
+$(SYS_STAMP): Makefile | $(PY_STAMP)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+run: $(PY_STAMP)
+	$(PY) optim.py
+
+test: $(PY_STAMP) $(SYS_STAMP)
+	$(PY) -m pytest
+
+soak: $(PY_STAMP) $(SYS_STAMP)
+	$(PY) -m pytest -m soak
+
+bench: $(PY_STAMP)
+	$(PY) bench/startup.py
+	$(PY) bench/cad.py
+	$(PY) bench/vlm_load.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts

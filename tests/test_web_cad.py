@@ -1,0 +1,264 @@
+"""The CAD and design-session HTTP API, through Flask's test client on a real app (real CadQuery builds)."""
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from web import create_app
+from web.config import Config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_app(data_dir: Path, **overrides):
+    config = Config(data_dir=data_dir, cad_warmup=False, testing=True, **overrides)
+    app = create_app(config)
+    app.testing = True
+    return app
+
+
+@pytest.fixture()
+def client(tmp_path):
+    app = make_app(tmp_path / "data")
+    with app.test_client() as c:
+        yield c
+    app.extensions["optim"].shutdown()
+
+
+def params(client):
+    r = client.get("/api/params")
+    assert r.status_code == 200
+    return r.get_json()
+
+
+def first_float_param(state):
+    return next(p for p in state["schema"] if p["type"] == "float" and p["max"] > p["default"])
+
+
+def test_import_and_first_request_load_no_heavy_modules():
+    code = (
+        "import sys, tempfile; from pathlib import Path\n"
+        "import optim\n"
+        "from web import create_app; from web.config import Config\n"
+        "app = create_app(Config(data_dir=Path(tempfile.mkdtemp())))\n"
+        "c = app.test_client(); assert c.get('/healthz').status_code == 200\n"
+        "assert c.get('/api/params').status_code == 200\n"
+        "assert c.get('/api/vlm/status').status_code == 200\n"
+        "heavy = {'torch', 'transformers', 'peft', 'cadquery', 'OCP', 'accelerate'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_schema_and_values(client):
+    state = params(client)
+    assert state["model"] == "rover" and state["version"] == 0
+    names = {p["name"] for p in state["schema"]}
+    assert len(names) >= 15
+    for p in state["schema"]:
+        assert set(p) == {"name", "label", "unit", "type", "min", "max", "step", "default", "group", "description"}
+        assert state["values"][p["name"]] == p["default"]
+    assert state["can_undo"] is False and state["can_redo"] is False
+
+
+def test_patch_undo_redo_reset_history(client):
+    state = params(client)
+    p = first_float_param(state)
+    new = min(p["max"], p["default"] + 5 * (p["step"] or 1))
+    r = client.patch("/api/params", json={"version": 0, "values": {p["name"]: new}})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["version"] == 1 and body["values"][p["name"]] == new and body["can_undo"]
+    assert body["entry"]["changes"] == {p["name"]: {"from": p["default"], "to": new}}
+    assert body["entry"]["source"] == {"kind": "user"}
+
+    hist = client.get("/api/history").get_json()
+    assert hist["position"] == 0 and len(hist["entries"]) == 1
+
+    r = client.post("/api/undo", json={"version": 1})
+    assert r.status_code == 200 and r.get_json()["values"][p["name"]] == p["default"]
+    r = client.post("/api/redo", json={"version": 2})
+    assert r.status_code == 200 and r.get_json()["values"][p["name"]] == new
+    r = client.post("/api/reset", json={"version": 3})
+    assert r.status_code == 200
+    assert r.get_json()["values"] == {q["name"]: q["default"] for q in state["schema"]}
+    assert r.get_json()["entry"]["source"]["kind"] == "reset"
+    # reset is undoable
+    r = client.post("/api/undo", json={})
+    assert r.get_json()["values"][p["name"]] == new
+
+
+def test_nothing_to_undo_or_redo(client):
+    r = client.post("/api/undo")
+    assert r.status_code == 409 and r.get_json()["error"] == "nothing_to_undo"
+    r = client.post("/api/redo")
+    assert r.status_code == 409 and r.get_json()["error"] == "nothing_to_redo"
+
+
+def test_stale_version_is_refused_and_changes_nothing(client):
+    state = params(client)
+    p = first_float_param(state)
+    assert client.patch("/api/params", json={"version": 0, "values": {p["name"]: p["default"] + (p["step"] or 1)}}).status_code == 200
+    r = client.patch("/api/params", json={"version": 0, "values": {p["name"]: p["max"]}})
+    assert r.status_code == 409
+    body = r.get_json()
+    assert body["error"] == "version_conflict" and body["current_version"] == 1 and "reload" in body["message"]
+    assert params(client)["values"][p["name"]] == p["default"] + (p["step"] or 1)
+
+
+def test_concurrent_edits_with_same_version_one_wins(tmp_path):
+    app = make_app(tmp_path / "data")
+    state = app.test_client().get("/api/params").get_json()
+    p = first_float_param(state)
+    results = []
+
+    def edit(i):
+        with app.test_client() as c:
+            value = p["default"] + (i + 1) * (p["step"] or 1)
+            results.append(c.patch("/api/params", json={"version": 0, "values": {p["name"]: value}}).status_code)
+
+    threads = [threading.Thread(target=edit, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(results) == [200] + [409] * 7
+    assert len(app.test_client().get("/api/history").get_json()["entries"]) == 1
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"no_such_parameter": 1}, "no_such_parameter"),
+    ({"__NAME__": "wide"}, "__NAME__"),
+    ({"__NAME__": True}, "__NAME__"),
+    ({"__NAME__": 1e9}, "between"),
+    ({"__NAME__": -1e9}, "between"),
+])
+def test_invalid_values_get_422_naming_the_parameter(client, values, fragment):
+    state = params(client)
+    p = first_float_param(state)
+    values = {k.replace("__NAME__", p["name"]): v for k, v in values.items()}
+    fragment = fragment.replace("__NAME__", p["name"])
+    r = client.patch("/api/params", json={"version": 0, "values": values})
+    assert r.status_code == 422
+    body = r.get_json()
+    assert body["error"] == "invalid_parameter" and fragment in body["message"]
+    assert params(client)["version"] == 0
+
+
+def test_nan_and_infinity_are_rejected(client):
+    p = first_float_param(params(client))
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        r = client.patch("/api/params", data=f'{{"values": {{"{p["name"]}": {literal}}}}}',
+                         content_type="application/json")
+        assert r.status_code == 422, literal
+        assert r.get_json()["parameter"] == p["name"]
+    assert params(client)["version"] == 0
+
+
+@pytest.mark.parametrize("data", ["{", "[1, 2]", '"text"', "", '{"values": []}', '{"values": {}, "version": "3"}'])
+def test_malformed_bodies_get_400(client, data):
+    r = client.patch("/api/params", data=data, content_type="application/json")
+    assert r.status_code == 400
+    body = r.get_json()
+    assert body["error"] and body["message"]
+    assert "Traceback" not in r.get_data(as_text=True)
+
+
+def test_unknown_routes_and_methods_are_json(client):
+    r = client.get("/api/nope")
+    assert r.status_code == 404 and r.get_json()["error"] == "not_found"
+    r = client.delete("/api/params")
+    assert r.status_code == 405 and r.get_json()["error"]
+    r = client.get("/api/params?model=../../etc/passwd")
+    assert r.status_code == 404 and r.get_json()["error"] == "unknown_model"
+
+
+def test_oversized_body_gets_413(tmp_path):
+    app = make_app(tmp_path / "data", max_upload_mb=0.01)
+    r = app.test_client().patch("/api/params", data=b"{" + b" " * 20000 + b"}", content_type="application/json")
+    assert r.status_code == 413 and r.get_json()["error"] == "too_large"
+
+
+def test_session_survives_restart(tmp_path):
+    data = tmp_path / "data"
+    app = make_app(data)
+    c = app.test_client()
+    p = first_float_param(c.get("/api/params").get_json())
+    value = p["default"] + (p["step"] or 1)
+    c.patch("/api/params", json={"values": {p["name"]: value}})
+    app2 = make_app(data)
+    state = app2.test_client().get("/api/params").get_json()
+    assert state["values"][p["name"]] == value and state["version"] == 1 and state["can_undo"]
+    assert app2.test_client().post("/api/undo").get_json()["values"][p["name"]] == p["default"]
+
+
+def test_failed_save_keeps_file_and_state(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    app = make_app(data)
+    c = app.test_client()
+    p = first_float_param(c.get("/api/params").get_json())
+    c.patch("/api/params", json={"values": {p["name"]: p["default"] + (p["step"] or 1)}})
+    session_file = data / "sessions" / "rover.json"
+    before = session_file.read_bytes()
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    r = c.patch("/api/params", json={"values": {p["name"]: p["max"]}})
+    assert r.status_code == 503 and r.get_json()["error"] == "session_not_saved"
+    monkeypatch.undo()
+    assert session_file.read_bytes() == before
+    assert c.get("/api/params").get_json()["version"] == 1
+    assert not [f for f in session_file.parent.iterdir() if f.name.endswith(".tmp")]
+
+
+def test_exports(client):
+    glb = client.get("/api/model.glb")
+    assert glb.status_code == 200 and glb.data[:4] == b"glTF" and glb.mimetype == "model/gltf-binary"
+    json_len = int.from_bytes(glb.data[12:16], "little")
+    gltf = json.loads(glb.data[20:20 + json_len])
+    node_names = {n.get("name") for n in gltf["nodes"]}
+    assert {"chassis", "sensor_fork"} <= node_names
+    stl = client.get("/api/model.stl?download=1")
+    assert stl.status_code == 200 and len(stl.data) > 1000
+    assert "attachment" in stl.headers["Content-Disposition"]
+    step = client.get("/api/model.step")
+    assert step.status_code == 200 and b"ISO-10303-21" in step.data[:200]
+    assert client.get("/api/model.obj").status_code == 404
+
+
+def test_export_follows_edits_and_etag(client):
+    first = client.get("/api/model.stl")
+    again = client.get("/api/model.stl", headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304
+    p = first_float_param(params(client))
+    client.patch("/api/params", json={"values": {p["name"]: p["max"]}})
+    changed = client.get("/api/model.stl", headers={"If-None-Match": first.headers["ETag"]})
+    assert changed.status_code == 200 and changed.data != first.data
+
+
+def test_render_png(client):
+    r = client.get("/api/render.png?view=top&size=128")
+    assert r.status_code == 200 and r.mimetype == "image/png"
+    img = Image.open(io.BytesIO(r.data))
+    assert img.size == (128, 128)
+    for bad in ("view=diagonal", "size=10", "size=99999", "size=abc"):
+        r = client.get(f"/api/render.png?{bad}")
+        assert r.status_code == 400, bad
+        assert r.get_json()["message"]
+
+
+def test_models_list(client):
+    body = client.get("/api/models").get_json()
+    assert body["default"] == "rover"
+    assert any(m["name"] == "rover" and m["title"] for m in body["models"])

@@ -1,0 +1,37 @@
+"""The web layer: Flask app factory and blueprints (shape of Flask's tutorial app).
+
+Routes parse and validate, call `cad` / `vlm`, and serialise. Nothing heavy is imported here:
+the app answers its first request before cadquery, torch or any model is loaded.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from .config import REPO_ROOT, Config
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Config | None = None) -> Flask:
+    config = config or Config.from_env()
+    config.validate()
+    app = Flask(__name__, root_path=str(REPO_ROOT), template_folder="templates", static_folder="static")
+    app.config["OPTIM"] = config
+    app.config["MAX_CONTENT_LENGTH"] = int(config.max_upload_mb * 1024 * 1024)
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False
+
+    from .errors import register_error_handlers
+    from .services import Services
+
+    app.extensions["optim"] = Services(config)
+    register_error_handlers(app)
+
+    from . import cad_api, pages, vlm_api
+
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(cad_api.bp)
+    app.register_blueprint(vlm_api.bp)
+    return app

@@ -1,0 +1,122 @@
+"""CAD and design-session endpoints: schema and values, edits, undo/redo/reset, history, exports, renders."""
+from __future__ import annotations
+
+import hashlib
+
+from flask import Blueprint, Response, jsonify, request
+
+from .parse import choice_arg, expected_version, int_arg, json_body, model_name
+from .services import services
+from .errors import ApiError
+
+bp = Blueprint("cad_api", __name__, url_prefix="/api")
+
+EXPORT_TYPES = {"glb": "model/gltf-binary", "stl": "model/stl", "step": "model/step"}
+VIEWS = ("front", "side", "top", "iso")
+
+
+def state_json(name: str, **extra) -> dict:
+    svc = services()
+    model = svc.registry.get(name)
+    snap = svc.sessions.get(name).snapshot()
+    return {"model": model.name, "title": model.title, "version": snap["version"], "schema": model.schema.to_json(),
+            "values": snap["values"], "can_undo": snap["can_undo"], "can_redo": snap["can_redo"], **extra}
+
+
+@bp.get("/models")
+def list_models():
+    reg = services().registry
+    return jsonify({"models": reg.list(), "default": reg.default_name})
+
+
+@bp.get("/params")
+def get_params():
+    return jsonify(state_json(model_name()))
+
+
+@bp.patch("/params")
+def patch_params():
+    body = json_body()
+    name = model_name(body)
+    values = body.get("values")
+    if not isinstance(values, dict) or not values:
+        raise ApiError(400, "missing_values", 'send {"values": {"parameter": value, ...}, "version": N}')
+    entry = services().sessions.get(name).apply(values, source={"kind": "user"}, expected_version=expected_version(body))
+    return jsonify(state_json(name, entry=entry_json(name, entry)))
+
+
+def entry_json(name: str, entry) -> dict | None:
+    if entry is None:
+        return None
+    hist = services().sessions.get(name).history()
+    return next((e for e in hist["entries"] if e["id"] == entry.id), None)
+
+
+def _history_step(action: str):
+    body = json_body(required=False)
+    name = model_name(body)
+    session = services().sessions.get(name)
+    getattr(session, action)(expected_version(body))
+    return jsonify(state_json(name))
+
+
+@bp.post("/undo")
+def undo():
+    return _history_step("undo")
+
+
+@bp.post("/redo")
+def redo():
+    return _history_step("redo")
+
+
+@bp.post("/reset")
+def reset():
+    body = json_body(required=False)
+    name = model_name(body)
+    entry = services().sessions.get(name).reset(expected_version(body))
+    return jsonify(state_json(name, entry=entry_json(name, entry)))
+
+
+@bp.get("/history")
+def history():
+    return jsonify(services().sessions.get(model_name()).history())
+
+
+def _current(name: str):
+    svc = services()
+    return svc.registry.get(name), svc.sessions.get(name).snapshot()
+
+
+def _file_response(data: bytes, mimetype: str, filename: str | None = None) -> Response:
+    etag = hashlib.sha256(data).hexdigest()[:32]
+    if request.if_none_match and etag in request.if_none_match:
+        return Response(status=304)
+    resp = Response(data, mimetype=mimetype)
+    resp.set_etag(etag)
+    resp.headers["Cache-Control"] = "no-cache"
+    if filename:
+        resp.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return resp
+
+
+@bp.get("/model.<fmt>")
+def export_model(fmt: str):
+    if fmt not in EXPORT_TYPES:
+        raise ApiError(404, "unknown_format", f"no export format {fmt!r}; use one of {', '.join(EXPORT_TYPES)}")
+    name = model_name()
+    model, snap = _current(name)
+    data = services().builder.export(model, snap["values"], fmt)
+    download = request.args.get("download") in {"1", "true"}
+    return _file_response(data, EXPORT_TYPES[fmt], f"{model.name}-v{snap['version']}.{fmt}" if download else None)
+
+
+@bp.get("/render.png")
+def render_png():
+    view = choice_arg("view", "iso", VIEWS)
+    size = int_arg("size", 512, 64, 2048)
+    name = model_name()
+    model, snap = _current(name)
+    data = services().builder.render_png(model, snap["values"], view, size)
+    download = request.args.get("download") in {"1", "true"}
+    return _file_response(data, "image/png", f"{model.name}-{view}.png" if download else None)

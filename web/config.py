@@ -1,0 +1,110 @@
+"""Configuration from environment variables. One table, documented in README's Configuration section."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BASE_MODEL = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _ollama_url(env: dict) -> str:
+    raw = env.get("OLLAMA_URL") or env.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
+    raw = raw.strip().rstrip("/")
+    if "://" not in raw:
+        raw = "http://" + raw
+    # OLLAMA_HOST may be host only ("0.0.0.0"); Ollama's own default port then applies.
+    host_part = raw.split("://", 1)[1]
+    if ":" not in host_part.split("/", 1)[0]:
+        scheme, rest = raw.split("://", 1)
+        host, _, path = rest.partition("/")
+        raw = f"{scheme}://{host}:11434" + (f"/{path}" if path else "")
+    return raw
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 5160
+    data_dir: Path = REPO_ROOT / "data"
+    runs_dir: Path = REPO_ROOT / "runs"
+    models_dir: Path | None = None  # OPTIM_MODELS_DIR: extra user CAD models
+    backend: str = "finetuned"  # finetuned | ollama | openai
+    finetuned_model_path: Path = REPO_ROOT / "runs" / "onevision_lora_small"
+    vlm_base_model: str | None = None  # None: the base named in adapter_config.json, else DEFAULT_BASE_MODEL
+    vlm_dtype: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU; or float16 / bfloat16 / float32
+    vlm_device_map: str = "auto"
+    preload_model: bool = False
+    keep_alive_s: float = 300.0
+    load_timeout_s: float = 900.0
+    generate_timeout_s: float = 300.0
+    ollama_url: str = "http://127.0.0.1:11434"
+    ollama_model: str = "llava:latest"
+    openai_base_url: str = "http://127.0.0.1:8000/v1"
+    openai_model: str = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
+    openai_api_key: str | None = None
+    http_connect_timeout_s: float = 3.0
+    http_read_timeout_s: float = 120.0
+    max_upload_mb: float = 16.0
+    max_image_pixels: int = 40_000_000
+    cad_warmup: bool = True
+    allowed_hosts: list[str] = field(default_factory=list)
+    token: str | None = None
+    testing: bool = False
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Config":
+        env = dict(os.environ if env is None else env)
+        c = cls()
+        c.host = env.get("HOST", c.host)
+        c.port = int(env.get("PORT", c.port))
+        if env.get("OPTIM_DATA_DIR"):
+            c.data_dir = Path(env["OPTIM_DATA_DIR"])
+        if env.get("OPTIM_RUNS_DIR"):
+            c.runs_dir = Path(env["OPTIM_RUNS_DIR"])
+        if env.get("OPTIM_MODELS_DIR"):
+            c.models_dir = Path(env["OPTIM_MODELS_DIR"])
+        backend = env.get("VLM_BACKEND", "").strip().lower()
+        if not backend:
+            backend = "finetuned" if _bool(env.get("USE_FINETUNED_MODEL"), True) else "ollama"
+        c.backend = backend
+        if env.get("FINETUNED_MODEL_PATH"):
+            c.finetuned_model_path = Path(env["FINETUNED_MODEL_PATH"])
+        c.vlm_base_model = env.get("VLM_BASE_MODEL") or None
+        c.vlm_dtype = env.get("VLM_DTYPE", c.vlm_dtype)
+        c.vlm_device_map = env.get("VLM_DEVICE_MAP", c.vlm_device_map)
+        c.preload_model = _bool(env.get("PRELOAD_MODEL"), False)
+        c.keep_alive_s = float(env.get("VLM_KEEP_ALIVE", c.keep_alive_s))
+        c.load_timeout_s = float(env.get("VLM_LOAD_TIMEOUT", c.load_timeout_s))
+        c.generate_timeout_s = float(env.get("VLM_GENERATE_TIMEOUT", c.generate_timeout_s))
+        c.ollama_url = _ollama_url(env)
+        c.ollama_model = env.get("OLLAMA_MODEL", c.ollama_model)
+        c.openai_base_url = env.get("OPENAI_BASE_URL", c.openai_base_url).rstrip("/")
+        c.openai_model = env.get("OPENAI_MODEL", c.openai_model)
+        c.openai_api_key = env.get("OPENAI_API_KEY") or None
+        c.http_connect_timeout_s = float(env.get("VLM_CONNECT_TIMEOUT", c.http_connect_timeout_s))
+        c.http_read_timeout_s = float(env.get("VLM_READ_TIMEOUT", c.http_read_timeout_s))
+        c.max_upload_mb = float(env.get("MAX_UPLOAD_MB", c.max_upload_mb))
+        c.cad_warmup = _bool(env.get("CAD_WARMUP"), True)
+        c.allowed_hosts = [h.strip().lower() for h in env.get("OPTIM_ALLOWED_HOSTS", "").split(",") if h.strip()]
+        c.token = env.get("OPTIM_TOKEN") or None
+        return c
+
+    def validate(self) -> None:
+        if self.backend not in {"finetuned", "ollama", "openai"}:
+            raise ValueError(f"VLM_BACKEND must be finetuned, ollama or openai, not {self.backend!r}")
+        if not (0 < self.port < 65536):
+            raise ValueError(f"PORT must be 1..65535, not {self.port}")
+
+    def public(self) -> dict:
+        d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        d.pop("token", None)
+        d.pop("openai_api_key", None)
+        return d

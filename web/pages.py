@@ -1,0 +1,17 @@
+"""The single page and the health check."""
+from flask import Blueprint, jsonify, render_template
+
+from .services import services
+
+bp = Blueprint("pages", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/")
+def index():
+    cfg = services().config
+    return render_template("index.html", max_upload_mb=cfg.max_upload_mb, backend=cfg.backend)

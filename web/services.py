@@ -1,0 +1,77 @@
+"""The long-lived objects one app owns: model registry, builder, sessions, the model manager.
+
+All of them are cheap to construct: nothing here imports cadquery or loads a model.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from flask import current_app
+
+from cad.build import Builder
+from cad.registry import ModelRegistry
+from cad.session import SessionStore
+from vlm.backend import Backend
+from vlm.cache import ResponseCache
+from vlm.lifecycle import ModelManager
+from vlm.proposals import ProposalStore
+
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+
+def make_backend(config: Config) -> Backend:
+    if config.backend == "ollama":
+        from vlm.ollama import OllamaBackend
+
+        return OllamaBackend(config.ollama_url, model=config.ollama_model, keep_alive_s=config.keep_alive_s,
+                             connect_timeout_s=config.http_connect_timeout_s, read_timeout_s=config.http_read_timeout_s)
+    if config.backend == "openai":
+        from vlm.openai_compat import OpenAICompatBackend
+
+        return OpenAICompatBackend(config.openai_base_url, model=config.openai_model, api_key=config.openai_api_key,
+                                   connect_timeout_s=config.http_connect_timeout_s,
+                                   read_timeout_s=config.http_read_timeout_s)
+    from vlm.finetuned import FinetunedBackend
+
+    return FinetunedBackend(adapter_path=config.finetuned_model_path, base_model=config.vlm_base_model,
+                            dtype=config.vlm_dtype, device_map=config.vlm_device_map)
+
+
+class Services:
+    def __init__(self, config: Config):
+        self.config = config
+        extra = [config.models_dir] if config.models_dir else []
+        self.registry = ModelRegistry(extra_dirs=extra)
+        self.builder = Builder(config.data_dir / "cache")
+        self.sessions = SessionStore(config.data_dir, self.registry)
+        self.manager = ModelManager(make_backend(config), keep_alive_s=config.keep_alive_s,
+                                    load_timeout_s=config.load_timeout_s)
+        self.proposals = ProposalStore()
+        self.responses = ResponseCache()
+        self._warmup_started = False
+
+    def start_background_work(self) -> None:
+        """Called once the server listens: CAD warm-up and the optional model preload."""
+        if self._warmup_started:
+            return
+        self._warmup_started = True
+        if self.config.cad_warmup:
+            threading.Thread(target=self._warm_cad, name="cad-warmup", daemon=True).start()
+        if self.config.preload_model:
+            self.manager.start_load()
+
+    def _warm_cad(self) -> None:
+        try:
+            self.builder.warm_up(self.registry.get(self.registry.default_name))
+        except Exception:  # warm-up is an optimisation; a failure shows up again on the first real request
+            log.exception("CAD warm-up failed")
+
+    def shutdown(self) -> None:
+        self.manager.shutdown()
+
+
+def services() -> Services:
+    return current_app.extensions["optim"]
