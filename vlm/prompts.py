@@ -1,0 +1,100 @@
+"""The text sent to the model: a compact parameter table, the request, and the exact answer format.
+
+Kept short on purpose: small local models have limited context and follow short, concrete instructions better.
+Image order contract: when the current CAD render is attached it is the FIRST image; reference photos follow.
+"""
+from __future__ import annotations
+
+from vlm.units import format_number
+
+MAX_DESCRIPTION_CHARS = 90
+
+ANSWER_FORMAT = ('{"summary": "<one or two sentences>", "changes": [{"parameter": "<name from the table>", '
+                 '"value": <number, or true/false>, "reason": "<short reason>"}]}')
+
+_SYSTEM = """You are a CAD design assistant for the parametric model "{title}". You suggest changes to its \
+parameters; you never write code.
+Answer with ONLY one JSON object, no other text and no code fences:
+{fmt}
+Rules: use parameter names exactly as in the table; give absolute values in the parameter's unit and within its \
+range; whole numbers for integer parameters; change only what the request needs; if nothing should change, \
+answer with "changes": []."""
+
+
+def _range_text(param: dict) -> str:
+    kind = param.get("type", "float")
+    if kind == "bool":
+        return "true/false"
+    lo, hi = param.get("min"), param.get("max")
+    text = f"{format_number(lo) if lo is not None else '-inf'}..{format_number(hi) if hi is not None else 'inf'}"
+    return text + " integer" if kind == "int" else text
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def parameter_table(schema: list[dict], values: dict) -> str:
+    lines = ["name | unit | range | current | description"]
+    for p in schema:
+        current = values.get(p["name"], p.get("default"))
+        lines.append(" | ".join([p["name"], p.get("unit") or "-", _range_text(p), format_number(current),
+                                 _one_line(p.get("description") or p.get("label") or "", MAX_DESCRIPTION_CHARS)]))
+    return "\n".join(lines)
+
+
+def _images_text(has_images: bool, has_render: bool) -> str:
+    if has_render and has_images:
+        return ("Images: the FIRST image is the current CAD render of the model (it shows the current values); "
+                "the other images are reference photos from the user, not the CAD model.")
+    if has_render:
+        return "Image: the attached image is the current CAD render of the model (it shows the current values)."
+    if has_images:
+        return "Images: the attached images are reference photos from the user, not the CAD model."
+    return ""
+
+
+def build_prompt(schema: list[dict], values: dict, request: str, *, model_title: str, has_images: bool,
+                 has_render: bool) -> tuple[str, str]:
+    """(system, user) text for one proposal request. Raises ValueError on an empty request or schema."""
+    if not isinstance(request, str) or not request.strip():
+        raise ValueError("the request is empty: say what you want to change")
+    if not schema:
+        raise ValueError("the model has no parameters to change")
+    system = _SYSTEM.format(title=_one_line(model_title, 80), fmt=ANSWER_FORMAT)
+    parts = [f"Parameters of {_one_line(model_title, 80)}:", parameter_table(schema, values)]
+    images = _images_text(has_images, has_render)
+    if images:
+        parts.append(images)
+    parts.append(f"Request: {request.strip()}")
+    parts.append("Answer with the JSON object only.")
+    return system, "\n\n".join(parts)
+
+
+def proposal_json_schema(schema: list[dict]) -> dict:
+    """JSON Schema of the answer, for engines with structured output (Ollama's `format`, OpenAI's
+    `response_format`). Ranges are checked by `vlm.proposals`, not here: a schema cannot tie a value's range to
+    the parameter named next to it without one branch per parameter, which small engines handle poorly."""
+    names = [p["name"] for p in schema]
+    return {
+        "type": "object",
+        "properties": {
+            "summary": {"type": "string"},
+            "changes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "parameter": {"type": "string", "enum": names},
+                        "value": {"type": ["number", "boolean"]},
+                        "reason": {"type": "string"},
+                    },
+                    "required": ["parameter", "value", "reason"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "required": ["summary", "changes"],
+        "additionalProperties": False,
+    }
