@@ -1,0 +1,277 @@
+"""Build CAD models and produce their artifacts (GLB/STL/STEP/PNG/bounding box), with caching.
+
+``produce(script_path, values, artifact, **options)`` is the build entry point: plain, picklable arguments in,
+bytes out, so it can later run in a worker process under a timeout. ``Builder`` wraps it with validation, a
+thread-safe in-memory LRU, an on-disk cache (atomic writes) and per-key locks so one state is built once.
+cadquery is imported only when something is actually built.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cad.errors import BuildError
+from cad.registry import CadModel
+from cad.render import MAX_SIZE, MIN_SIZE, PALETTE, VIEWS, PartMesh
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("glb", "stl", "step")
+# Bump when any artifact's bytes change for the same inputs, so stale disk caches are never served.
+ARTIFACT_VERSION = "1"
+_GEOMETRY_LOCK = threading.RLock()  # OCC is not reliably thread-safe; geometry work is serialised.
+
+
+@dataclass
+class BuiltPart:
+    name: str
+    shape: object  # cadquery Shape, placed in model coordinates
+    color: tuple[float, float, float]
+
+
+@dataclass
+class BuiltModel:
+    assembly: object
+    parts: list[BuiltPart]
+    _preview: list[PartMesh] | None = field(default=None, repr=False)
+
+    def preview_meshes(self) -> list[PartMesh]:
+        """Coarse tessellation shared by the GLB export and the PNG renderer (computed once)."""
+        if self._preview is None:
+            from cad.export import preview_tolerance, tessellate
+
+            tolerance = preview_tolerance(self.diagonal())
+            self._preview = [PartMesh(p.name, *tessellate(p.shape, tolerance), p.color) for p in self.parts]
+        return self._preview
+
+    def diagonal(self) -> float:
+        import cadquery as cq
+
+        return cq.Compound.makeCompound([p.shape for p in self.parts]).BoundingBox().DiagonalLength
+
+    def measurements(self) -> dict:
+        """Bounding box of the whole model and of every part (mm), plus part volumes (mm^3)."""
+        import cadquery as cq
+
+        def box(shape) -> dict:
+            bb = shape.BoundingBox()
+            return {"min": [bb.xmin, bb.ymin, bb.zmin], "max": [bb.xmax, bb.ymax, bb.zmax],
+                    "size": [bb.xlen, bb.ylen, bb.zlen]}
+
+        whole = box(cq.Compound.makeCompound([p.shape for p in self.parts]))
+        whole["parts"] = {p.name: {**box(p.shape), "volume": p.shape.Volume()} for p in self.parts}
+        whole["units"] = "mm"
+        return whole
+
+
+def _flatten(assembly, script_path: str) -> list[BuiltPart]:
+    import cadquery as cq
+
+    parts: list[BuiltPart] = []
+
+    def visit(node, parent_location):
+        location = parent_location * node.loc
+        if node.obj is not None:
+            objects = node.obj.vals() if isinstance(node.obj, cq.Workplane) else [node.obj]
+            shapes = [o for o in objects if isinstance(o, cq.Shape)]
+            if not shapes:
+                raise BuildError(script_path, None, f"part {node.name!r} has no solid geometry")
+            shape = shapes[0] if len(shapes) == 1 else cq.Compound.makeCompound(shapes)
+            color = node.color.toTuple()[:3] if node.color is not None else PALETTE[len(parts) % len(PALETTE)]
+            parts.append(BuiltPart(node.name, shape.moved(location), tuple(float(c) for c in color)))
+        for child in node.children:
+            visit(child, location)
+
+    visit(assembly, cq.Location())
+    names = [p.name for p in parts]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise BuildError(script_path, None, f"part names must be unique, repeated: {', '.join(duplicates)}")
+    return parts
+
+
+_built: OrderedDict[str, BuiltModel] = OrderedDict()
+_BUILT_ITEMS = 6
+
+
+def build_model(script_path: str | Path, values: dict) -> BuiltModel:
+    """Run the script with complete, validated ``values``; recent results are reused in this process."""
+    import cadquery as cq
+
+    from cad.script import run_build, source_hash
+
+    path = Path(script_path).resolve()
+    key = hashlib.sha256(json.dumps([str(path), source_hash(path.read_text(encoding="utf-8")), values],
+                                    sort_keys=True).encode()).hexdigest()
+    with _GEOMETRY_LOCK:
+        if key in _built:
+            _built.move_to_end(key)
+            return _built[key]
+        assembly = run_build(path, values)
+        if not isinstance(assembly, cq.Assembly):
+            kind = type(assembly).__name__
+            raise BuildError(str(path), None, f"build(p) must return a cadquery Assembly, got {kind}")
+        built = BuiltModel(assembly, _flatten(assembly, str(path)))
+        _built[key] = built
+        while len(_built) > _BUILT_ITEMS:
+            _built.popitem(last=False)
+        return built
+
+
+def clear_process_cache() -> None:
+    """Forget built shapes (benchmarks use it to time cold builds on fresh shapes)."""
+    with _GEOMETRY_LOCK:
+        _built.clear()
+
+
+def produce(script_path: str | Path, values: dict, artifact: str, view: str = "iso", size: int = 384,
+            name: str = "model") -> bytes:
+    """Artifact bytes for ``artifact`` in glb|stl|step|png|bbox (bbox: UTF-8 JSON of ``measurements``)."""
+    from cad import export, render
+
+    with _GEOMETRY_LOCK:
+        built = build_model(script_path, values)
+        if artifact == "glb":
+            return export.glb_bytes(built.preview_meshes(), name)
+        if artifact == "stl":
+            return export.stl_bytes([p.shape for p in built.parts])
+        if artifact == "step":
+            return export.step_bytes(built.assembly)
+        if artifact == "png":
+            meshes = built.preview_meshes()
+        elif artifact == "bbox":
+            return json.dumps(built.measurements()).encode("utf-8")
+        else:
+            raise ValueError(f"unknown artifact {artifact!r}")
+    return render.render_png(meshes, view, size)  # pure numpy: no need to hold the geometry lock
+
+
+class Builder:
+    """Validated, cached access to model artifacts. Thread-safe."""
+
+    def __init__(self, cache_dir: Path, memory_items: int = 32):
+        self.cache_dir = Path(cache_dir)
+        self.memory_items = max(int(memory_items), 1)
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
+        self._stats = {"hits": 0, "misses": 0, "memory_hits": 0, "disk_hits": 0, "errors": 0, "build_seconds": 0.0,
+                       "last_build_seconds": None}
+
+    # --- public API ---
+    def export(self, model: CadModel, params: dict, fmt: str) -> bytes:
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        return self._get(model, params, fmt)
+
+    def render_png(self, model: CadModel, params: dict, view: str = "iso", size: int = 384) -> bytes:
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+            raise ValueError(f"size must be a whole number between {MIN_SIZE} and {MAX_SIZE}, got {size!r}")
+        return self._get(model, params, "png", view=view, size=size)
+
+    def bounding_box(self, model: CadModel, params: dict) -> dict:
+        """{"min","max","size" (mm, whole model), "parts": {name: {"min","max","size","volume"}}, "units":"mm"}."""
+        return json.loads(self._get(model, params, "bbox"))
+
+    def warm_up(self, model: CadModel) -> float:
+        """Import cadquery and build the default state's GLB and iso render; returns seconds taken."""
+        start = time.perf_counter()
+        self.export(model, {}, "glb")
+        self.render_png(model, {}, "iso", 384)
+        elapsed = time.perf_counter() - start
+        log.info("CAD warm-up of %s took %.2f s", model.name, elapsed)
+        return elapsed
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {**self._stats, "memory_items": len(self._memory)}
+
+    def state_key(self, model: CadModel, params: dict) -> str:
+        """Hash of (model name, script source hash, canonical complete parameter values)."""
+        values = model.schema.complete(params)
+        canonical = json.dumps([model.name, model.source_hash, values], sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    # --- caching ---
+    def _get(self, model: CadModel, params: dict, artifact: str, **options) -> bytes:
+        values = model.schema.complete(params)  # raises ParameterError before anything else happens
+        suffix = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+        key = f"{self.state_key(model, values)}-{artifact}{suffix}-v{ARTIFACT_VERSION}"
+        data = self._cached(key)
+        if data is not None:
+            return data
+        with self._lock:
+            key_lock = self._key_locks.get(key)
+            if key_lock is None:
+                key_lock = threading.Lock()
+                self._key_locks[key] = key_lock
+        with key_lock:
+            data = self._cached(key)  # another thread may have built it while we waited
+            if data is not None:
+                return data
+            start = time.perf_counter()
+            try:
+                data = produce(model.path, values, artifact, name=model.name, **options)
+            except Exception:
+                with self._lock:
+                    self._stats["errors"] += 1
+                raise
+            elapsed = time.perf_counter() - start
+            with self._lock:
+                self._stats["misses"] += 1
+                self._stats["build_seconds"] += elapsed
+                self._stats["last_build_seconds"] = elapsed
+                self._remember(key, data)
+            self._write_disk(key, artifact, data)
+            return data
+
+    def _disk_path(self, key: str, artifact: str) -> Path:
+        extension = "json" if artifact == "bbox" else artifact
+        return self.cache_dir / key[:2] / f"{key}.{extension}"
+
+    def _cached(self, key: str) -> bytes | None:
+        artifact = key.split("-")[1]
+        with self._lock:
+            data = self._memory.get(key)
+            if data is not None:
+                self._memory.move_to_end(key)
+                self._stats["hits"] += 1
+                self._stats["memory_hits"] += 1
+                return data
+        try:
+            data = self._disk_path(key, artifact).read_bytes()
+        except OSError:
+            return None
+        with self._lock:
+            self._stats["hits"] += 1
+            self._stats["disk_hits"] += 1
+            self._remember(key, data)
+        return data
+
+    def _remember(self, key: str, data: bytes) -> None:
+        self._memory[key] = data
+        self._memory.move_to_end(key)
+        while len(self._memory) > self.memory_items:
+            self._memory.popitem(last=False)
+
+    def _write_disk(self, key: str, artifact: str, data: bytes) -> None:
+        path = self._disk_path(key, artifact)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as handle:
+                handle.write(data)
+                temporary = handle.name
+            os.replace(temporary, path)
+        except OSError as exc:  # a full or read-only disk must not break serving from memory
+            log.warning("could not write CAD cache file %s: %s", path, exc)

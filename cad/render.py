@@ -1,0 +1,164 @@
+"""Headless PNG rendering of triangle meshes: a vectorised numpy z-buffer rasteriser, Pillow for PNG encoding.
+
+No display and no GL: orthographic views of the model (Z up, X forward), flat Lambert shading with one colour per
+part and dark outlines where parts or depth change. Imports only numpy and Pillow.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+VIEWS = ("front", "side", "top", "iso")
+MIN_SIZE, MAX_SIZE = 64, 2048
+BACKGROUND = np.array([246, 247, 250], dtype=np.float32)
+PALETTE = [(0.30, 0.36, 0.45), (0.22, 0.22, 0.24), (0.93, 0.55, 0.16), (0.25, 0.62, 0.85), (0.45, 0.70, 0.35),
+           (0.80, 0.30, 0.35), (0.60, 0.45, 0.75), (0.85, 0.75, 0.30)]
+_MARGIN = 0.06
+_CHUNK_PIXELS = 1_500_000  # candidate pixels per vectorised batch: bounds peak memory at large sizes
+
+
+@dataclass
+class PartMesh:
+    """Triangles of one part in model coordinates (mm, Z up). ``color`` is RGB in 0..1."""
+    name: str
+    vertices: np.ndarray  # (N, 3) float64
+    triangles: np.ndarray  # (M, 3) int64 indices into vertices
+    color: tuple[float, float, float]
+
+
+def _camera(view: str) -> tuple[np.ndarray, np.ndarray]:
+    """(direction from the model towards the camera, up hint)."""
+    z_up = np.array([0.0, 0.0, 1.0])
+    if view == "front":
+        return np.array([1.0, 0.0, 0.0]), z_up
+    if view == "side":
+        return np.array([0.0, -1.0, 0.0]), z_up
+    if view == "top":
+        return np.array([0.0, 0.0, 1.0]), np.array([1.0, 0.0, 0.0])
+    if view == "iso":
+        direction = np.array([1.0, -1.0, 0.8])
+        return direction / np.linalg.norm(direction), z_up
+    raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
+
+
+def render_png(meshes: list[PartMesh], view: str = "iso", size: int = 384) -> bytes:
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"size must be a whole number between {MIN_SIZE} and {MAX_SIZE}, got {size!r}")
+    image = render_array(meshes, view, size)
+    buffer = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buffer, "PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def render_array(meshes: list[PartMesh], view: str, size: int) -> np.ndarray:
+    """RGB uint8 image (size, size, 3)."""
+    towards_camera, up_hint = _camera(view)
+    right = np.cross(-towards_camera, up_hint)
+    right /= np.linalg.norm(right)
+    up = np.cross(right, -towards_camera)
+    image = np.empty((size, size, 3), dtype=np.float32)
+    image[:] = BACKGROUND
+    meshes = [m for m in meshes if len(m.triangles)]
+    if not meshes:
+        return image.astype(np.uint8)
+
+    corners = np.concatenate([m.vertices[m.triangles] for m in meshes])  # (T, 3, 3)
+    part_of_triangle = np.concatenate([np.full(len(m.triangles), i) for i, m in enumerate(meshes)])
+    colours = np.array([m.color for m in meshes], dtype=np.float32)
+
+    # Flat Lambert shading; normals flipped towards the camera so face orientation cannot blacken a face.
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    lengths = np.linalg.norm(normals, axis=1)
+    keep = lengths > 1e-12
+    corners, part_of_triangle, normals = corners[keep], part_of_triangle[keep], normals[keep] / lengths[keep, None]
+    normals *= np.where(normals @ towards_camera < 0, -1.0, 1.0)[:, None]
+    light = towards_camera + 0.6 * up - 0.4 * right
+    light /= np.linalg.norm(light)
+    shade = 0.38 + 0.62 * np.clip(normals @ light, 0.0, 1.0)
+    triangle_rgb = colours[part_of_triangle] * shade[:, None].astype(np.float32) * 255.0
+
+    # Orthographic projection fitted to the image with a margin.
+    screen_x, screen_y, depth = corners @ right, corners @ up, corners @ towards_camera
+    low = np.array([screen_x.min(), screen_y.min()])
+    high = np.array([screen_x.max(), screen_y.max()])
+    scale = size * (1 - 2 * _MARGIN) / max(float((high - low).max()), 1e-9)
+    centre = (low + high) / 2
+    px = (screen_x - centre[0]) * scale + size / 2
+    py = size / 2 - (screen_y - centre[1]) * scale
+
+    zbuffer = np.full(size * size, -np.inf)
+    part_buffer = np.full(size * size, -1, dtype=np.int64)
+    colour_buffer = image.reshape(-1, 3)
+    for batch in _batches(px, py, size):
+        _rasterise(batch, px, py, depth, triangle_rgb, part_of_triangle, size, zbuffer, colour_buffer, part_buffer)
+
+    _outline(image, zbuffer.reshape(size, size), part_buffer.reshape(size, size), scale)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _batches(px: np.ndarray, py: np.ndarray, size: int):
+    """Split triangle indices into groups whose pixel bounding boxes hold at most _CHUNK_PIXELS in total."""
+    x0 = np.clip(np.floor(px.min(axis=1) - 0.5), 0, size - 1).astype(np.int64)
+    x1 = np.clip(np.ceil(px.max(axis=1) - 0.5), 0, size - 1).astype(np.int64)
+    y0 = np.clip(np.floor(py.min(axis=1) - 0.5), 0, size - 1).astype(np.int64)
+    y1 = np.clip(np.ceil(py.max(axis=1) - 0.5), 0, size - 1).astype(np.int64)
+    counts = (x1 - x0 + 1) * (y1 - y0 + 1)
+    cumulative = np.cumsum(counts)
+    start = 0
+    while start < len(counts):
+        base = cumulative[start - 1] if start else 0
+        stop = int(np.searchsorted(cumulative, base + _CHUNK_PIXELS, side="right"))
+        stop = max(stop, start + 1)
+        index = np.arange(start, stop)
+        yield index, x0[index], y0[index], (x1 - x0 + 1)[index], counts[index]
+        start = stop
+
+
+def _rasterise(batch, px, py, depth, triangle_rgb, part_of_triangle, size, zbuffer, colour_buffer, part_buffer):
+    index, x0, y0, widths, counts = batch
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(len(index)), counts)
+    offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    x = np.repeat(x0, counts) + offsets % np.repeat(widths, counts)
+    y = np.repeat(y0, counts) + offsets // np.repeat(widths, counts)
+    triangle = index[owner]
+    ax, bx, cx = px[triangle, 0], px[triangle, 1], px[triangle, 2]
+    ay, by, cy = py[triangle, 0], py[triangle, 1], py[triangle, 2]
+    sample_x, sample_y = x + 0.5, y + 0.5
+    area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+    valid = np.abs(area) > 1e-12
+    area = np.where(valid, area, 1.0)
+    weight_a = ((bx - sample_x) * (cy - sample_y) - (by - sample_y) * (cx - sample_x)) / area
+    weight_b = ((cx - sample_x) * (ay - sample_y) - (cy - sample_y) * (ax - sample_x)) / area
+    weight_c = 1.0 - weight_a - weight_b
+    eps = -1e-6
+    inside = valid & (weight_a >= eps) & (weight_b >= eps) & (weight_c >= eps)
+    pixel = (y * size + x)[inside]
+    triangle = triangle[inside]
+    d = depth[triangle]
+    z = weight_a[inside] * d[:, 0] + weight_b[inside] * d[:, 1] + weight_c[inside] * d[:, 2]
+    np.maximum.at(zbuffer, pixel, z)
+    winner = z >= zbuffer[pixel]
+    colour_buffer[pixel[winner]] = triangle_rgb[triangle[winner]]
+    part_buffer[pixel[winner]] = part_of_triangle[triangle[winner]]
+
+
+def _outline(image: np.ndarray, zbuffer: np.ndarray, parts: np.ndarray, scale: float) -> None:
+    """Darken pixels where the part changes or depth jumps (silhouettes and steps), like a technical drawing."""
+    depth = np.where(np.isfinite(zbuffer), zbuffer, -1e9)
+    jump = 4.0 / scale  # a depth step worth a few pixels in model units
+    edge = np.zeros(parts.shape, dtype=bool)
+    for axis in (0, 1):
+        part_change = np.diff(parts, axis=axis) != 0
+        depth_change = np.abs(np.diff(depth, axis=axis)) > jump
+        change = part_change | depth_change
+        if axis == 0:
+            edge[1:] |= change
+        else:
+            edge[:, 1:] |= change
+    image[edge & (parts >= 0)] *= 0.45
+    # Background pixels next to the model get a soft line too, so silhouettes stay crisp.
+    image[edge & (parts < 0)] = image[edge & (parts < 0)] * 0.55 + 0.45 * 60

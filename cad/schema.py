@@ -1,0 +1,129 @@
+"""Typed parameter schema of a CAD model and validation of user/VLM supplied values.
+
+Pure Python: importing this module never imports cadquery.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from cad.errors import ParameterError
+
+PARAMETER_TYPES = ("float", "int", "bool")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    label: str
+    unit: str
+    type: str  # "float" | "int" | "bool"
+    min: float | int | None
+    max: float | int | None
+    step: float | int | None
+    default: float | int | bool
+    group: str
+    description: str
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "label": self.label, "unit": self.unit, "type": self.type,
+            "min": self.min, "max": self.max, "step": self.step, "default": self.default,
+            "group": self.group, "description": self.description,
+        }
+
+    def _range_text(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        return f"between {_fmt(self.min)} and {_fmt(self.max)}{unit}"
+
+    def coerce(self, value: Any) -> float | int | bool:
+        """Return ``value`` converted to this parameter's type, or raise ParameterError."""
+        if self.type == "bool":
+            if isinstance(value, bool):
+                return value
+            raise self._error(f"{self.name} must be true or false, got {_show(value)}")
+        # bool is an int subclass in Python; JSON true/false for a number is a type error.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._error(f"{self.name} must be a number, got {_show(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self._error(f"{self.name} must be a finite number, got {value}")
+        if self.type == "int":
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise self._error(f"{self.name} must be a whole number, got {value}")
+                value = int(value)
+        else:
+            value = float(value)
+        if value < self.min or value > self.max:
+            raise self._error(f"{self.name} must be {self._range_text()}, got {_fmt(value)}")
+        return value
+
+    def _error(self, message: str) -> ParameterError:
+        return ParameterError(self.name, message, min=self.min, max=self.max)
+
+
+class Schema:
+    """Ordered collection of parameters (script order)."""
+
+    def __init__(self, parameters: list[Parameter]):
+        self.parameters = list(parameters)
+        self._by_name = {p.name: p for p in self.parameters}
+
+    def __iter__(self):
+        return iter(self.parameters)
+
+    def __len__(self) -> int:
+        return len(self.parameters)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __getitem__(self, name: str) -> Parameter:
+        return self._by_name[name]
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.parameters]
+
+    def to_json(self) -> list[dict]:
+        return [p.to_json() for p in self.parameters]
+
+    def defaults(self) -> dict:
+        return {p.name: p.default for p in self.parameters}
+
+    def validate(self, values: dict, *, partial: bool = True) -> dict:
+        """Coerce and check ``values``; return a new dict. Nothing is applied on error.
+
+        ``partial=False`` additionally requires every parameter to be present.
+        """
+        if not isinstance(values, dict):
+            raise ParameterError(None, f"parameter values must be an object of name: value, got {_show(values)}")
+        coerced = {}
+        for name, value in values.items():
+            parameter = self._by_name.get(name) if isinstance(name, str) else None
+            if parameter is None:
+                known = ", ".join(self.names())
+                raise ParameterError(str(name), f"unknown parameter {name!r} (known: {known})")
+            coerced[name] = parameter.coerce(value)
+        if not partial:
+            missing = [n for n in self.names() if n not in coerced]
+            if missing:
+                raise ParameterError(missing[0], f"missing parameter(s): {', '.join(missing)}")
+        return coerced
+
+    def complete(self, values: dict) -> dict:
+        """Defaults overlaid with validated ``values``, in schema order (the canonical full state)."""
+        merged = self.defaults()
+        merged.update(self.validate(values))
+        return {n: merged[n] for n in self.names()}
+
+
+def _fmt(value: float | int | None) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
