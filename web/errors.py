@@ -21,7 +21,7 @@ def error_response(status: int, code: str, message: str, **extra):
 
 
 def register_error_handlers(app: Flask) -> None:
-    from cad.errors import ParameterError, UnknownModel
+    from cad.errors import BuildError, ParameterError, ScriptError, UnknownModel
     from cad.session import SessionError
     from vlm.backend import BackendError
 
@@ -37,6 +37,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(UnknownModel)
     def _unknown_model(e: UnknownModel):
         return error_response(404, "unknown_model", str(e))
+
+    @app.errorhandler(ScriptError)
+    @app.errorhandler(BuildError)
+    def _cad_error(e):
+        # The operator's model script failed: say where, so it can be fixed. The design state is unchanged.
+        return error_response(422, "cad_build_failed", str(e), line=e.line)
 
     @app.errorhandler(SessionError)
     def _session_error(e: SessionError):

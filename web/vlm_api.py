@@ -121,7 +121,7 @@ def _answer(ctx, text: str, *, model: str | None, timings: dict, cached: bool) -
     status = svc.manager.status()
     return {"id": proposal_id, "backend": status.get("backend"), "model": model or status.get("model"),
             "adapter": status.get("adapter"), "cad_model": ctx["model"].name, "base_version": snap["version"],
-            "text": text, "summary": parsed.summary, "parse_error": parsed.parse_error,
+            "text": text, "summary": parsed.summary, "parse_error": parsed.parse_error, "warnings": parsed.warnings,
             "proposals": [p.to_json() for p in parsed.proposals], "timings": timings, "cached": cached}
 
 
