@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cad.errors import BuildError
 from cad.registry import CadModel
-from cad.render import MAX_SIZE, MIN_SIZE, PALETTE, VIEWS, PartMesh
+from cad.mesh import MAX_SIZE, MIN_SIZE, PALETTE, VIEWS, PartMesh
 
 log = logging.getLogger(__name__)
 

@@ -6,27 +6,17 @@ part and dark outlines where parts or depth change. Imports only numpy and Pillo
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-VIEWS = ("front", "side", "top", "iso")
-MIN_SIZE, MAX_SIZE = 64, 2048
+from cad.mesh import MAX_SIZE, MIN_SIZE, PALETTE, VIEWS, PartMesh  # noqa: F401 (re-exported)
+
 BACKGROUND = np.array([246, 247, 250], dtype=np.float32)
-PALETTE = [(0.30, 0.36, 0.45), (0.22, 0.22, 0.24), (0.93, 0.55, 0.16), (0.25, 0.62, 0.85), (0.45, 0.70, 0.35),
-           (0.80, 0.30, 0.35), (0.60, 0.45, 0.75), (0.85, 0.75, 0.30)]
 _MARGIN = 0.06
 _CHUNK_PIXELS = 1_500_000  # candidate pixels per vectorised batch: bounds peak memory at large sizes
 
 
-@dataclass
-class PartMesh:
-    """Triangles of one part in model coordinates (mm, Z up). ``color`` is RGB in 0..1."""
-    name: str
-    vertices: np.ndarray  # (N, 3) float64
-    triangles: np.ndarray  # (M, 3) int64 indices into vertices
-    color: tuple[float, float, float]
 
 
 def _camera(view: str) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,6 @@ import binascii
 import io
 import re
 
-from PIL import Image, UnidentifiedImageError
-
 MAX_IMAGES = 4
 MAX_SIDE = 2048  # larger images are downscaled; the model's processor works far below this
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]+)?(;[\w=-]+)*;base64,", re.IGNORECASE)
@@ -36,6 +34,8 @@ def decode_base64_image(item: object, index: int) -> bytes:
 
 def normalise_image(data: bytes, index: int, *, max_pixels: int) -> bytes:
     """Return PNG bytes of a safe RGB image, or raise ImageError."""
+    from PIL import Image, UnidentifiedImageError  # lazily: keeps the server's start light
+
     if not data:
         raise ImageError(f"images[{index}] is empty")
     try:

@@ -59,7 +59,10 @@ class Services:
             return
         self._warmup_started = True
         if self.config.cad_warmup:
-            threading.Thread(target=self._warm_cad, name="cad-warmup", daemon=True).start()
+            # A short delay lets the server answer its first requests before cadquery's import takes the GIL.
+            timer = threading.Timer(1.0, self._warm_cad)
+            timer.name, timer.daemon = "cad-warmup", True
+            timer.start()
         if self.config.preload_model:
             self.manager.start_load()
 
