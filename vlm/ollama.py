@@ -1,0 +1,217 @@
+"""Ollama backend: the same proposals through an Ollama server over HTTP (`VLM_BACKEND=ollama`).
+
+Follows Ollama's documented REST API: POST /api/chat (NDJSON stream or one object), GET /api/version, /api/tags,
+/api/ps; a chat with no messages loads a model, the same with keep_alive 0 unloads it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import requests
+
+from vlm.backend import (Backend, BackendError, GenerateRequest, GenerateResult, ProgressCallback,
+                         TokenCallback)
+from vlm.http_util import HttpEngine, b64, error_text, keep_alive_value, ns_to_s, parse_json_line
+
+log = logging.getLogger(__name__)
+
+STATUS_READ_TIMEOUT_S = 5.0  # /api/version, /api/tags and /api/ps answer at once; status must never stall the UI
+
+
+def canonical_model_name(name: str) -> str:
+    """Ollama treats `llava` and `llava:latest` as the same model."""
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else f"{name}:latest"
+
+
+class OllamaBackend(Backend):
+    name = "ollama"
+
+    def __init__(self, base_url: str = "http://127.0.0.1:11434", model: str = "llava:latest", *,
+                 keep_alive_s: float = 300.0, connect_timeout_s: float = 3.0, read_timeout_s: float = 120.0):
+        self.model = model
+        self.keep_alive_s = float(keep_alive_s)
+        self.http = HttpEngine(engine="Ollama", base_url=base_url, connect_timeout_s=connect_timeout_s,
+                               read_timeout_s=read_timeout_s, unreachable_hint="Start it with `ollama serve`.")
+        self._loaded = False
+        self._version: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.http.base_url
+
+    @property
+    def keep_alive(self) -> int | str:
+        return keep_alive_value(self.keep_alive_s)
+
+    # --- errors ---------------------------------------------------------------------------------------------
+    def _missing(self) -> BackendError:
+        return BackendError(f"Ollama at {self.url} has no model {self.model!r}: run `ollama pull {self.model}`",
+                            code="model_missing", status=503)
+
+    def _check(self, resp: requests.Response, what: str) -> None:
+        if resp.ok:
+            return
+        if resp.status_code == 404:
+            message = error_text(resp)
+            if "model" in message.lower() and "not found" in message.lower():
+                raise self._missing()
+            raise BackendError(f"Ollama {what} answered 404 ({message}): is OLLAMA_URL ({self.url}) an Ollama "
+                               f"server?", code="engine_error", status=502)
+        raise self.http.engine_error(resp, what)
+
+    def _json(self, resp: requests.Response, what: str) -> dict:
+        try:
+            body = resp.json()
+        except ValueError:
+            raise BackendError(f"Ollama {what} did not answer JSON: is OLLAMA_URL ({self.url}) an Ollama server?",
+                               code="engine_error", status=502) from None
+        if not isinstance(body, dict):
+            raise BackendError(f"Ollama {what} answered unexpected JSON", code="engine_error", status=502)
+        if body.get("error"):
+            raise BackendError(f"Ollama {what} failed: {body['error']}", code="engine_error", status=502)
+        return body
+
+    # --- queries --------------------------------------------------------------------------------------------
+    def _get(self, path: str, what: str, read_timeout_s: float | None = None) -> dict:
+        resp = self.http.request("GET", path, read_timeout_s=read_timeout_s)
+        self._check(resp, what)
+        return self._json(resp, what)
+
+    def _find(self, models: list, model: str) -> dict | None:
+        wanted = canonical_model_name(model)
+        for entry in models or []:
+            if not isinstance(entry, dict):
+                continue
+            names = {canonical_model_name(str(entry[k])) for k in ("name", "model") if entry.get(k)}
+            if wanted in names:
+                return entry
+        return None
+
+    def _present(self, read_timeout_s: float | None = None) -> bool:
+        tags = self._get("/api/tags", "model listing (/api/tags)", read_timeout_s)
+        return self._find(tags.get("models", []), self.model) is not None
+
+    # --- Backend ---------------------------------------------------------------------------------------------
+    def load(self, progress: ProgressCallback) -> None:
+        progress(0.0, f"contacting Ollama at {self.url}")
+        self._version = str(self._get("/api/version", "version check (/api/version)").get("version", "unknown"))
+        progress(0.1, f"checking Ollama has {self.model}")
+        if not self._present():
+            raise self._missing()
+        if self.keep_alive_s == 0:
+            # keep_alive 0 means "unload after every request": loading now would be undone at once.
+            log.info("VLM_KEEP_ALIVE=0: Ollama loads %s on each request", self.model)
+        else:
+            progress(0.2, f"Ollama is loading {self.model} into memory")
+            resp = self.http.request("POST", "/api/chat", json_body={
+                "model": self.model, "messages": [], "keep_alive": self.keep_alive, "stream": False})
+            self._check(resp, "model load (/api/chat)")
+            self._json(resp, "model load (/api/chat)")
+        self._loaded = True
+        progress(1.0, "ready")
+
+    def generate(self, request: GenerateRequest, on_token: TokenCallback | None = None) -> GenerateResult:
+        deadline, read_timeout = self.http.begin(request.timeout_s)
+        stream = on_token is not None
+        user: dict = {"role": "user", "content": request.prompt}
+        if request.images:
+            user["images"] = [b64(image) for image in request.images]  # plain base64: Ollama rejects data: URLs
+        messages = ([{"role": "system", "content": request.system}] if request.system else []) + [user]
+        body: dict = {
+            "model": self.model,
+            "messages": messages,
+            "stream": stream,
+            "options": {"temperature": request.temperature, "num_predict": request.max_new_tokens},
+            "keep_alive": self.keep_alive,
+        }
+        if request.json_schema:
+            body["format"] = request.json_schema
+        started = time.monotonic()
+        resp = self.http.request("POST", "/api/chat", json_body=body, stream=stream, read_timeout_s=read_timeout)
+        self.http.raise_if_cancelled()  # cancel() came while we waited for the answer's headers
+        self._check(resp, "chat (/api/chat)")
+        first_token_s = None
+        if stream:
+            pieces: list[str] = []
+            final = None
+            for line in self.http.lines(resp, deadline, read_timeout):
+                obj = parse_json_line(line, "Ollama")
+                if obj.get("error"):
+                    raise BackendError(f"Ollama stopped mid-answer: {obj['error']}", code="engine_error",
+                                       status=502)
+                piece = (obj.get("message") or {}).get("content") or ""
+                if piece:
+                    if first_token_s is None:
+                        first_token_s = round(time.monotonic() - started, 6)
+                    pieces.append(piece)
+                    on_token(piece)
+                if obj.get("done"):
+                    final = obj
+                    break
+            if final is None:
+                raise BackendError("Ollama ended the stream without its final message", code="engine_error",
+                                   status=502)
+            text = "".join(pieces)
+        else:
+            final = self._json(resp, "chat (/api/chat)")
+            text = (final.get("message") or {}).get("content") or ""
+        self._loaded = True  # a chat loads the model in Ollama even if load() was skipped
+        timings = {"generate": round(time.monotonic() - started, 6)}
+        if first_token_s is not None:
+            timings["first_token"] = first_token_s
+        for key, name in (("total_duration", "engine_total"), ("load_duration", "engine_load"),
+                          ("prompt_eval_duration", "engine_prompt_eval"), ("eval_duration", "engine_eval")):
+            value = ns_to_s(final.get(key))
+            if value is not None:
+                timings[name] = value
+        return GenerateResult(text=text, model=self.model, prompt_tokens=final.get("prompt_eval_count"),
+                              completion_tokens=final.get("eval_count"), timings=timings)
+
+    def unload(self) -> None:
+        """Ask Ollama to drop the model now (documented: no messages, keep_alive 0). Idempotent."""
+        was_loaded, self._loaded = self._loaded, False
+        try:
+            resp = self.http.request("POST", "/api/chat", json_body={
+                "model": self.model, "messages": [], "keep_alive": 0, "stream": False})
+            self._check(resp, "model unload (/api/chat)")
+        except BackendError as exc:
+            if exc.code in {"engine_unreachable", "model_missing"}:
+                # Nothing of ours can be held by an engine that is gone or a model that is not there.
+                log.warning("Ollama unload skipped (%s): %s", exc.code, exc.message)
+                return
+            if was_loaded:
+                raise
+            log.warning("Ollama unload of a model we had not loaded failed: %s", exc.message)
+
+    def status(self) -> dict:
+        facts: dict = {"backend": self.name, "model": self.model, "url": self.url, "reachable": False,
+                       "version": None, "present": None, "loaded": False, "keep_alive": self.keep_alive}
+        read_timeout = min(self.http.read_timeout_s, STATUS_READ_TIMEOUT_S)
+        try:
+            facts["version"] = str(self._get("/api/version", "version check", read_timeout).get("version"))
+            facts["reachable"] = True
+            facts["present"] = self._present(read_timeout)
+            running = self._find(self._get("/api/ps", "running models (/api/ps)", read_timeout)
+                                 .get("models", []), self.model)
+            facts["loaded"] = running is not None
+            if running is not None:
+                for key in ("size_vram", "size", "expires_at"):
+                    if key in running:
+                        facts[key] = running[key]
+        except BackendError as exc:
+            facts["error"] = exc.message
+        return facts
+
+    def is_alive(self) -> bool:
+        """The engine still answers; Ollama reloads an evicted model by itself on the next chat."""
+        try:
+            resp = self.http.request("GET", "/api/version", read_timeout_s=min(self.http.read_timeout_s,
+                                                                              STATUS_READ_TIMEOUT_S))
+            return resp.ok
+        except BackendError:
+            return False
+
+    def cancel(self) -> None:
+        self.http.cancel()
