@@ -1,0 +1,312 @@
+"""The fine-tuned LLaVA-OneVision + LoRA backend. The model lives in a child process (`vlm.worker`).
+
+This module never imports torch, transformers or peft: the web process stays light, and ending the
+worker returns all of the model's memory, CUDA context included.
+"""
+from __future__ import annotations
+
+import base64
+import collections
+import itertools
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .backend import Backend, BackendError, GenerateRequest, GenerateResult, GenerationCancelled, ProgressCallback, \
+    TokenCallback
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CANCEL_GRACE_S = 5.0
+SHUTDOWN_GRACE_S = 5.0
+_EXIT = "__exit__"
+
+
+class FinetunedBackend(Backend):
+    name = "finetuned"
+
+    def __init__(self, adapter_path: Path | None, base_model: str | None = None, *, dtype: str = "auto",
+                 device_map: str = "auto", python: str = sys.executable, env: dict | None = None,
+                 default_base_model: str | None = None, cancel_grace_s: float = CANCEL_GRACE_S):
+        self.adapter_path = Path(adapter_path) if adapter_path else None
+        self.base_model = base_model
+        self.dtype = dtype
+        self.device_map = device_map
+        self.python = python
+        self.env = dict(env or {})
+        self.default_base_model = default_base_model
+        self.cancel_grace_s = cancel_grace_s
+        self._proc: subprocess.Popen | None = None
+        self._events: queue.Queue = queue.Queue()
+        self._status_replies: queue.Queue = queue.Queue()
+        self._write_lock = threading.Lock()
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._info: dict = {}
+        self._ready = False
+        self._ids = itertools.count(1)
+        self._current_id: str | None = None
+        self._last_gpu_bytes = 0
+
+    # ------------------------------------------------------------ process plumbing
+    def _spawn(self) -> subprocess.Popen:
+        env = {**os.environ, **self.env}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        proc = subprocess.Popen(
+            [self.python, "-m", "vlm.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=str(REPO_ROOT), env=env, text=True, encoding="utf-8", bufsize=1)
+        self._events = queue.Queue()
+        self._status_replies = queue.Queue()
+        self._stderr_tail.clear()
+        threading.Thread(target=self._read_events, args=(proc, self._events, self._status_replies),
+                         daemon=True, name=f"vlm-worker-{proc.pid}-out").start()
+        threading.Thread(target=self._read_stderr, args=(proc,), daemon=True,
+                         name=f"vlm-worker-{proc.pid}-err").start()
+        log.info("started model worker pid %s", proc.pid)
+        return proc
+
+    @staticmethod
+    def _read_events(proc: subprocess.Popen, events: queue.Queue, status_replies: queue.Queue) -> None:
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                log.warning("model worker wrote a non-protocol line: %r", line[:200])
+                continue
+            (status_replies if event.get("event") == "status" else events).put(event)
+        code = proc.wait()
+        events.put({"event": _EXIT, "code": code})
+
+    def _read_stderr(self, proc: subprocess.Popen) -> None:
+        for line in proc.stderr:
+            line = line.rstrip()
+            self._stderr_tail.append(line)
+            log.debug("worker %s: %s", proc.pid, line)
+
+    def _send(self, **msg) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            raise BackendError(self._exit_message(proc), code="model_crashed")
+        try:
+            with self._write_lock:
+                proc.stdin.write(json.dumps(msg) + "\n")
+                proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            raise BackendError(self._exit_message(proc), code="model_crashed") from None
+
+    def _exit_message(self, proc: subprocess.Popen | None) -> str:
+        code = proc.poll() if proc is not None else None
+        return f"the model worker exited unexpectedly (exit code {code})"
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        self._ready = False
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a kill that does not land
+            log.error("model worker pid %s did not die", proc.pid)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------ Backend
+    def load(self, progress: ProgressCallback) -> None:
+        if self._ready and self.is_alive():
+            return
+        self._kill()
+        proc = self._proc = self._spawn()
+        events = self._events
+        progress(0.0, "starting worker")
+        try:
+            self._send(op="load", base=self.base_model,
+                       adapter=str(self.adapter_path) if self.adapter_path else None, dtype=self.dtype,
+                       device_map=self.device_map, default_base=self.default_base_model)
+            while True:
+                event = events.get()
+                kind = event.get("event")
+                if kind == "progress":
+                    progress(float(event.get("fraction") or 0.0), str(event.get("phase") or ""))
+                elif kind == "ready":
+                    self._info = event.get("info") or {}
+                    self._ready = True
+                    log.info("model ready in worker pid %s: %s", proc.pid, self._info)
+                    return
+                elif kind == "error":
+                    raise BackendError(event.get("message") or "the model failed to load",
+                                       code=event.get("code") or "load_failed")
+                elif kind == _EXIT:
+                    tail = " | ".join(list(self._stderr_tail)[-3:])
+                    raise BackendError(f"the model worker exited while loading (exit code {event['code']})"
+                                       + (f": {tail}" if tail else ""), code="model_crashed")
+        except BaseException:
+            if self._proc is proc:
+                self._kill()
+            raise
+
+    def generate(self, request: GenerateRequest, on_token: TokenCallback | None = None) -> GenerateResult:
+        if not self._ready or self._proc is None:
+            raise BackendError("the model is not loaded", code="model_unavailable")
+        req_id = f"r{next(self._ids)}"
+        events = self._events
+        self._current_id = req_id
+        started = time.monotonic()
+        deadline = started + request.timeout_s if request.timeout_s else None
+        try:
+            self._send(op="generate", id=req_id, system=request.system, prompt=request.prompt,
+                       images=[base64.b64encode(b).decode("ascii") for b in request.images],
+                       max_new_tokens=request.max_new_tokens, temperature=request.temperature)
+            while True:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    self._cancel_after_timeout(req_id, request.timeout_s)
+                try:
+                    event = events.get(timeout=wait)
+                except queue.Empty:
+                    continue  # the deadline check above handles it
+                result = self._handle(event, req_id, on_token)
+                if result is not None:
+                    result.timings.setdefault("total", round(time.monotonic() - started, 4))
+                    return result
+        finally:
+            self._current_id = None
+
+    def _handle(self, event: dict, req_id: str, on_token: TokenCallback | None) -> GenerateResult | None:
+        kind = event.get("event")
+        if kind == _EXIT:
+            self._ready = False
+            raise BackendError(f"the model worker exited unexpectedly (exit code {event['code']})",
+                               code="model_crashed")
+        if event.get("id") != req_id:
+            return None  # a late event of an earlier, abandoned request
+        if kind == "token":
+            if on_token is not None:
+                on_token(event.get("text") or "")
+        elif kind == "done":
+            return GenerateResult(text=event.get("text") or "", model=self._model_label(),
+                                  prompt_tokens=event.get("prompt_tokens"),
+                                  completion_tokens=event.get("completion_tokens"),
+                                  timings=dict(event.get("timings") or {}))
+        elif kind == "error":
+            if event.get("code") == "cancelled":
+                raise GenerationCancelled()
+            raise BackendError(event.get("message") or "generation failed", code=event.get("code") or "generate_failed")
+        return None
+
+    def _cancel_after_timeout(self, req_id: str, timeout_s: float) -> None:
+        """Ask the worker to stop; a worker that does not answer within the grace period is killed."""
+        message = f"the model did not answer within {timeout_s:g} s"
+        try:
+            self._send(op="cancel", id=req_id)
+        except BackendError:
+            pass
+        grace_end = time.monotonic() + self.cancel_grace_s
+        while (left := grace_end - time.monotonic()) > 0:
+            try:
+                event = self._events.get(timeout=left)
+            except queue.Empty:
+                break
+            if event.get("event") == _EXIT:
+                self._ready = False
+                break
+            if event.get("id") == req_id and event.get("event") in {"done", "error"}:
+                raise BackendError(message, code="model_timeout", status=504)
+        log.warning("model worker did not stop within %.1f s of a cancel; killing it", self.cancel_grace_s)
+        self._kill()
+        raise BackendError(message + " (the worker was restarted)", code="model_timeout", status=504)
+
+    def cancel(self) -> None:
+        req_id = self._current_id
+        if req_id is not None:
+            try:
+                self._send(op="cancel", id=req_id)
+            except BackendError:
+                pass
+
+    def unload(self) -> None:
+        """End the worker: shutdown, then kill after a grace period. Safe while a load is in progress."""
+        proc = self._proc
+        self._ready = False
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                with self._write_lock:
+                    proc.stdin.write(json.dumps({"op": "shutdown"}) + "\n")
+                    proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                pass
+            try:
+                proc.wait(timeout=SHUTDOWN_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("model worker pid %s ignored shutdown; killing it", proc.pid)
+        if self._proc is proc:
+            self._kill()
+        elif proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.info("model worker pid %s ended", proc.pid)
+
+    def is_alive(self) -> bool:
+        proc = self._proc
+        return self._ready and proc is not None and proc.poll() is None
+
+    def _model_label(self) -> str:
+        return str(self._info.get("model") or self.base_model or "")
+
+    def status(self) -> dict:
+        proc = self._proc
+        alive = proc is not None and proc.poll() is None
+        rss = gpu = None
+        if alive:
+            try:
+                import psutil
+
+                rss = psutil.Process(proc.pid).memory_info().rss
+            except Exception:  # noqa: BLE001 - the process may have just ended
+                rss = None
+            gpu = self._ask_gpu_bytes()
+        return {
+            "model": self._info.get("model") or self.base_model,
+            "adapter": str(self.adapter_path) if self.adapter_path else None,
+            "pid": proc.pid if alive else None,
+            "rss_bytes": rss,
+            "gpu_bytes": gpu,
+            "dtype": self._info.get("dtype") if self._ready else None,
+            "device": self._info.get("device") if self._ready else None,
+        }
+
+    def _ask_gpu_bytes(self) -> int:
+        if not self._ready:
+            return self._last_gpu_bytes
+        try:
+            while not self._status_replies.empty():  # stale answers to an earlier ask
+                self._status_replies.get_nowait()
+            self._send(op="status")
+            reply = self._status_replies.get(timeout=0.5)
+            self._last_gpu_bytes = int(reply.get("gpu_bytes") or 0)
+        except (BackendError, queue.Empty):
+            pass
+        return self._last_gpu_bytes
+
+    @property
+    def info(self) -> dict:
+        """What the worker reported at ready: model, adapter, dtype, device, param_count, load timings."""
+        return dict(self._info)
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None

@@ -1,0 +1,284 @@
+"""`ModelManager`: the one owner of model state (the shape of Ollama's server/sched.go).
+
+States: unloaded -> loading -> ready; failed (with a reason) -> loading again after a cooldown; any -> unloaded.
+One load at a time (concurrent callers wait for the same load), one generation at a time per backend, and a
+keep-alive timer that unloads an idle model (keep_alive_s: 0 = right after each request, -1 = never).
+No torch here: the backend decides where the model runs.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from .backend import Backend, BackendError, GenerateRequest, GenerateResult, TokenCallback
+
+log = logging.getLogger(__name__)
+
+UNLOADED, LOADING, READY, FAILED = "unloaded", "loading", "ready", "failed"
+
+
+class ModelManager:
+    def __init__(self, backend: Backend, *, keep_alive_s: float = 300, load_timeout_s: float = 900,
+                 failure_cooldown_s: float = 5, clock: Callable[[], float] = time.monotonic):
+        self.backend = backend
+        self.keep_alive_s = keep_alive_s
+        self.load_timeout_s = load_timeout_s
+        self.failure_cooldown_s = failure_cooldown_s
+        self.clock = clock
+        self.on_state_change: list[Callable[[str, dict], None]] = []
+        self.load_count = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._generate_lock = threading.Lock()  # one generation (or unload) at a time on the backend
+        self._state = UNLOADED
+        self._error: str | None = None
+        self._retry_after: float | None = None  # set after a failed load: no new load before this clock value
+        self._epoch = 0  # bumped by every load and unload; a load whose epoch moved on is stale
+        self._progress = (0.0, "")
+        self._load_started: float | None = None
+        self._load_finished: float | None = None
+        self._active = 0  # requests between arrival and the end of their generation
+        self._last_used: float | None = None
+        self._timer: threading.Timer | None = None
+        self._unload_at: float | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------ state
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        """Caller holds self._cond."""
+        self._state, self._error = state, error
+        self._cond.notify_all()
+        callbacks = list(self.on_state_change)
+        if callbacks:
+            threading.Thread(target=self._notify, args=(callbacks, state, error), daemon=True).start()
+
+    @staticmethod
+    def _notify(callbacks, state, error) -> None:
+        for callback in callbacks:
+            try:
+                callback(state, {"error": error})
+            except Exception:  # noqa: BLE001 - an observer must not break the manager
+                log.exception("on_state_change callback failed")
+
+    # ------------------------------------------------------------ loading
+    def start_load(self) -> bool:
+        """Start a background load unless one is running, the model is ready, or a failure is cooling down.
+        Returns True when this call started a load."""
+        with self._cond:
+            return self._start_load_locked()
+
+    def _start_load_locked(self) -> bool:
+        if self._closed:
+            raise BackendError("the model manager is shut down", code="model_unavailable")
+        if self._state in (LOADING, READY):
+            return False
+        if self._state == FAILED and self._retry_after is not None and self.clock() < self._retry_after:
+            return False
+        self._epoch += 1
+        self.load_count += 1
+        self._progress = (0.0, "starting")
+        self._load_started, self._load_finished = self.clock(), None
+        self._set_state(LOADING)
+        epoch = self._epoch
+        threading.Thread(target=self._run_load, args=(epoch,), daemon=True, name=f"vlm-load-{epoch}").start()
+        if self.load_timeout_s and self.load_timeout_s > 0:
+            watchdog = threading.Timer(self.load_timeout_s, self._load_timed_out, args=(epoch,))
+            watchdog.daemon = True
+            watchdog.start()
+        return True
+
+    def _run_load(self, epoch: int) -> None:
+        def progress(fraction: float, phase: str) -> None:
+            with self._cond:
+                if self._epoch == epoch and self._state == LOADING:
+                    self._progress = (max(0.0, min(1.0, float(fraction))), phase)
+
+        try:
+            self.backend.load(progress)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the state's reason
+            reason = exc.message if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
+            with self._cond:
+                if self._epoch == epoch and self._state == LOADING:
+                    log.warning("model load failed: %s", reason)
+                    self._load_finished = self.clock()
+                    self._retry_after = self.clock() + self.failure_cooldown_s
+                    self._set_state(FAILED, reason)
+            return
+        with self._cond:
+            stale = self._epoch != epoch or self._state != LOADING
+            # a newer load already replaced this one's worker in the backend: leave that one alone
+            newer_load_running = stale and self._state == LOADING
+            if not stale:
+                self._progress = (1.0, "ready")
+                self._load_finished = self.clock()
+                self._retry_after = None
+                self._set_state(READY)
+                self._arm_keep_alive_locked()
+        if stale and not newer_load_running:  # unloaded (or timed out) while loading: do not keep a model nobody owns
+            self.backend.unload()
+
+    def _load_timed_out(self, epoch: int) -> None:
+        with self._cond:
+            if self._epoch != epoch or self._state != LOADING:
+                return
+            self._epoch += 1
+            self._load_finished = self.clock()
+            self._retry_after = self.clock() + self.failure_cooldown_s
+            self._set_state(FAILED, f"the model did not load within {self.load_timeout_s:g} s")
+        self.backend.unload()
+
+    def ensure_ready(self, timeout: float | None = None) -> None:
+        """Start the load if needed and wait for it. Giving up here does not abort the load."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._start_load_locked()
+            while self._state == LOADING:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    fraction, phase = self._progress
+                    raise BackendError(f"the model is still loading ({phase or 'starting'}, {fraction:.0%})",
+                                       code="model_loading_timeout", status=503)
+                self._cond.wait(left)
+            if self._state == READY:
+                return
+            if self._state == FAILED:
+                raise BackendError(self._error or "the model failed to load", code="model_failed", status=503)
+            raise BackendError("the model was unloaded while loading", code="model_unavailable", status=503)
+
+    # ------------------------------------------------------------ generation
+    def generate(self, request: GenerateRequest, on_token: TokenCallback | None = None) -> GenerateResult:
+        with self._cond:
+            self._active += 1
+            self._cancel_keep_alive_locked()
+        try:
+            while True:
+                self.ensure_ready(timeout=self.load_timeout_s if self.load_timeout_s > 0 else None)
+                with self._generate_lock:
+                    with self._cond:
+                        if self._state != READY:
+                            continue  # unloaded between ensure_ready and the lock: load again
+                    if not self.backend.is_alive():
+                        self._mark_lost("the model worker is no longer running")
+                        continue
+                    return self._generate_locked(request, on_token)
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._last_used = self.clock()
+                if self._state == READY:
+                    self._arm_keep_alive_locked()
+
+    def _generate_locked(self, request: GenerateRequest, on_token: TokenCallback | None) -> GenerateResult:
+        try:
+            return self.backend.generate(request, on_token)
+        except BackendError as exc:
+            if not self.backend.is_alive():
+                self._mark_lost(exc.message)
+            raise
+
+    def _mark_lost(self, reason: str) -> None:
+        """The loaded model is gone (crash, kill): failed now, but the next request reloads at once."""
+        with self._cond:
+            if self._state == READY:
+                log.warning("model lost: %s", reason)
+                self._retry_after = None
+                self._set_state(FAILED, reason)
+        self.backend.unload()
+
+    # ------------------------------------------------------------ keep-alive and unloading
+    def _cancel_keep_alive_locked(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._unload_at = None, None
+
+    def _arm_keep_alive_locked(self) -> None:
+        self._cancel_keep_alive_locked()
+        if self.keep_alive_s is None or self.keep_alive_s < 0 or self._active > 0:
+            return
+        self._unload_at = self.clock() + self.keep_alive_s
+        timer = threading.Timer(self.keep_alive_s, self._keep_alive_expired)
+        timer.daemon = True
+        self._timer = timer
+        timer.start()
+
+    def _keep_alive_expired(self) -> None:
+        with self._generate_lock:
+            with self._cond:
+                if self._timer is None or threading.current_thread() is not self._timer:
+                    return  # re-armed or cancelled meanwhile
+                if self._active > 0 or self._state != READY:
+                    return
+                self._timer, self._unload_at = None, None
+                self._epoch += 1
+            log.info("keep-alive of %s s expired: unloading the model", self.keep_alive_s)
+            self.backend.unload()
+            with self._cond:  # only now: "unloaded" means the memory is back
+                self._set_state(UNLOADED)
+
+    def unload(self) -> None:
+        """Unload now (also abandons a load in progress). A generation in flight finishes first."""
+        with self._cond:
+            self._cancel_keep_alive_locked()
+            self._epoch += 1
+            loading = self._state == LOADING
+            if loading:  # the load thread sees the new epoch and drops what it loaded
+                self._set_state(UNLOADED)
+        if loading:
+            self.backend.unload()
+            return
+        with self._generate_lock:
+            with self._cond:
+                self._cancel_keep_alive_locked()
+            self.backend.unload()
+            with self._cond:
+                if self._state != LOADING:  # a load started meanwhile owns the state now
+                    self._set_state(UNLOADED)
+
+    def shutdown(self) -> None:
+        self.backend.cancel()
+        self.unload()
+        with self._cond:
+            self._closed = True
+
+    # ------------------------------------------------------------ status
+    def status(self) -> dict:
+        backend_status = {}
+        try:
+            backend_status = self.backend.status() or {}
+        except Exception:  # noqa: BLE001 - status must always answer
+            log.exception("backend status failed")
+        with self._cond:
+            now = self.clock()
+            fraction, phase = self._progress
+            elapsed = eta = None
+            if self._load_started is not None:
+                elapsed = (self._load_finished or now) - self._load_started
+                if self._state == LOADING and fraction > 0.02:
+                    eta = elapsed * (1 - fraction) / fraction
+                elif self._state == READY:
+                    eta = 0.0
+            if self._state == UNLOADED:
+                fraction, phase = 0.0, ""
+            unload_in = None
+            if self._unload_at is not None and self._state == READY:
+                unload_in = max(0.0, self._unload_at - now)
+            return {
+                "backend": self.backend.name,
+                "model": backend_status.get("model"),
+                "adapter": backend_status.get("adapter"),
+                "state": self._state,
+                "progress": {"fraction": round(fraction, 4), "phase": phase,
+                             "elapsed_s": None if elapsed is None else round(elapsed, 2),
+                             "eta_s": None if eta is None else round(eta, 2)},
+                "memory": {"rss_bytes": backend_status.get("rss_bytes"),
+                           "gpu_bytes": backend_status.get("gpu_bytes")},
+                "error": self._error,
+                "keep_alive_s": self.keep_alive_s,
+                "unload_in_s": None if unload_in is None else round(unload_in, 2),
+                "load_count": self.load_count,
+            }
