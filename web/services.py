@@ -17,7 +17,7 @@ from vlm.cache import ResponseCache
 from vlm.lifecycle import ModelManager
 from vlm.proposals import ProposalStore
 
-from .config import Config
+from .config import DEFAULT_BASE_MODEL, Config
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ def make_backend(config: Config) -> Backend:
     from vlm.finetuned import FinetunedBackend
 
     return FinetunedBackend(adapter_path=config.finetuned_model_path, base_model=config.vlm_base_model,
-                            dtype=config.vlm_dtype, device_map=config.vlm_device_map)
+                            dtype=config.vlm_dtype, device_map=config.vlm_device_map,
+                            default_base_model=DEFAULT_BASE_MODEL)
 
 
 class Services:
