@@ -226,3 +226,11 @@ def test_load_and_unload_endpoints(tiny_vlm, tmp_path):
     r = c.post("/api/vlm/unload")
     assert r.status_code == 200 and r.get_json()["state"] == "unloaded"
     app.extensions["optim"].shutdown()
+
+
+def test_status_polling_does_not_hammer_a_remote_engine(ollama_app, ollama):
+    c = ollama_app.test_client()
+    for _ in range(10):
+        body = c.get("/api/vlm/status").get_json()
+        assert body["backend"] == "ollama" and body["state"] == "unloaded"
+    assert len([q for q in ollama.requests if q.path == "/api/version"]) <= 2

@@ -43,6 +43,10 @@ class ModelManager:
         self._timer: threading.Timer | None = None
         self._unload_at: float | None = None
         self._closed = False
+        # Backend facts (an HTTP round trip for remote engines) are cached briefly: the UI polls status every
+        # second and every request reads it. A state change drops the cache.
+        self.status_ttl_s = 1.0
+        self._backend_status: tuple[float, dict] | None = None
 
     # ------------------------------------------------------------ state
     @property
@@ -52,6 +56,7 @@ class ModelManager:
     def _set_state(self, state: str, error: str | None = None) -> None:
         """Caller holds self._cond."""
         self._state, self._error = state, error
+        self._backend_status = None
         self._cond.notify_all()
         callbacks = list(self.on_state_change)
         if callbacks:
@@ -246,12 +251,20 @@ class ModelManager:
             self._closed = True
 
     # ------------------------------------------------------------ status
-    def status(self) -> dict:
-        backend_status = {}
+    def _cached_backend_status(self) -> dict:
+        cached, now = self._backend_status, self.clock()
+        if cached is not None and now - cached[0] < self.status_ttl_s:
+            return cached[1]
+        facts: dict = {}
         try:
-            backend_status = self.backend.status() or {}
+            facts = self.backend.status() or {}
         except Exception:  # noqa: BLE001 - status must always answer
             log.exception("backend status failed")
+        self._backend_status = (now, facts)
+        return facts
+
+    def status(self) -> dict:
+        backend_status = self._cached_backend_status()
         with self._cond:
             now = self.clock()
             fraction, phase = self._progress
