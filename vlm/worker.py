@@ -5,11 +5,12 @@ Started as `python -m vlm.worker`. JSON lines on stdin/stdout; the real stdout f
 
 parent -> worker: {"op": "load", "base", "adapter", "dtype", "device_map", "default_base"}
                   {"op": "generate", "id", "system", "prompt", "images": [base64], "max_new_tokens", "temperature"}
+                  {"op": "set_adapter", "id", "adapter"}  (another LoRA adapter; the base model stays loaded)
                   {"op": "cancel", "id"} | {"op": "status"} | {"op": "shutdown"}
 worker -> parent: {"event": "progress", "fraction", "phase"} | {"event": "ready", "info": {...}}
                   {"event": "token", "id", "text"} | {"event": "done", "id", "text", "prompt_tokens",
                   "completion_tokens", "timings"} | {"event": "error", "id", "message", "code"}
-                  {"event": "status", "rss_bytes", "gpu_bytes", "busy"}
+                  {"event": "status", "rss_bytes", "gpu_bytes", "busy"} | {"event": "adapter_set", "id", "info"}
 Exiting the process is how every byte of RAM and GPU memory (CUDA context included) goes back.
 """
 from __future__ import annotations
@@ -24,6 +25,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from vlm.adapter_slots import AdapterError, AdapterSlots, same_base
 
 log = logging.getLogger("vlm.worker")
 
@@ -126,18 +129,15 @@ class Engine:
         self.cancel_event = threading.Event()
         self.current_id: str | None = None
         self.loading = False
+        self.base_override: str | None = None  # the operator named the base (VLM_BASE_MODEL): no base check
+        self.adapters = AdapterSlots()
 
     def progress(self, fraction: float, phase: str) -> None:
         self.channel.send("progress", fraction=round(min(max(fraction, 0.0), 1.0), 4), phase=phase)
 
     def load(self, msg: dict) -> None:
         adapter = msg.get("adapter")
-        adapter_dir = Path(adapter) if adapter else None
-        if adapter_dir is not None:
-            if not adapter_dir.is_dir():
-                raise WorkerError(f"adapter folder {adapter_dir} does not exist", "not_found")
-            if not (adapter_dir / "adapter_config.json").is_file():
-                raise WorkerError(f"adapter folder {adapter_dir} has no adapter_config.json", "bad_adapter")
+        adapter_dir = _check_adapter_dir(adapter) if adapter else None
         base = resolve_base(msg.get("base"), adapter, msg.get("default_base"))
         base_dir = self._base_folder(base)
 
@@ -183,6 +183,8 @@ class Engine:
                 raise WorkerError(f"adapter {adapter_dir} could not be loaded: {_reason(exc)}", "bad_adapter") from None
         model.eval()
         self.model, self.processor = model, processor
+        self.base_override = msg.get("base") or None
+        self.adapters.reset(adapter_dir)
         self.info = {
             "model": base, "adapter": str(adapter_dir) if adapter_dir else None, "dtype": dtype_name,
             "device": str(getattr(model, "device", "cpu")),
@@ -209,6 +211,28 @@ class Engine:
                 raise WorkerError(f"base model {base} is not a local folder and is not in the Hugging Face cache "
                                   "(HF_HUB_OFFLINE is set)", "not_found") from None
             return None  # from_pretrained downloads it
+
+    def set_adapter(self, msg: dict) -> dict:
+        """Make another LoRA adapter active on the loaded base. On any failure the previous one stays active."""
+        if self.model is None:
+            raise WorkerError("no model is loaded", "not_loaded")
+        adapter_dir = _check_adapter_dir(msg.get("adapter") or "")
+        loaded = str(self.info.get("model") or "")
+        named = resolve_base(None, str(adapter_dir), loaded)
+        if not self.base_override and not same_base(named, loaded):
+            raise WorkerError(f"adapter {adapter_dir.name} was trained on base model {named}, but {loaded} is "
+                              "loaded; unload the model and load it with this adapter instead", "base_mismatch")
+        for path in weight_files(adapter_dir):
+            try:
+                check_safetensors(path)
+            except (OSError, ValueError) as exc:
+                raise WorkerError(f"adapter {path} is corrupt: {exc}", "bad_adapter") from None
+        try:
+            self.model, info = self.adapters.activate(self.model, adapter_dir)
+        except AdapterError as exc:
+            raise WorkerError(exc.message, exc.code) from None
+        self.info["adapter"] = str(adapter_dir)
+        return info
 
     # ------------------------------------------------------------ generation
     def generate(self, msg: dict) -> None:
@@ -296,6 +320,15 @@ class Engine:
         return {"rss_bytes": psutil.Process().memory_info().rss, "gpu_bytes": gpu, "busy": self.current_id}
 
 
+def _check_adapter_dir(adapter: str) -> Path:
+    adapter_dir = Path(adapter)
+    if not adapter or not adapter_dir.is_dir():
+        raise WorkerError(f"adapter folder {adapter_dir} does not exist", "not_found")
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise WorkerError(f"adapter folder {adapter_dir} has no adapter_config.json", "bad_adapter")
+    return adapter_dir
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -364,6 +397,8 @@ def main() -> int:
                 engine.loading = True
                 engine.load(msg)
                 channel.send("ready", info=engine.info)
+            elif op == "set_adapter":
+                channel.send("adapter_set", id=req_id, info=engine.set_adapter(msg))
             elif op == "generate":
                 engine.cancel_event.clear()
                 engine.current_id = req_id
