@@ -1,0 +1,239 @@
+// Assistant panel: request text + optional reference photo + "include current view"; the answer streams in
+// (POST /api/vlm with stream: true); proposals show as a reviewable table and are applied through
+// POST /api/proposals/<id>/apply, which makes an ordinary, undoable history entry.
+import { api, postEventStream } from './api.js';
+import { $, el, formatNumber, toast } from './dom.js';
+
+const IMAGE_TYPES = ['image/png', 'image/jpeg', 'image/webp'];
+
+export class AssistantPanel {
+  constructor({ maxUploadMb, getContext, onApplied, onCommitError, statusBadge }) {
+    this.getContext = getContext; // () => {model, version, schema, values}
+    this.onApplied = onApplied; // (state) => void
+    this.onCommitError = onCommitError; // (err) => boolean (true: handled)
+    this.statusBadge = statusBadge;
+    // Photos travel base64-encoded inside the JSON body (4/3 larger), which must fit the server's upload limit.
+    this.maxImageBytes = Math.floor((maxUploadMb * 1024 * 1024 * 3) / 4) - 64 * 1024;
+    this.image = null; // {name, size, dataUrl}
+    this.abort = null;
+    this.response = null;
+
+    $('image-limit').textContent = `PNG, JPEG or WebP, up to ${(this.maxImageBytes / (1024 * 1024)).toFixed(1)} MB`;
+    $('vlm-form').addEventListener('submit', (e) => { e.preventDefault(); this.send(); });
+    $('vlm-prompt').addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); this.send(); }
+    });
+    $('vlm-cancel').addEventListener('click', () => { if (this.abort) this.abort.abort(); });
+    $('vlm-image').addEventListener('change', (e) => { if (e.target.files[0]) this.attach(e.target.files[0]); e.target.value = ''; });
+    $('image-remove').addEventListener('click', () => this.clearImage());
+    const zone = $('drop-zone');
+    zone.addEventListener('dragover', (e) => { e.preventDefault(); zone.classList.add('over'); });
+    zone.addEventListener('dragleave', () => zone.classList.remove('over'));
+    zone.addEventListener('drop', (e) => {
+      e.preventDefault();
+      zone.classList.remove('over');
+      const file = e.dataTransfer && e.dataTransfer.files[0];
+      if (file) this.attach(file);
+    });
+    $('apply-selected').addEventListener('click', () => this.apply(this.selectedNames()));
+    $('apply-all').addEventListener('click', () => this.apply(this.remainingNames()));
+  }
+
+  imageError(message) {
+    const node = $('image-error');
+    node.textContent = message;
+    node.hidden = !message;
+  }
+
+  async attach(file) {
+    this.imageError('');
+    if (!IMAGE_TYPES.includes(file.type)) {
+      this.imageError(`“${file.name}” is not a PNG, JPEG or WebP image.`);
+      return;
+    }
+    if (file.size > this.maxImageBytes) {
+      const mb = (file.size / (1024 * 1024)).toFixed(1);
+      this.imageError(`“${file.name}” is ${mb} MB; the limit is ${(this.maxImageBytes / (1024 * 1024)).toFixed(1)} MB.`);
+      return;
+    }
+    const dataUrl = await new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+    this.image = { name: file.name, size: file.size, dataUrl };
+    $('image-thumb').src = dataUrl;
+    $('image-name').textContent = `${file.name} (${Math.ceil(file.size / 1024)} KB)`;
+    $('image-preview').hidden = false;
+  }
+
+  clearImage() {
+    this.image = null;
+    $('image-thumb').removeAttribute('src');
+    $('image-name').textContent = '';
+    $('image-preview').hidden = true;
+    this.imageError('');
+  }
+
+  setRunning(running) {
+    $('vlm-send').disabled = running;
+    $('vlm-cancel').hidden = !running;
+    $('vlm-answer').dataset.state = running ? 'streaming' : 'idle';
+  }
+
+  async send() {
+    if (this.abort) return;
+    const prompt = $('vlm-prompt').value.trim();
+    if (!prompt) {
+      this.showError('Write a request first.');
+      $('vlm-prompt').focus();
+      return;
+    }
+    const ctx = this.getContext();
+    const body = { prompt, stream: true, include_render: $('vlm-include-render').checked, model: ctx.model };
+    if (this.image) body.images = [this.image.dataUrl];
+
+    this.showError('');
+    const answer = $('vlm-answer');
+    answer.textContent = '';
+    $('vlm-summary').textContent = '';
+    $('proposals').hidden = true;
+    this.response = null;
+    this.abort = new AbortController();
+    this.setRunning(true);
+    this.statusBadge.setBusy(true);
+    this.requestStatus('Sending…');
+    let finished = false;
+    try {
+      for await (const { event, data } of postEventStream('/api/vlm', body, { signal: this.abort.signal })) {
+        if (event === 'status') {
+          this.statusBadge.showProgress(data.state, data.progress);
+          this.requestStatus(data.state === 'loading' ? 'Loading the model…' : 'Thinking…');
+        } else if (event === 'token') {
+          if (answer.dataset.state !== 'streaming') answer.dataset.state = 'streaming';
+          answer.textContent += data.text || '';
+          this.requestStatus('Writing…');
+          answer.scrollTop = answer.scrollHeight;
+        } else if (event === 'done') {
+          finished = true;
+          this.showResponse(data);
+        } else if (event === 'error') {
+          finished = true;
+          this.showError(data.message || 'the model failed to answer');
+        }
+      }
+      if (!finished) this.showError('The answer stopped before it was complete; try again.');
+    } catch (err) {
+      if (err.name === 'AbortError') this.requestStatus('Stopped.');
+      else this.showError(err.message);
+    } finally {
+      this.abort = null;
+      this.setRunning(false);
+      answer.dataset.state = finished && this.response ? 'done' : 'idle';
+      this.statusBadge.setBusy(false);
+    }
+  }
+
+  requestStatus(text) {
+    $('vlm-request-status').textContent = text;
+  }
+
+  showError(message) {
+    const node = $('vlm-error');
+    node.textContent = message;
+    node.hidden = !message;
+    if (message) this.requestStatus('');
+  }
+
+  showResponse(response) {
+    this.response = response;
+    $('vlm-answer').textContent = response.text || '';
+    $('vlm-summary').textContent = response.summary || '';
+    const seconds = response.timings && (response.timings.total ?? response.timings.generate);
+    this.requestStatus(typeof seconds === 'number' ? `Answered in ${seconds.toFixed(1)} s.` : 'Answered.');
+    this.renderProposals();
+  }
+
+  renderProposals() {
+    const proposals = (this.response && this.response.proposals) || [];
+    const section = $('proposals');
+    const tbody = $('proposals-table').querySelector('tbody');
+    $('proposals-status').textContent = '';
+    if (!proposals.length) {
+      section.hidden = true;
+      if (this.response) this.requestStatus(`${$('vlm-request-status').textContent} No parameter changes proposed.`);
+      return;
+    }
+    const schema = new Map((this.getContext().schema || []).map((p) => [p.name, p]));
+    const rows = proposals.map((p, i) => {
+      const param = schema.get(p.parameter);
+      const unit = param && param.unit ? ` ${param.unit}` : '';
+      const step = param ? param.step : undefined;
+      const valid = p.valid === true;
+      const box = el('input', {
+        type: 'checkbox', checked: valid, disabled: !valid,
+        dataset: { testid: 'proposal-check', parameter: String(p.parameter) },
+        'aria-label': `apply ${p.parameter}`,
+      });
+      return el('tr', { className: valid ? 'valid' : 'rejected', dataset: { testid: 'proposal-row', index: String(i), valid: String(valid) } },
+        el('td', {}, box),
+        el('td', { title: String(p.parameter) },
+          el('div', { className: 'param-name', text: param ? param.label : String(p.parameter) }),
+          el('div', { className: 'nowrap' },
+            el('span', { className: 'muted', text: formatNumber(p.current, step) }), ' → ',
+            el('strong', { text: `${formatNumber(p.value, step)}${unit}` }))),
+        el('td', { className: 'reason', text: p.reason || '' }),
+        el('td', { className: valid ? 'ok' : 'bad', dataset: { testid: 'proposal-verdict' } },
+          el('span', { text: valid ? '✓ valid' : `✗ rejected: ${p.error || 'invalid'}` })));
+    });
+    tbody.replaceChildren(...rows);
+    const anyValid = proposals.some((p) => p.valid === true);
+    $('apply-selected').disabled = !anyValid;
+    $('apply-all').disabled = !anyValid;
+    section.hidden = false;
+  }
+
+  selectedNames() {
+    return [...$('proposals-table').querySelectorAll('input[data-testid="proposal-check"]:checked:not(:disabled)')]
+      .map((box) => box.dataset.parameter);
+  }
+
+  remainingNames() {
+    return [...$('proposals-table').querySelectorAll('input[data-testid="proposal-check"]:not(:disabled)')]
+      .map((box) => box.dataset.parameter);
+  }
+
+  async apply(names) {
+    if (!this.response) return;
+    if (!names.length) {
+      $('proposals-status').textContent = 'Select at least one change.';
+      return;
+    }
+    const ctx = this.getContext();
+    const body = { version: ctx.version, parameters: names };
+    $('apply-selected').disabled = true;
+    $('apply-all').disabled = true;
+    try {
+      const state = await api('POST', `/api/proposals/${encodeURIComponent(this.response.id)}/apply?model=${encodeURIComponent(ctx.model)}`, body);
+      const applied = names;
+      for (const row of $('proposals-table').querySelectorAll('tr[data-testid="proposal-row"]')) {
+        const box = row.querySelector('input');
+        if (applied.includes(box.dataset.parameter)) {
+          row.classList.add('applied');
+          box.checked = false;
+          box.disabled = true;
+        }
+      }
+      $('proposals-status').textContent = `Applied ${applied.length} change${applied.length === 1 ? '' : 's'}; undo reverts them.`;
+      this.onApplied(state);
+    } catch (err) {
+      if (!this.onCommitError(err)) $('proposals-status').textContent = err.message;
+      toast(err.message, 'error');
+    } finally {
+      const left = $('proposals-table').querySelectorAll('input[data-testid="proposal-check"]:not(:disabled)').length;
+      $('apply-selected').disabled = !left;
+      $('apply-all').disabled = !left;
+    }
+  }
+}

@@ -1,0 +1,205 @@
+// Parameter panel built from the schema (GET /api/params) and the history list (GET /api/history).
+// An edit is committed when a control settles (slider released, number entered, checkbox toggled): one edit,
+// one PATCH, one history entry. Values are range-checked here first and the server's 422 message is shown too.
+import { el, formatNumber, formatTime } from './dom.js';
+
+export class ParamsPanel {
+  constructor(form, { onCommit }) {
+    this.form = form;
+    this.onCommit = onCommit; // async (values) => void; throws ApiError
+    this.rows = new Map(); // name -> {param, inputs..., error}
+    this.schemaKey = '';
+  }
+
+  render(state) {
+    const key = JSON.stringify(state.schema);
+    if (key !== this.schemaKey) {
+      this.build(state.schema);
+      this.schemaKey = key;
+    }
+    for (const [name, row] of this.rows) {
+      if (name in state.values) this.setRowValue(row, state.values[name]);
+      if (!row.dirty) this.setError(row, '');
+    }
+    this.values = { ...state.values };
+  }
+
+  build(schema) {
+    this.form.replaceChildren();
+    this.rows.clear();
+    const groups = new Map();
+    for (const p of schema) {
+      const group = p.group || 'General';
+      if (!groups.has(group)) groups.set(group, []);
+      groups.get(group).push(p);
+    }
+    for (const [group, params] of groups) {
+      const details = el('details', { className: 'param-group', open: true, dataset: { group } },
+        el('summary', { text: group }));
+      for (const p of params) details.append(this.buildRow(p));
+      this.form.append(details);
+    }
+  }
+
+  buildRow(p) {
+    const id = `param-${p.name}`;
+    const row = { param: p, dirty: false };
+    const label = el('label', { className: 'param-label', for: id, text: p.label || p.name, title: p.description || '' });
+    const error = el('div', { className: 'field-error', id: `${id}-error`, dataset: { testid: `${id}-error` }, hidden: true });
+    row.error = error;
+    let body;
+    if (p.type === 'bool') {
+      row.checkbox = el('input', { type: 'checkbox', id, name: p.name, dataset: { testid: id } });
+      row.checkbox.addEventListener('change', () => this.commit(row, row.checkbox.checked));
+      body = null; // the checkbox sits in the head row, where numeric parameters show their range
+    } else {
+      const step = p.step || (p.type === 'int' ? 1 : 'any');
+      row.slider = el('input', {
+        type: 'range', min: String(p.min), max: String(p.max), step: String(step), name: `${p.name}-slider`,
+        dataset: { testid: `${id}-slider` }, 'aria-label': `${p.label || p.name} slider`,
+      });
+      row.number = el('input', {
+        type: 'number', id, name: p.name, min: String(p.min), max: String(p.max), step: String(step),
+        inputmode: p.type === 'int' ? 'numeric' : 'decimal', dataset: { testid: id },
+      });
+      row.slider.addEventListener('input', () => {
+        row.number.value = row.slider.value;
+        this.markDirty(row);
+      });
+      row.slider.addEventListener('change', () => this.commitNumber(row, row.slider.value));
+      row.number.addEventListener('input', () => {
+        this.markDirty(row);
+        const checked = this.check(p, row.number.value);
+        this.setError(row, checked.error || '');
+      });
+      row.number.addEventListener('change', () => this.commitNumber(row, row.number.value));
+      row.number.addEventListener('keydown', (e) => {
+        if (e.key === 'Enter') { e.preventDefault(); row.refused = undefined; this.commitNumber(row, row.number.value); }
+        if (e.key === 'Escape') { this.revert(row); row.number.blur(); }
+      });
+      const unit = el('span', { className: 'param-unit', text: p.unit || '' });
+      body = el('div', { className: 'param-controls' }, row.slider, el('div', { className: 'number-wrap' }, row.number, unit));
+    }
+    const tail = row.checkbox || el('span', {
+      className: 'param-range muted', text: `${formatNumber(p.min)} – ${formatNumber(p.max)}${p.unit ? ` ${p.unit}` : ''}`,
+    });
+    const head = el('div', { className: 'param-head' }, label, tail);
+    row.node = el('div', { className: 'param-row', dataset: { param: p.name, testid: `row-${p.name}` } }, head, body, error);
+    this.rows.set(p.name, row);
+    return row.node;
+  }
+
+  check(p, raw) {
+    if (raw === '' || raw === null || raw === undefined) return { error: 'enter a number' };
+    const value = Number(raw);
+    if (!Number.isFinite(value)) return { error: 'enter a number' };
+    if (p.type === 'int' && !Number.isInteger(value)) return { error: 'must be a whole number' };
+    const unit = p.unit ? ` ${p.unit}` : '';
+    if (value < p.min || value > p.max) {
+      return { error: `must be between ${formatNumber(p.min)} and ${formatNumber(p.max)}${unit}` };
+    }
+    return { value };
+  }
+
+  markDirty(row) {
+    row.dirty = true;
+    row.node.classList.add('dirty');
+  }
+
+  setRowValue(row, value) {
+    row.dirty = false;
+    row.refused = undefined;
+    row.node.classList.remove('dirty', 'invalid');
+    if (row.checkbox) row.checkbox.checked = Boolean(value);
+    else {
+      row.number.value = String(value);
+      row.slider.value = String(value);
+    }
+  }
+
+  revert(row) {
+    if (this.values && row.param.name in this.values) this.setRowValue(row, this.values[row.param.name]);
+    this.setError(row, '');
+  }
+
+  setError(row, message) {
+    row.error.textContent = message;
+    row.error.hidden = !message;
+    row.node.classList.toggle('invalid', Boolean(message));
+    if (row.number) row.number.setAttribute('aria-invalid', message ? 'true' : 'false');
+  }
+
+  commitNumber(row, raw) {
+    const checked = this.check(row.param, raw);
+    if (checked.error) {
+      this.setError(row, checked.error);
+      return;
+    }
+    // Enter and the following blur both report the same edit; a refused value is not re-sent on its own.
+    if (row.inflight === checked.value || row.refused === checked.value) return;
+    if (this.values && this.values[row.param.name] === checked.value) {
+      this.setRowValue(row, checked.value);
+      this.setError(row, '');
+      return;
+    }
+    this.commit(row, checked.value);
+  }
+
+  async commit(row, value) {
+    this.setError(row, '');
+    row.node.classList.add('pending');
+    row.inflight = value;
+    try {
+      await this.onCommit({ [row.param.name]: value });
+    } catch (err) {
+      row.refused = value;
+      // Keep what the user typed, explain why it was refused; the model is unchanged.
+      if (err.code === 'invalid_parameter') this.showServerError(err);
+      else if (err.code !== 'version_conflict') this.setError(row, err.message);
+    } finally {
+      row.inflight = undefined;
+      row.node.classList.remove('pending');
+    }
+  }
+
+  showServerError(err) {
+    const row = this.rows.get(err.body.parameter);
+    if (row) {
+      row.dirty = true;
+      this.setError(row, err.message);
+      return true;
+    }
+    return false;
+  }
+
+  setDisabled(disabled) {
+    for (const control of this.form.querySelectorAll('input')) control.disabled = disabled;
+  }
+}
+
+const SOURCE_LABELS = { user: 'edit', vlm: 'assistant', reset: 'reset', optimise: 'optimiser' };
+
+export function renderHistory(list, history) {
+  const items = [];
+  const entries = history.entries || [];
+  for (let i = entries.length - 1; i >= 0; i -= 1) {
+    const e = entries[i];
+    const kind = (e.source && e.source.kind) || 'user';
+    const state = i === history.position ? 'current' : i > history.position ? 'redoable' : 'past';
+    const changes = Object.entries(e.changes || {})
+      .map(([name, c]) => `${name}: ${formatNumber(c.from)} → ${formatNumber(c.to)}`).join('\n');
+    items.push(el('li', {
+      className: `history-entry ${state}`, title: changes, value: String(i + 1),
+      dataset: { testid: 'history-entry', index: String(i), state, source: kind },
+    },
+    el('span', { className: `source source-${kind}`, text: SOURCE_LABELS[kind] || kind }),
+    el('span', { className: 'summary', text: e.summary || changes || '(no change)' }),
+    el('time', { className: 'muted', text: formatTime(e.timestamp) })));
+  }
+  const initialState = history.position === -1 ? 'current' : 'past';
+  items.push(el('li', {
+    className: `history-entry ${initialState}`, value: '0',
+    dataset: { testid: 'history-initial', index: '-1', state: initialState },
+  }, el('span', { className: 'source source-initial', text: 'start' }), el('span', { className: 'summary', text: 'Defaults' })));
+  list.replaceChildren(...items);
+}

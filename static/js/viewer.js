@@ -1,0 +1,290 @@
+// The 3D view: a three.js scene showing the model's GLB (one named node per part), with orbit controls,
+// preset views, fit, part picking, wireframe and grid. It renders on demand, not in a loop, so an idle page
+// costs nothing (software WebGL in CI is slow).
+import * as THREE from 'three';
+import { OrbitControls } from 'three/addons/controls/OrbitControls.js';
+import { GLTFLoader } from 'three/addons/loaders/GLTFLoader.js';
+
+// glTF is Y-up; CadQuery models are Z-up with X forward, Y left. The exporter maps (x, y, z) -> (x, z, -y),
+// so "front" (looking at the rover's nose, from +X) is +X here, its right side is +Z and top is +Y.
+const VIEW_DIRECTIONS = {
+  front: new THREE.Vector3(1, 0, 0),
+  side: new THREE.Vector3(0, 0, 1),
+  top: new THREE.Vector3(0, 1, 0.0001),
+  iso: new THREE.Vector3(1, 0.8, 1),
+};
+const HIGHLIGHT = new THREE.Color(0x3b82f6);
+
+export class Viewer {
+  constructor(container, { onPick = () => {}, onStatus = () => {} } = {}) {
+    this.container = container;
+    this.onPick = onPick;
+    this.onStatus = onStatus;
+    this.loads = 0;
+    this.model = null;
+    this.picked = null;
+    this.wireframe = false;
+    this.loadToken = 0;
+    this.pendingFrame = false;
+
+    this.renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
+    this.renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
+    this.renderer.outputColorSpace = THREE.SRGBColorSpace;
+    this.renderer.domElement.dataset.testid = 'viewer-canvas';
+    this.renderer.domElement.id = 'viewer-canvas';
+    container.prepend(this.renderer.domElement);
+
+    this.scene = new THREE.Scene();
+    this.scene.background = new THREE.Color(0xf3f5f8);
+    this.scene.add(new THREE.HemisphereLight(0xffffff, 0x8a8f99, 2.2));
+    const key = new THREE.DirectionalLight(0xffffff, 2.0);
+    key.position.set(1, 2, 1.5);
+    this.scene.add(key);
+    const fill = new THREE.DirectionalLight(0xffffff, 0.7);
+    fill.position.set(-1.5, 0.5, -1);
+    this.scene.add(fill);
+
+    this.camera = new THREE.PerspectiveCamera(40, 1, 0.1, 10000);
+    this.camera.position.set(300, 250, 300);
+    this.controls = new OrbitControls(this.camera, this.renderer.domElement);
+    this.controls.addEventListener('change', () => this.requestRender());
+
+    this.grid = null;
+    this.setGrid(500, true);
+
+    this.loader = new GLTFLoader();
+    this.raycaster = new THREE.Raycaster();
+    this.pointerDown = null;
+    const canvas = this.renderer.domElement;
+    canvas.addEventListener('pointerdown', (e) => { this.pointerDown = { x: e.clientX, y: e.clientY }; });
+    canvas.addEventListener('pointerup', (e) => this.handleClick(e));
+
+    new ResizeObserver(() => this.resize()).observe(container);
+    this.resize();
+  }
+
+  resize() {
+    const { clientWidth: w, clientHeight: h } = this.container;
+    if (!w || !h) return;
+    this.renderer.setSize(w, h, false);
+    this.camera.aspect = w / h;
+    this.camera.updateProjectionMatrix();
+    this.requestRender();
+  }
+
+  requestRender() {
+    if (this.pendingFrame) return;
+    this.pendingFrame = true;
+    requestAnimationFrame(() => {
+      this.pendingFrame = false;
+      this.renderer.render(this.scene, this.camera);
+    });
+  }
+
+  setGrid(size, visible) {
+    const wasVisible = this.grid ? this.grid.visible : visible;
+    if (this.grid) {
+      this.scene.remove(this.grid);
+      this.grid.geometry.dispose();
+      this.grid.material.dispose();
+    }
+    const step = niceStep(size / 20);
+    const divisions = Math.max(2, Math.round(size / step));
+    this.grid = new THREE.GridHelper(divisions * step, divisions, 0x9aa3af, 0xd5d9e0);
+    this.grid.visible = visible ?? wasVisible;
+    this.scene.add(this.grid);
+    this.gridStep = step;
+    this.requestRender();
+  }
+
+  showGrid(visible) {
+    this.grid.visible = visible;
+    this.requestRender();
+  }
+
+  setWireframe(on) {
+    this.wireframe = on;
+    this.forEachMesh((mesh) => {
+      for (const m of materialsOf(mesh)) m.wireframe = on;
+    });
+    this.requestRender();
+  }
+
+  forEachMesh(fn) {
+    if (this.model) this.model.traverse((o) => { if (o.isMesh) fn(o); });
+  }
+
+  // Fetch and show a GLB. Returns a promise that resolves once the new model is on screen; a newer call
+  // supersedes an older one still in flight.
+  async load(url, { fit = false } = {}) {
+    const token = ++this.loadToken;
+    this.container.dataset.loading = 'true';
+    this.onStatus('Loading model…');
+    try {
+      const response = await fetch(url, { cache: 'no-store' });
+      if (!response.ok) {
+        let message = `HTTP ${response.status}`;
+        try { message = (await response.json()).message || message; } catch { /* not JSON */ }
+        throw new Error(message);
+      }
+      const buffer = await response.arrayBuffer();
+      const gltf = await this.loader.parseAsync(buffer, '');
+      if (token !== this.loadToken) return false;
+      this.replaceModel(gltf.scene, fit || !this.hasFitted);
+      this.loads += 1;
+      this.container.dataset.glbLoads = String(this.loads);
+      this.container.dataset.shownUrl = url; // which state is on screen (tests wait on it)
+      this.onStatus('');
+      return true;
+    } catch (err) {
+      if (token === this.loadToken) this.onStatus(`Model could not be shown: ${err.message}`, true);
+      return false;
+    } finally {
+      if (token === this.loadToken) this.container.dataset.loading = 'false';
+    }
+  }
+
+  replaceModel(root, fit) {
+    const pickedName = this.picked ? this.picked.name : null;
+    if (this.model) {
+      this.scene.remove(this.model);
+      this.model.traverse((o) => {
+        if (o.geometry) o.geometry.dispose();
+        for (const m of materialsOf(o)) m.dispose();
+      });
+    }
+    this.model = root;
+    this.forEachMesh((mesh) => {
+      // Each mesh gets its own material so highlighting one part never tints another sharing it.
+      mesh.material = Array.isArray(mesh.material) ? mesh.material.map((m) => m.clone()) : mesh.material.clone();
+      for (const m of materialsOf(mesh)) {
+        // CadQuery writes its sRGB part colours into glTF's linear baseColorFactor unchanged; undo that so the
+        // view shows the colours the model author picked (and matches the server's PNG renders).
+        if (m.color) m.color.convertSRGBToLinear();
+        m.side = THREE.DoubleSide;
+        m.wireframe = this.wireframe;
+        if ('metalness' in m) m.metalness = Math.min(m.metalness, 0.2);
+        if ('roughness' in m) m.roughness = Math.max(m.roughness, 0.55);
+      }
+    });
+    this.scene.add(root);
+    const box = new THREE.Box3().setFromObject(root);
+    this.bounds = box;
+    if (!box.isEmpty()) {
+      const size = box.getSize(new THREE.Vector3());
+      this.setGrid(Math.max(size.x, size.z) * 2.5, undefined);
+      this.grid.position.y = box.min.y;
+    }
+    this.picked = null;
+    if (pickedName) {
+      const again = findPart(root, pickedName);
+      if (again) this.select(again, false);
+      else this.onPick(null);
+    }
+    if (fit) {
+      this.hasFitted = true;
+      this.setView('iso');
+    }
+    this.requestRender();
+  }
+
+  fit(direction = null) {
+    if (!this.bounds || this.bounds.isEmpty()) return;
+    const sphere = this.bounds.getBoundingSphere(new THREE.Sphere());
+    const dir = (direction || this.camera.position.clone().sub(this.controls.target)).clone().normalize();
+    const fov = THREE.MathUtils.degToRad(this.camera.fov);
+    const fitFov = Math.min(fov, 2 * Math.atan(Math.tan(fov / 2) * this.camera.aspect));
+    const distance = (sphere.radius / Math.sin(fitFov / 2)) * 1.08;
+    this.controls.target.copy(sphere.center);
+    this.camera.position.copy(sphere.center).addScaledVector(dir, distance);
+    this.camera.near = Math.max(distance / 1000, 0.01);
+    this.camera.far = distance * 100;
+    this.camera.updateProjectionMatrix();
+    this.controls.update();
+    this.camera.updateMatrixWorld(); // picking before the next frame must see the new pose
+    this.requestRender();
+  }
+
+  setView(name) {
+    const dir = VIEW_DIRECTIONS[name];
+    if (!dir) return;
+    this.currentView = name;
+    this.fit(dir);
+  }
+
+  handleClick(event) {
+    const start = this.pointerDown;
+    this.pointerDown = null;
+    if (!start || event.button !== 0 || !this.model) return;
+    if (Math.hypot(event.clientX - start.x, event.clientY - start.y) > 4) return; // a drag, not a click
+    const rect = this.renderer.domElement.getBoundingClientRect();
+    const ndc = new THREE.Vector2(
+      ((event.clientX - rect.left) / rect.width) * 2 - 1,
+      -((event.clientY - rect.top) / rect.height) * 2 + 1,
+    );
+    this.raycaster.setFromCamera(ndc, this.camera);
+    const hit = this.raycaster.intersectObject(this.model, true)[0];
+    if (!hit) {
+      this.select(null);
+      return;
+    }
+    this.select(partOf(hit.object, this.model));
+  }
+
+  select(part, notify = true) {
+    if (this.picked) setHighlight(this.picked, false);
+    this.picked = part;
+    if (part) setHighlight(part, true);
+    this.requestRender();
+    if (notify || !part) this.onPick(part ? part.name : null);
+  }
+
+  partNames() {
+    const names = new Set();
+    this.forEachMesh((mesh) => { const p = partOf(mesh, this.model); if (p && p.name) names.add(p.name); });
+    return [...names];
+  }
+}
+
+function materialsOf(object) {
+  if (!object.material) return [];
+  return Array.isArray(object.material) ? object.material : [object.material];
+}
+
+// The part a mesh belongs to: its nearest named node (GLB nodes are named per part; a multi-primitive mesh
+// loads as a named group of unnamed meshes).
+function partOf(object, root) {
+  let node = object;
+  while (node && node !== root) {
+    if (node.name) return node;
+    node = node.parent;
+  }
+  return object;
+}
+
+function findPart(root, name) {
+  let found = null;
+  root.traverse((o) => { if (!found && o.name === name) found = o; });
+  return found;
+}
+
+function setHighlight(part, on) {
+  part.traverse((o) => {
+    if (!o.isMesh) return;
+    for (const m of materialsOf(o)) {
+      if (!m.emissive) continue;
+      if (on) {
+        m.userData.emissive = m.userData.emissive || m.emissive.clone();
+        m.emissive.copy(HIGHLIGHT).multiplyScalar(0.45);
+      } else if (m.userData.emissive) {
+        m.emissive.copy(m.userData.emissive);
+      }
+    }
+  });
+}
+
+function niceStep(raw) {
+  const exp = Math.pow(10, Math.floor(Math.log10(Math.max(raw, 1e-6))));
+  const f = raw / exp;
+  return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * exp;
+}
