@@ -28,8 +28,17 @@ def main() -> int:
         return 2
     app = create_app(config)
     if config.host not in LOCAL_HOSTS:
-        log.warning("!!! listening on %s: anyone who can reach this address can edit designs and run the model. "
-                    "Set OPTIM_TOKEN to require a bearer token, or bind HOST=127.0.0.1.", config.host)
+        if config.token:
+            log.warning("!!! listening on %s: OPTIM_TOKEN is set, so /api/* needs 'Authorization: Bearer <token>' "
+                        "(browsers: open /?token=<token> once). Traffic is plain HTTP unless a TLS proxy is in front.",
+                        config.host)
+        else:
+            log.warning("!!! listening on %s with NO token: anyone who can reach this address can edit designs and "
+                        "run the model. Set OPTIM_TOKEN to require a bearer token, or bind HOST=127.0.0.1.",
+                        config.host)
+        if not config.allowed_hosts:
+            log.warning("only local names, IP addresses and HOST are accepted in the Host header; "
+                        "set OPTIM_ALLOWED_HOSTS=name1,name2 to reach this server by other names")
 
     from waitress import create_server
 

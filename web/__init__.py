@@ -24,14 +24,17 @@ def create_app(config: Config | None = None) -> Flask:
     app.json.sort_keys = False
 
     from .errors import register_error_handlers
+    from .security import register_security
     from .services import Services
 
     app.extensions["optim"] = Services(config)
     register_error_handlers(app)
+    register_security(app, config)
 
-    from . import cad_api, pages, vlm_api
+    from . import cad_api, openapi, pages, vlm_api
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(cad_api.bp)
     app.register_blueprint(vlm_api.bp)
+    app.register_blueprint(openapi.bp)
     return app
