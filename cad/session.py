@@ -163,6 +163,11 @@ class DesignSession:
 
     # -- reading -----------------------------------------------------------------------------
     @property
+    def lock(self) -> threading.RLock:
+        """Hold it to read a snapshot that matches the change just made (no other write in between)."""
+        return self._lock
+
+    @property
     def version(self) -> int:
         return self._state.version
 

@@ -71,8 +71,10 @@ def check_edits(server, before: dict, out: dict, editors: int) -> None:
     assert len(new_entries) == editors and hist["version"] == before["version"] + editors
     ids = [e["id"] for e in new_entries]
     assert sorted(ids) == sorted(i for i, _, _ in out["ok"])
-    # (the state in a 200 is a snapshot taken just after the edit: a racing edit may already be in it)
-    assert all(before["version"] < v <= hist["version"] for _, _, v in out["ok"])
+    # each 200 answers with the very state its own edit produced: versions are distinct and consecutive
+    assert sorted(v for _, _, v in out["ok"]) == list(range(before["version"] + 1, hist["version"] + 1))
+    by_version = {e["id"]: before["version"] + 1 + i for i, e in enumerate(new_entries)}
+    assert all(by_version[i] == v for i, _, v in out["ok"])
     for prev, entry in zip(new_entries, new_entries[1:]):  # a chain: each edit starts where the last ended
         name = next(iter(entry["changes"]))
         assert entry["changes"][name]["from"] == prev["changes"][name]["to"]

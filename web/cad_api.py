@@ -18,7 +18,7 @@ VIEWS = ("front", "side", "top", "iso")
 def state_json(name: str, **extra) -> dict:
     svc = services()
     model = svc.registry.get(name)
-    snap = svc.sessions.get(name).snapshot()
+    snap = extra.pop("snapshot", None) or svc.sessions.get(name).snapshot()
     return {"model": model.name, "title": model.title, "version": snap["version"], "schema": model.schema.to_json(),
             "values": snap["values"], "can_undo": snap["can_undo"], "can_redo": snap["can_redo"], **extra}
 
@@ -41,8 +41,10 @@ def patch_params():
     values = body.get("values")
     if not isinstance(values, dict) or not values:
         raise ApiError(400, "missing_values", 'send {"values": {"parameter": value, ...}, "version": N}')
-    entry = services().sessions.get(name).apply(values, source={"kind": "user"}, expected_version=expected_version(body))
-    return jsonify(state_json(name, entry=entry_json(name, entry)))
+    session = services().sessions.get(name)
+    with session.lock:  # the answer shows the state this edit produced, not a later one
+        entry = session.apply(values, source={"kind": "user"}, expected_version=expected_version(body))
+        return jsonify(state_json(name, entry=entry_json(name, entry), snapshot=session.snapshot()))
 
 
 def entry_json(name: str, entry) -> dict | None:
@@ -56,8 +58,9 @@ def _history_step(action: str):
     body = json_body(required=False)
     name = model_name(body)
     session = services().sessions.get(name)
-    getattr(session, action)(expected_version(body))
-    return jsonify(state_json(name))
+    with session.lock:
+        getattr(session, action)(expected_version(body))
+        return jsonify(state_json(name, snapshot=session.snapshot()))
 
 
 @bp.post("/undo")
@@ -74,8 +77,10 @@ def redo():
 def reset():
     body = json_body(required=False)
     name = model_name(body)
-    entry = services().sessions.get(name).reset(expected_version(body))
-    return jsonify(state_json(name, entry=entry_json(name, entry)))
+    session = services().sessions.get(name)
+    with session.lock:
+        entry = session.reset(expected_version(body))
+        return jsonify(state_json(name, entry=entry_json(name, entry), snapshot=session.snapshot()))
 
 
 @bp.get("/history")
