@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CANCEL_GRACE_S = 5.0
+SWITCH_TIMEOUT_S = 300.0
+_ADAPTER_ERROR_STATUS = {"not_found": 422, "bad_adapter": 422, "base_mismatch": 422}
 SHUTDOWN_GRACE_S = 5.0
 _EXIT = "__exit__"
 
@@ -226,6 +228,42 @@ class FinetunedBackend(Backend):
         log.warning("model worker did not stop within %.1f s of a cancel; killing it", self.cancel_grace_s)
         self._kill()
         raise BackendError(message + " (the worker was restarted)", code="model_timeout", status=504)
+
+    def switch_adapter(self, adapter_path: Path, *, live: bool = True, timeout_s: float = SWITCH_TIMEOUT_S) -> dict:
+        """Make adapter_path the active LoRA adapter without reloading the base model. When no model is loaded
+        (or live=False) it is only remembered for the next load. The caller serialises this with generate
+        (ModelManager does). On failure the previous adapter stays active and a BackendError says why."""
+        path = Path(adapter_path)
+        if not live or not self.is_alive():
+            self.adapter_path = path
+            return {"adapter": str(path), "applied": "next_load"}
+        req_id = f"a{next(self._ids)}"
+        events = self._events
+        deadline = time.monotonic() + timeout_s
+        self._send(op="set_adapter", id=req_id, adapter=str(path))
+        while True:
+            try:
+                event = events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self._kill()  # the worker's adapter state is unknown now: a fresh load is the safe way on
+                raise BackendError(f"switching to adapter {path} took over {timeout_s:g} s; the model was unloaded",
+                                   code="model_timeout", status=504) from None
+            kind = event.get("event")
+            if kind == _EXIT:
+                self._ready = False
+                raise BackendError(f"the model worker exited while switching adapters (exit code {event['code']})",
+                                   code="model_crashed")
+            if event.get("id") != req_id:
+                continue  # a late event of an earlier, abandoned request
+            if kind == "adapter_set":
+                self.adapter_path = path
+                self._info["adapter"] = str(path)
+                log.info("worker pid %s switched to adapter %s", self._proc.pid, path)
+                return {**(event.get("info") or {}), "applied": "now"}
+            if kind == "error":
+                code = event.get("code") or "bad_adapter"
+                raise BackendError(event.get("message") or "the adapter could not be loaded", code=code,
+                                   status=_ADAPTER_ERROR_STATUS.get(code, 503))
 
     def cancel(self) -> None:
         req_id = self._current_id

@@ -195,6 +195,50 @@ class ModelManager:
                 self._set_state(FAILED, reason)
         self.backend.unload()
 
+    # ------------------------------------------------------------ adapters
+    @property
+    def supports_adapters(self) -> bool:
+        return callable(getattr(self.backend, "switch_adapter", None))
+
+    def switch_adapter(self, adapter_path) -> dict:
+        """Switch the LoRA adapter without reloading the base: at once when the model is ready (after the
+        generation in flight), otherwise remembered for the next load (a load in progress is waited for first).
+        On failure the previous adapter stays active."""
+        if not self.supports_adapters:
+            raise BackendError(f"the {self.backend.name} backend serves a fixed model; switching adapters needs "
+                               "the fine-tuned backend (VLM_BACKEND=finetuned)", code="adapters_unsupported",
+                               status=409)
+        deadline = time.monotonic() + self.load_timeout_s if self.load_timeout_s > 0 else None
+        while True:
+            with self._cond:
+                while self._state == LOADING:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise BackendError("the model is still loading; try switching again when it is ready",
+                                           code="model_loading_timeout", status=503)
+                    self._cond.wait(left)
+            with self._generate_lock:
+                with self._cond:
+                    if self._state == LOADING:
+                        continue  # a load started meanwhile: wait for it, then switch
+                    if self._state != READY:
+                        # Under the lock a load cannot start in between: the next load uses this adapter.
+                        info = self.backend.switch_adapter(adapter_path, live=False)
+                        self._retry_after = None  # a new adapter is worth a load at once, even after a failure
+                        self._backend_status = None
+                        return info
+                try:
+                    info = self.backend.switch_adapter(adapter_path)
+                except BackendError as exc:
+                    if not self.backend.is_alive():
+                        self._mark_lost(exc.message)
+                    raise
+                with self._cond:
+                    self._backend_status = None
+                    if self._state == READY and self._active == 0:
+                        self._arm_keep_alive_locked()
+                return info
+
     # ------------------------------------------------------------ keep-alive and unloading
     def _cancel_keep_alive_locked(self) -> None:
         if self._timer is not None:

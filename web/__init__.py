@@ -36,5 +36,8 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(pages.bp)
     app.register_blueprint(cad_api.bp)
     app.register_blueprint(vlm_api.bp)
+    from . import adapters_api
+
+    app.register_blueprint(adapters_api.bp)
     app.register_blueprint(openapi.bp)
     return app

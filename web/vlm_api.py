@@ -10,6 +10,7 @@ import time
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from vlm.backend import BackendError, GenerateRequest
+from vlm.dataset import MAX_REASON_CHARS, DatasetLog
 from vlm.images import MAX_IMAGES, ImageError, decode_base64_image, normalise_image
 from vlm.prompts import build_prompt, proposal_json_schema
 from vlm.proposals import ProposalSelectionError, parse_model_output
@@ -99,7 +100,8 @@ def _prepare():
     gen = GenerateRequest(system=system, prompt=user, images=images, max_new_tokens=max_new_tokens,
                           temperature=temperature, json_schema=proposal_json_schema(schema),
                           timeout_s=svc.config.generate_timeout_s)
-    return {"model": model, "schema": schema, "snapshot": snap, "request": gen, "stream": stream, "prompt": prompt}
+    return {"model": model, "schema": schema, "snapshot": snap, "request": gen, "stream": stream, "prompt": prompt,
+            "include_render": include_render}
 
 
 def _cache_key(ctx) -> str:
@@ -117,8 +119,15 @@ def _answer(ctx, text: str, *, model: str | None, timings: dict, cached: bool) -
     t0 = time.perf_counter()
     parsed = parse_model_output(text, ctx["schema"], snap["values"])
     timings = {**timings, "parse_s": round(time.perf_counter() - t0, 4)}
-    proposal_id = svc.proposals.add(ctx["model"].name, snap["version"], parsed, {"prompt": ctx["prompt"]})
     status = svc.manager.status()
+    gen = ctx["request"]
+    # What the model saw and said, kept with the set so an apply/reject can be logged as a training example.
+    renders = 1 if ctx["include_render"] else 0  # the render is the first image (vlm.prompts' contract)
+    roles = ["render"] * renders + ["reference"] * (len(gen.images) - renders)
+    meta = {"prompt": ctx["prompt"], "system": gen.system, "user": gen.prompt, "images": list(gen.images),
+            "image_roles": roles, "text": text, "backend": status.get("backend"),
+            "model": model or status.get("model"), "adapter": status.get("adapter")}
+    proposal_id = svc.proposals.add(ctx["model"].name, snap["version"], parsed, meta)
     return {"id": proposal_id, "backend": status.get("backend"), "model": model or status.get("model"),
             "adapter": status.get("adapter"), "cad_model": ctx["model"].name, "base_version": snap["version"],
             "text": text, "summary": parsed.summary, "parse_error": parsed.parse_error, "warnings": parsed.warnings,
@@ -137,7 +146,7 @@ def _run(ctx, on_token=None) -> dict:
     t0 = time.perf_counter()
     result = svc.manager.generate(gen, on_token=on_token)
     timings = {**result.timings, "total_s": round(time.perf_counter() - t0, 4)}
-    if key:
+    if key and _cache_key(ctx) == key:  # not when the adapter was switched meanwhile
         svc.responses.put(key, {"text": result.text, "model": result.model})
     return _answer(ctx, result.text, model=result.model, timings=timings, cached=False)
 
@@ -228,4 +237,30 @@ def apply_proposals(proposal_id: str):
     entry = svc.sessions.get(ps.model_name).apply(
         values, source={"kind": "vlm", "proposal_id": proposal_id}, expected_version=expected_version(body),
         summary=(ps.summary or "")[:200] or None)
+    _record_decision(ps, "applied", values)
     return jsonify(state_json(ps.model_name, entry=entry_json(ps.model_name, entry)))
+
+
+@bp.post("/proposals/<proposal_id>/reject")
+def reject_proposals(proposal_id: str):
+    body = json_body(required=False)
+    ps = services().proposals.get(proposal_id)
+    if ps is None:
+        raise ApiError(404, "unknown_proposal", f"no proposal set {proposal_id!r} (it may have expired; ask again)")
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
+        raise ApiError(400, "bad_reason", f"reason must be a string of at most {MAX_REASON_CHARS} characters")
+    _record_decision(ps, "rejected", reject_reason=reason)
+    return jsonify({"id": proposal_id, "rejected": True})
+
+
+def _record_decision(ps, outcome: str, accepted: dict | None = None, reject_reason: str | None = None) -> None:
+    """Log the decision as a training example. The user's action has succeeded: a logging failure only logs."""
+    config = services().config
+    if not getattr(config, "record_dataset", True):
+        return
+    try:
+        folder = getattr(config, "dataset_dir", None) or config.data_dir / "dataset"
+        DatasetLog(folder).record_proposal_set(ps, outcome, accepted, reject_reason)
+    except Exception:  # noqa: BLE001
+        log.exception("could not record proposal set %s in the training dataset", ps.id)

@@ -1,0 +1,81 @@
+"""Turn logged examples (`vlm.dataset`) into model inputs for LoRA training (used by `vlm.train`).
+
+Each example becomes the chat the model saw (system, user with its images) plus the assistant answer it should
+have given (the example's `target` as JSON), rendered with the processor's own chat template, images expanded to
+image tokens by the processor. Labels are -100 everywhere except the assistant answer (and its end-of-turn).
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+def target_text(example: dict) -> str:
+    """The answer the model is taught: the same JSON shape vlm.prompts asks for."""
+    return json.dumps(example["target"], ensure_ascii=False)
+
+
+def chat_messages(example: dict, n_images: int) -> list[dict]:
+    messages = []
+    if example.get("system"):
+        messages.append({"role": "system", "content": [{"type": "text", "text": example["system"]}]})
+    parts = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": example["user"]}]
+    messages.append({"role": "user", "content": parts})
+    return messages
+
+
+class ExampleEncoder:
+    """Encodes one example at a time (micro-batch of 1: image counts and sizes differ between examples)."""
+
+    def __init__(self, processor, max_length: int = 8192):
+        self.processor = processor
+        self.max_length = max_length
+
+    def _images(self, example: dict) -> list:
+        from PIL import Image
+
+        images = []
+        for path in example.get("image_paths") or []:
+            with Image.open(path) as img:
+                images.append(img.convert("RGB"))
+        return images
+
+    def encode(self, example: dict) -> dict | None:
+        """Tensors for the model's forward (with `labels`), or None when the example is longer than max_length
+        (cutting it could split the image tokens, which the model refuses)."""
+        images = self._images(example)
+        prompt_messages = chat_messages(example, len(images))
+        full_messages = prompt_messages + [
+            {"role": "assistant", "content": [{"type": "text", "text": target_text(example)}]}]
+        prompt = self.processor.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=False)
+        full = self.processor.apply_chat_template(full_messages, tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError("the chat template renders the prompt differently with an answer appended; "
+                             "cannot tell which tokens are the answer")
+        kwargs = {"images": images} if images else {}
+        batch = self.processor(text=full, return_tensors="pt", **kwargs)
+        prompt_ids = self.processor(text=prompt, return_tensors="pt", **kwargs)["input_ids"][0]
+        input_ids = batch["input_ids"][0]
+        n_prompt = int(prompt_ids.shape[0])
+        if input_ids.shape[0] > self.max_length:
+            log.warning("example %s is %d tokens, over --max-length %d: skipped", example.get("id"),
+                        input_ids.shape[0], self.max_length)
+            return None
+        if not bool((input_ids[:n_prompt] == prompt_ids).all()):
+            raise ValueError("the tokenised prompt is not a prefix of the tokenised example")
+        labels = input_ids.clone()
+        labels[:n_prompt] = IGNORE_INDEX
+        batch = dict(batch)
+        batch["labels"] = labels.unsqueeze(0)
+        return batch
+
+
+def to_device(batch: dict, device, dtype) -> dict:
+    """Floating tensors (pixel values) take the model's dtype; ids and masks keep theirs."""
+    import torch
+
+    return {k: (v.to(device, dtype) if torch.is_floating_point(v) else v.to(device)) for k, v in batch.items()}
