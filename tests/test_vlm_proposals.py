@@ -464,3 +464,14 @@ def test_cache_hits_misses_and_lru_eviction():
     stats = cache.stats()
     assert (stats["items"], stats["max_items"], stats["hits"], stats["misses"]) == (2, 2, 3, 2)
     assert stats["hit_rate"] == pytest.approx(0.6)
+
+
+def test_store_evicts_oldest_sets_past_its_byte_budget():
+    from vlm.proposals import ProposalStore, ParsedAnswer
+
+    store = ProposalStore(max_items=100, max_bytes=3000)
+    ids = [store.add("rover", 0, ParsedAnswer(summary="", proposals=[], parse_error=None),
+                     {"images": [b"x" * 1000]}) for _ in range(5)]
+    assert len(store) == 3
+    assert store.get(ids[0]) is None and store.get(ids[1]) is None
+    assert all(store.get(i) is not None for i in ids[2:])

@@ -296,26 +296,39 @@ def select(ps: ProposalSet, names: list[str] | None = None) -> dict[str, Any]:
     return chosen
 
 
+def _meta_bytes(meta: dict) -> int:
+    images = meta.get("images") or []
+    return sum(len(item[1] if isinstance(item, tuple) else item) for item in images
+               if isinstance(item, (bytes, bytearray, tuple)))
+
+
 class ProposalStore:
     """Thread-safe LRU of proposal sets, so a user can apply a proposal after reviewing it."""
 
     select = staticmethod(select)
 
-    def __init__(self, max_items: int = 256):
+    def __init__(self, max_items: int = 256, max_bytes: int = 256 * 1024 * 1024):
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
         self.max_items = max_items
+        self.max_bytes = max_bytes  # image bytes kept in meta (for the training log) are bounded too
         self._items: OrderedDict[str, ProposalSet] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def add(self, model_name: str, base_version: int, answer: ParsedAnswer, meta: dict | None = None) -> str:
         proposal_id = secrets.token_urlsafe(12)
         ps = ProposalSet(proposal_id, model_name, base_version, list(answer.proposals), answer.summary,
                          time.time(), dict(meta or {}))
+        size = _meta_bytes(ps.meta)
         with self._lock:
             self._items[proposal_id] = ps
-            while len(self._items) > self.max_items:
+            self._sizes[proposal_id] = size
+            self._bytes += size
+            while len(self._items) > 1 and (len(self._items) > self.max_items or self._bytes > self.max_bytes):
                 evicted, _ = self._items.popitem(last=False)
+                self._bytes -= self._sizes.pop(evicted)
                 log.debug("proposal set %s evicted", evicted)
         return proposal_id
 

@@ -55,6 +55,9 @@ class Config:
     max_upload_mb: float = 16.0
     max_image_pixels: int = 40_000_000
     cad_warmup: bool = True
+    dataset_dir: Path | None = None  # OPTIM_DATASET_DIR: training examples; None = <data_dir>/dataset
+    record_dataset: bool = True  # OPTIM_RECORD_DATASET=0 stops logging applied/rejected proposals
+    build_timeout_s: float = 60.0  # CAD_BUILD_TIMEOUT: a model script running longer is killed (cad.worker)
     allowed_hosts: list[str] = field(default_factory=list)
     token: str | None = None
     testing: bool = False
@@ -93,6 +96,10 @@ class Config:
         c.http_read_timeout_s = float(env.get("VLM_READ_TIMEOUT", c.http_read_timeout_s))
         c.max_upload_mb = float(env.get("MAX_UPLOAD_MB", c.max_upload_mb))
         c.cad_warmup = _bool(env.get("CAD_WARMUP"), True)
+        if env.get("OPTIM_DATASET_DIR"):
+            c.dataset_dir = Path(env["OPTIM_DATASET_DIR"])
+        c.record_dataset = _bool(env.get("OPTIM_RECORD_DATASET"), True)
+        c.build_timeout_s = float(env.get("CAD_BUILD_TIMEOUT", c.build_timeout_s))
         c.allowed_hosts = [h.strip().lower() for h in env.get("OPTIM_ALLOWED_HOSTS", "").split(",") if h.strip()]
         c.token = env.get("OPTIM_TOKEN") or None
         return c

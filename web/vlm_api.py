@@ -257,10 +257,10 @@ def reject_proposals(proposal_id: str):
 def _record_decision(ps, outcome: str, accepted: dict | None = None, reject_reason: str | None = None) -> None:
     """Log the decision as a training example. The user's action has succeeded: a logging failure only logs."""
     config = services().config
-    if not getattr(config, "record_dataset", True):
+    if not config.record_dataset:
         return
     try:
-        folder = getattr(config, "dataset_dir", None) or config.data_dir / "dataset"
+        folder = config.dataset_dir or config.data_dir / "dataset"
         DatasetLog(folder).record_proposal_set(ps, outcome, accepted, reject_reason)
     except Exception:  # noqa: BLE001
         log.exception("could not record proposal set %s in the training dataset", ps.id)
