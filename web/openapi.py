@@ -176,6 +176,14 @@ PATHS: dict = {
         "requestBody": {"required": False, **_json(_ref("ApplyRequest"))},
         "responses": {"200": _ok("state with the new entry", _ref("State")), **WRITE_ERRORS,
                       "404": _error("unknown or expired proposal set")}}},
+    "/api/proposals/{proposal_id}/reject": {"post": {
+        "summary": "reject a proposal set (logged as a training example)",
+        "parameters": [{"name": "proposal_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "requestBody": {"required": False, **_json({"type": "object", "properties": {
+            "reason": {"type": "string", "maxLength": 2000}}})},
+        "responses": {"200": _ok("rejected", {"type": "object", "required": ["id", "rejected"], "properties": {
+            "id": {"type": "string"}, "rejected": {"type": "boolean"}}}), **COMMON_ERRORS,
+            "404": _error("unknown or expired proposal set")}}},
     "/api/vlm/adapters": {"get": {"summary": "LoRA adapters under runs/", "responses": {"200": _ok("adapters", {
         "type": "object", "required": ["adapters"], "properties": {
             "active": {"type": "string", "nullable": True}, "switchable": {"type": "boolean"},
