@@ -26,8 +26,8 @@ class UnknownModel(CadError, LookupError):
         self.name = name
 
 
-class ScriptError(CadError):
-    """A model script is malformed (syntax, schema comment, missing build function). Points at file and line."""
+class _ScriptLocatedError(CadError):
+    """An error that points at a model script's file and line, so its author can fix it."""
 
     def __init__(self, path: str, line: int | None, message: str):
         location = f"{path}:{line}" if line else str(path)
@@ -37,12 +37,9 @@ class ScriptError(CadError):
         self.message = message
 
 
-class BuildError(CadError):
+class ScriptError(_ScriptLocatedError):
+    """A model script is malformed (syntax, schema comment, missing build function)."""
+
+
+class BuildError(_ScriptLocatedError):
     """A model script raised while building, or produced something that is not a valid assembly."""
-
-    def __init__(self, path: str, line: int | None, message: str):
-        location = f"{path}:{line}" if line else str(path)
-        super().__init__(f"{location}: {message}")
-        self.path = str(path)
-        self.line = line
-        self.message = message
