@@ -144,19 +144,19 @@ def test_rover_schema_is_json_serialisable_and_complete(rover):
 
 
 def test_extra_dir_models_and_broken_scripts(tmp_path):
-    (tmp_path / "bracket.py").write_text(GOOD)
+    (tmp_path / "user_bracket.py").write_text(GOOD)
     (tmp_path / "broken.py").write_text('"""B"""\nx: float = 1.0  # 0..2\n\ndef build(p):\n    pass\n')
     registry = ModelRegistry([tmp_path])
     names = [m["name"] for m in registry.list()]
-    assert "bracket" in names and "rover" in names and "broken" not in names
+    assert "user_bracket" in names and "rover" in names and "broken" not in names
     with pytest.raises(ScriptError) as error:
         registry.get("broken")
     assert error.value.line == 2 and error.value.path.endswith("broken.py")
     # An edited script is re-parsed.
-    (tmp_path / "bracket.py").write_text(GOOD.replace("Bracket", "Angle bracket").replace("holes: int = 2",
+    (tmp_path / "user_bracket.py").write_text(GOOD.replace("Bracket", "Angle bracket").replace("holes: int = 2",
                                                                                         "holes: int = 3"))
-    assert registry.get("bracket").title == "Angle bracket"
-    assert registry.get("bracket").schema.defaults()["holes"] == 3
+    assert registry.get("user_bracket").title == "Angle bracket"
+    assert registry.get("user_bracket").schema.defaults()["holes"] == 3
 
 
 def test_listing_and_validating_never_imports_cadquery():
