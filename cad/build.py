@@ -1,9 +1,11 @@
 """Build CAD models and produce their artifacts (GLB/STL/STEP/PNG/bounding box), with caching.
 
 ``produce(script_path, values, artifact, **options)`` is the build entry point: plain, picklable arguments in,
-bytes out, so it can later run in a worker process under a timeout. ``Builder`` wraps it with validation, a
-thread-safe in-memory LRU, an on-disk cache (atomic writes) and per-key locks so one state is built once.
-cadquery is imported only when something is actually built.
+bytes out. ``Builder`` runs it in the build worker process (``cad.worker``) under a timeout, so a hanging or
+crashing model script cannot take the caller down, and wraps it with validation, a thread-safe in-memory LRU, an
+on-disk cache (atomic writes) and per-key locks so one state is built once. The worker keeps the last built shapes
+(``build_model``'s cache), so GLB, PNG and STL of one state build it once. The calling process never imports
+cadquery through ``Builder``; ``build_model``/``produce`` called directly build in the current process.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class BuiltModel:
     assembly: object
     parts: list[BuiltPart]
     _preview: list[PartMesh] | None = field(default=None, repr=False)
+    _fused: object | None = field(default=None, repr=False)  # union of the parts (cad.target's exact IoU)
 
     def preview_meshes(self) -> list[PartMesh]:
         """Coarse tessellation shared by the GLB export and the PNG renderer (computed once)."""
@@ -101,6 +104,12 @@ def _flatten(assembly, script_path: str) -> list[BuiltPart]:
 
 _built: OrderedDict[str, BuiltModel] = OrderedDict()
 _BUILT_ITEMS = 6
+_counters = {"builds": 0}
+
+
+def build_count() -> int:
+    """How many times a script was actually run in this process (cache misses of ``build_model``)."""
+    return _counters["builds"]
 
 
 def build_model(script_path: str | Path, values: dict) -> BuiltModel:
@@ -116,6 +125,7 @@ def build_model(script_path: str | Path, values: dict) -> BuiltModel:
         if key in _built:
             _built.move_to_end(key)
             return _built[key]
+        _counters["builds"] += 1
         assembly = run_build(path, values)
         if not isinstance(assembly, cq.Assembly):
             kind = type(assembly).__name__
@@ -128,9 +138,12 @@ def build_model(script_path: str | Path, values: dict) -> BuiltModel:
 
 
 def clear_process_cache() -> None:
-    """Forget built shapes (benchmarks use it to time cold builds on fresh shapes)."""
+    """Forget built shapes here and in a running build worker (benchmarks time cold builds on fresh shapes)."""
+    from cad import worker
+
     with _GEOMETRY_LOCK:
         _built.clear()
+    worker.clear_worker_cache()
 
 
 def produce(script_path: str | Path, values: dict, artifact: str, view: str = "iso", size: int = 384,
@@ -156,11 +169,19 @@ def produce(script_path: str | Path, values: dict, artifact: str, view: str = "i
 
 
 class Builder:
-    """Validated, cached access to model artifacts. Thread-safe."""
+    """Validated, cached access to model artifacts, built in the shared build worker. Thread-safe.
 
-    def __init__(self, cache_dir: Path, memory_items: int = 32):
+    ``timeout_s`` bounds every job in the worker (``CAD_BUILD_TIMEOUT``); past it the worker is killed and the
+    call raises ``cad.worker.BuildTimeout`` (a ``BuildError``).
+    """
+
+    def __init__(self, cache_dir: Path, memory_items: int = 32, timeout_s: float | None = None):
+        from cad.worker import DEFAULT_TIMEOUT_S, shared_client
+
         self.cache_dir = Path(cache_dir)
         self.memory_items = max(int(memory_items), 1)
+        self.timeout_s = float(timeout_s) if timeout_s else DEFAULT_TIMEOUT_S
+        self.worker = shared_client()
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
@@ -193,6 +214,24 @@ class Builder:
         log.info("CAD warm-up of %s took %.2f s", model.name, elapsed)
         return elapsed
 
+    # --- targets (cad.target), computed in the worker; not cached here ---
+    def compare(self, model: CadModel, params: dict, target_path: Path, method: str = "auto",
+                detail: bool = True, **options) -> dict:
+        """IoU, volume and bounding-box differences of the model state against a stored target.
+
+        ``options`` (resolution, blur, profile, rays) select the optimiser's scores; see cad.target.compare_model.
+        """
+        values = model.schema.complete(params)
+        return self.worker.call("compare", str(model.path), values, str(target_path), method=method, detail=detail,
+                                **options, timeout_s=self.timeout_s, script=str(model.path))
+
+    def target_info(self, target_path: Path) -> dict:
+        """Parse and validate a target file (raises cad.target.TargetError); its format, kind, volume, bbox."""
+        return self.worker.call("target_info", str(target_path), timeout_s=self.timeout_s, script=str(target_path))
+
+    def target_glb(self, target_path: Path) -> bytes:
+        return self.worker.call("target_glb", str(target_path), timeout_s=self.timeout_s, script=str(target_path))
+
     def stats(self) -> dict:
         with self._lock:
             return {**self._stats, "memory_items": len(self._memory)}
@@ -222,7 +261,8 @@ class Builder:
                 return data
             start = time.perf_counter()
             try:
-                data = produce(model.path, values, artifact, name=model.name, **options)
+                data = self.worker.call("produce", str(model.path), values, artifact, name=model.name, **options,
+                                        timeout_s=self.timeout_s, script=str(model.path))
             except Exception:
                 with self._lock:
                     self._stats["errors"] += 1

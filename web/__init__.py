@@ -39,5 +39,8 @@ def create_app(config: Config | None = None) -> Flask:
     from . import adapters_api
 
     app.register_blueprint(adapters_api.bp)
+    from . import targets_api
+
+    app.register_blueprint(targets_api.bp)
     app.register_blueprint(openapi.bp)
     return app

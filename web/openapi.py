@@ -199,6 +199,40 @@ PATHS: dict = {
         "type": "object"})}}},
 }
 
+_TARGET = {"type": "object", "required": ["model", "format", "kind", "volume", "bbox"], "properties": {
+    "model": {"type": "string"}, "format": {"type": "string", "enum": ["step", "stl"]},
+    "kind": {"type": "string", "enum": ["solid", "mesh"]}, "volume": {"type": "number"}, "bbox": {"type": "object"},
+    "triangles": {"type": "integer"}, "size_bytes": {"type": "integer"}, "version": {"type": "integer"},
+    "comparison": {"type": "object", "nullable": True}}}
+TARGET_PATHS = {
+    "/api/target": {
+        "put": {"summary": "attach a STEP or STL target (raw body or multipart field 'target', <= 20 MB)",
+                "parameters": [MODEL_PARAM],
+                "requestBody": {"required": True, "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "multipart/form-data": {"schema": {"type": "object", "required": ["target"], "properties": {
+                        "target": {"type": "string", "format": "binary"}}}}}},
+                "responses": {"201": _ok("the stored target", _TARGET), **COMMON_ERRORS,
+                              "413": _error("larger than 20 MB"), "422": _error("not a readable STEP or STL")}},
+        "get": {"summary": "target metadata and its comparison with the current state", "parameters": [MODEL_PARAM],
+                "responses": {"200": _ok("target", _TARGET), **COMMON_ERRORS, "404": _error("no target")}},
+        "delete": {"summary": "remove the target", "parameters": [MODEL_PARAM],
+                   "responses": {"200": _ok("deleted", {"type": "object"}), **COMMON_ERRORS,
+                                 "404": _error("no target")}}},
+    "/api/target.glb": _file("model/gltf-binary", "the target as GLB (metres, Y up)", [MODEL_PARAM]),
+    "/api/optimise": {"post": {
+        "summary": "numeric refinement toward the target, applied as one history entry (SSE with stream=true)",
+        "parameters": [MODEL_PARAM],
+        "requestBody": {"required": False, **_json({"type": "object", "properties": {
+            "version": {"type": "integer"}, "max_steps": {"type": "integer", "minimum": 1, "maximum": 2000},
+            "use_vlm": {"type": "boolean"}, "stream": {"type": "boolean"}}})},
+        "responses": {"200": {"description": "state + entry + optimise report, or an event stream", "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/event-stream": {"schema": {"type": "string"}}}}, **WRITE_ERRORS,
+            "404": _error("no target")}}},
+}
+PATHS.update(TARGET_PATHS)
+
 
 def _rule_key(path: str) -> str:
     return re.sub(r"<(?:\w+:)?\w+>|\{\w+\}", "{}", path)

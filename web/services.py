@@ -46,7 +46,7 @@ class Services:
         self.config = config
         extra = [config.models_dir] if config.models_dir else []
         self.registry = ModelRegistry(extra_dirs=extra)
-        self.builder = Builder(config.data_dir / "cache")
+        self.builder = Builder(config.data_dir / "cache", timeout_s=config.build_timeout_s)
         self.sessions = SessionStore(config.data_dir, self.registry)
         self.manager = ModelManager(make_backend(config), keep_alive_s=config.keep_alive_s,
                                     load_timeout_s=config.load_timeout_s)

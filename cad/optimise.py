@@ -1,0 +1,210 @@
+"""Numeric refinement of a model's parameters toward a target: adaptive coordinate search on IoU.
+
+Pure Python (no cadquery): the caller passes ``objective(values) -> IoU`` (the web layer runs it in the build
+worker, ``bench/fit.py`` in-process). Every numeric parameter (float and int; bools stay as they are) moves within
+its schema bounds in normalised units (0..1 over min..max). Each parameter has its own step: a move that raises the
+IoU is kept and the step doubles (up to ``MAX_STEP``); when neither direction helps the step shrinks. A parameter is
+done when its step falls below ``MIN_STEP`` (ints: below one unit). The search stops when every parameter is done,
+when the IoU reaches ``target_iou`` or after ``max_steps`` objective evaluations (a *step* is one evaluation; a
+repeated state is answered from a cache and costs nothing). Deterministic for a deterministic objective.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+INITIAL_STEP = 0.125  # of each parameter's range
+MAX_STEP = 0.5
+MIN_STEP = 1.0 / 1024
+SHRINK = 0.25
+GROW = 2.0
+PAIR_CANDIDATES = 5  # ridge escape: pairs among this many most constrained parameters
+DEFAULT_MAX_STEPS = 300
+MAX_STEPS_LIMIT = 5000
+FLOAT_DECIMALS = 3
+# Coarse-to-fine schedule for a voxel objective (cad.target.compare_model(method="mesh", **stage)): volume profiles
+# along X/Y/Z first (they respond to a misplaced part even without overlap), then a blurred IoU (thin walls that
+# are a little apart still attract), and last the plain voxel IoU.
+VOXEL_STAGES = [({"resolution": 48, "profile": True}, 0.3), ({"resolution": 64, "blur": 1.5}, 0.25),
+                ({"resolution": 128, "rays": True}, 1.0)]
+
+
+@dataclass
+class OptimiseResult:
+    start_values: dict
+    values: dict  # the best complete state found
+    start_iou: float
+    iou: float
+    steps: int  # objective evaluations used
+    stopped: str  # "converged" | "budget" | "target_reached"
+    trace: list[tuple[int, float]] = field(default_factory=list)  # (step, best IoU so far) after each improvement
+
+    def changes(self) -> dict:
+        """name -> new value for every parameter that moved."""
+        return {n: v for n, v in self.values.items() if v != self.start_values.get(n)}
+
+
+class _Budget(Exception):
+    pass
+
+
+def optimise(schema, start: dict, objective: Callable[[dict, object], float], *,
+             max_steps: int = DEFAULT_MAX_STEPS, progress: Callable[[int, float, int], None] | None = None,
+             target_iou: float = 1.0 - 1e-9, parameters: list[str] | None = None,
+             stages: list[tuple[object, float]] = ((None, 1.0),)) -> OptimiseResult:
+    """Maximise ``objective(values, stage)`` (an IoU in 0..1) over the numeric parameters from ``start``.
+
+    ``stages`` is a coarse-to-fine schedule of ``(stage, share of the budget)``: each stage searches from the best
+    state of the previous one with ``objective(values, stage)`` (e.g. a blurred IoU first); the last stage is the
+    real objective and gets whatever budget is left. ``start`` must be a complete valid state; ``parameters``
+    optionally limits the search to some names. ``progress(step, best_iou, stage_index)`` is called after every
+    evaluation. The result holds the best state under the last stage's objective (never worse than ``start``).
+    Raises ValueError on a bad budget or parameter name.
+    """
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= MAX_STEPS_LIMIT:
+        raise ValueError(f"max_steps must be a whole number between 1 and {MAX_STEPS_LIMIT}, got {max_steps!r}")
+    if not stages:
+        raise ValueError("at least one stage is needed")
+    start = schema.complete(start)
+    numeric = [p for p in schema if p.type in ("float", "int")]
+    if parameters is not None:
+        unknown = sorted(set(parameters) - {p.name for p in numeric})
+        if unknown:
+            raise ValueError(f"not numeric parameters of this model: {', '.join(unknown)}")
+        numeric = [p for p in numeric if p.name in parameters]
+    counter = {"steps": 0, "limit": max_steps}
+    trace: list[tuple[int, float]] = []
+    final_index = len(stages) - 1
+
+    def run_stage(index: int, stage, values: dict, limit: int) -> tuple[dict, float, bool]:
+        """Coordinate search under one stage's objective; returns (best values, best score, converged)."""
+        cache: dict[tuple, float] = {}
+        best = {"score": -1.0}
+        counter["limit"] = limit
+
+        def evaluate(candidate: dict) -> float:
+            key = tuple(candidate[n] for n in schema.names())
+            if key in cache:
+                return cache[key]
+            if counter["steps"] >= counter["limit"]:
+                raise _Budget
+            score = float(objective(dict(candidate), stage))
+            score = score if math.isfinite(score) else 0.0
+            counter["steps"] += 1
+            cache[key] = score
+            if score > best["score"]:
+                best["score"] = score
+                if index == final_index:
+                    trace.append((counter["steps"], score))
+            if progress is not None:
+                progress(counter["steps"], best["score"], index)
+            return score
+
+        def pair_moves(values: dict, score: float, pinned: dict) -> tuple[dict, float]:
+            """Keeps ``kept`` up to date on every improvement: the budget may run out in the middle."""
+            names = sorted(pinned, key=lambda n: (-pinned[n], n))[:PAIR_CANDIDATES]
+            by_name = {p.name: p for p in numeric}
+            for i, first in enumerate(names):
+                for second in names[i + 1:]:
+                    for sign_first, sign_second in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+                        candidate = moved(moved(values, by_name[first], sign_first), by_name[second], sign_second)
+                        if candidate == values:
+                            continue
+                        candidate_score = evaluate(candidate)
+                        if candidate_score > score + 1e-12:
+                            values, score = candidate, candidate_score
+                            kept.update(values=values, score=score)
+                            steps[first] = steps[second] = min(steps[first], steps[second]) * GROW
+            return values, score
+
+        best_values = dict(values)
+        kept = {"values": best_values, "score": -1.0}
+        try:
+            best_score = evaluate(best_values)
+        except _Budget:
+            return best_values, -1.0, False
+        kept["score"] = best_score
+        steps = {p.name: INITIAL_STEP / (2 ** index) for p in numeric}
+        direction = {p.name: 1 for p in numeric}
+
+        def moved(values: dict, parameter, sign: int) -> dict:
+            candidate = dict(values)
+            position = _position(parameter, values[parameter.name]) + sign * _delta(parameter, steps[parameter.name])
+            candidate[parameter.name] = _value(parameter, position)
+            return candidate
+
+        try:
+            while best_score < target_iou:
+                active = [p for p in numeric if not _done(p, steps[p.name])]
+                if not active:
+                    return best_values, best_score, True
+                sweep_improved, pinned = False, {}
+                for parameter in active:
+                    name = parameter.name
+                    improved, worst_loss = False, 0.0
+                    for sign in (direction[name], -direction[name]):
+                        candidate = moved(best_values, parameter, sign)
+                        if candidate[name] == best_values[name]:
+                            continue
+                        score = evaluate(candidate)
+                        if score > best_score + 1e-12:
+                            best_values, best_score, improved = candidate, score, True
+                            kept.update(values=best_values, score=best_score)
+                            direction[name] = sign
+                            break
+                        worst_loss = max(worst_loss, best_score - score)
+                    sweep_improved |= improved
+                    if not improved and worst_loss > 0:
+                        pinned[name] = worst_loss
+                    steps[name] = min(steps[name] * GROW, MAX_STEP) if improved else steps[name] * SHRINK
+                if not sweep_improved and len(pinned) > 1:
+                    # Stuck on a ridge: no single parameter helps, two moved together may (a box's height and its
+                    # lid's lift both place the lid). Try pairs of the parameters that cost most to move alone.
+                    best_values, best_score = pair_moves(best_values, best_score, pinned)
+        except _Budget:
+            return kept["values"], kept["score"], False
+        return best_values, best_score, True
+
+    final_stage = stages[final_index][0]
+    start_iou = float(objective(dict(start), final_stage))
+    counter["steps"] = 1
+    trace.append((1, start_iou))
+    values, converged = dict(start), True
+    for index, (stage, share) in enumerate(stages[:-1]):
+        limit = min(max_steps, counter["steps"] + max(int(max_steps * share), 1))
+        values, _, _ = run_stage(index, stage, values, limit)
+    values, iou, converged = run_stage(final_index, final_stage, values, max_steps)
+    if iou < start_iou:  # the coarse stages led somewhere worse: keep the start
+        values, iou = dict(start), start_iou
+    stopped = "target_reached" if iou >= target_iou else ("converged" if converged else "budget")
+    log.info("optimise: IoU %.4f -> %.4f in %d steps (%s)", start_iou, iou, counter["steps"], stopped)
+    return OptimiseResult(start_values=start, values=values, start_iou=start_iou, iou=iou,
+                          steps=counter["steps"], stopped=stopped, trace=trace)
+
+
+def _value(parameter, u: float):
+    u = min(max(u, 0.0), 1.0)
+    raw = parameter.min + u * (parameter.max - parameter.min)
+    if parameter.type == "int":
+        return int(min(max(round(raw), parameter.min), parameter.max))
+    return float(min(max(round(raw, FLOAT_DECIMALS), parameter.min), parameter.max))
+
+
+def _position(parameter, value) -> float:
+    return (value - parameter.min) / (parameter.max - parameter.min)
+
+
+def _delta(parameter, step: float) -> float:
+    if parameter.type == "int":  # at least one whole unit
+        return max(step, 1.0 / (parameter.max - parameter.min))
+    return step
+
+
+def _done(parameter, step: float) -> bool:
+    if parameter.type == "int":
+        return step * (parameter.max - parameter.min) < 0.25  # a one-unit move failed at least twice
+    return step < MIN_STEP

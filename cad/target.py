@@ -1,0 +1,308 @@
+"""Target shapes: store a STEP or STL target per model, and compare a model's build with it (volumetric IoU).
+
+``TargetStore`` (file handling, no geometry) runs in the web process. The geometry functions (``target_info``,
+``target_glb``, ``compare_model``) run in the build worker (``cad.worker``): they import cadquery and numpy lazily.
+
+IoU method: ``exact`` when the model's parts fuse into a valid solid and the target is a valid solid (STEP):
+``|A ∩ B| / (|A| + |B| - |A ∩ B|)`` from an OCC boolean. Otherwise (an STL target, a STEP of surfaces only, a failed
+boolean) ``mesh``: both are voxelised on one grid (``cad.voxel``). Every answer says which method was used.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from cad.errors import CadError
+
+log = logging.getLogger(__name__)
+
+TARGET_FORMATS = ("step", "stl")
+MAX_TARGET_TRIANGLES = 2_000_000
+TARGET_COLOUR = (0.75, 0.78, 0.82)
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+class TargetError(CadError, ValueError):
+    """A target file is not a usable STEP or STL. The message says why."""
+
+
+def detect_format(data: bytes) -> str:
+    """'step' or 'stl' from the file's content (never from a client-supplied name); raise TargetError otherwise."""
+    head = data[:512].lstrip()
+    if head.startswith(b"ISO-10303-21"):
+        return "step"
+    if len(data) >= 84 and len(data) == 84 + 50 * int.from_bytes(data[80:84], "little"):
+        return "stl"
+    if head[:5].lower() == b"solid" and b"facet" in data[:4096]:
+        return "stl"
+    raise TargetError("the target is neither a STEP file (ISO-10303-21) nor a binary or ASCII STL file")
+
+
+def parse_stl(data: bytes):
+    """(vertices (3M, 3), triangles (M, 3)) of a binary or ASCII STL; TargetError when it is malformed."""
+    import numpy as np
+
+    count = int.from_bytes(data[80:84], "little") if len(data) >= 84 else -1
+    if count >= 0 and len(data) == 84 + 50 * count:
+        record = np.dtype([("normal", "<f4", 3), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
+        corners = np.frombuffer(data, dtype=record, count=count, offset=84)["corners"].astype(np.float64)
+    else:
+        try:
+            text = data.decode("ascii")
+        except UnicodeDecodeError:
+            raise TargetError("the STL file is neither valid binary STL nor ASCII text") from None
+        numbers = re.findall(r"^\s*vertex\s+(\S+)\s+(\S+)\s+(\S+)", text, flags=re.MULTILINE)
+        if not numbers or len(numbers) % 3:
+            raise TargetError("the ASCII STL file has no complete 'facet' with three 'vertex' lines")
+        try:
+            corners = np.array(numbers, dtype=np.float64).reshape(-1, 3, 3)
+        except ValueError:
+            raise TargetError("the ASCII STL file has a vertex that is not three numbers") from None
+    if not len(corners):
+        raise TargetError("the STL file has no triangles")
+    if len(corners) > MAX_TARGET_TRIANGLES:
+        raise TargetError(f"the STL file has {len(corners)} triangles; at most {MAX_TARGET_TRIANGLES} are accepted")
+    if not np.isfinite(corners).all():
+        raise TargetError("the STL file has coordinates that are not finite numbers")
+    vertices = corners.reshape(-1, 3)
+    if np.ptp(vertices, axis=0).max() <= 0:
+        raise TargetError("the STL file's triangles all lie on one point")
+    return vertices, np.arange(len(vertices), dtype=np.int64).reshape(-1, 3)
+
+
+class TargetStore:
+    """One target file per model: ``<data_dir>/targets/<model>.step|stl``, written atomically."""
+
+    def __init__(self, data_dir: Path):
+        self.dir = Path(data_dir) / "targets"
+        self._lock = threading.Lock()
+
+    def path(self, model: str) -> Path | None:
+        self._check_name(model)
+        for fmt in TARGET_FORMATS:
+            candidate = self.dir / f"{model}.{fmt}"
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def save(self, model: str, data: bytes, check) -> tuple[Path, dict]:
+        """Store ``data`` as the model's target once ``check(temporary_path)`` accepted it (it returns metadata).
+
+        Nothing changes when the format is unknown or ``check`` raises: the previous target stays in place.
+        """
+        self._check_name(model)
+        fmt = detect_format(data)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{model}.", suffix=f".{fmt}", dir=self.dir)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            info = check(Path(temporary))
+            final = self.dir / f"{model}.{fmt}"
+            with self._lock:
+                os.replace(temporary, final)
+                for other in TARGET_FORMATS:
+                    if other != fmt:
+                        (self.dir / f"{model}.{other}").unlink(missing_ok=True)
+            return final, info
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+
+    def delete(self, model: str) -> bool:
+        with self._lock:
+            path = self.path(model)
+            if path is None:
+                return False
+            path.unlink(missing_ok=True)
+            return True
+
+    @staticmethod
+    def _check_name(model: str) -> None:
+        if not isinstance(model, str) or not _MODEL_NAME.match(model):
+            raise TargetError(f"invalid model name {model!r}")
+
+
+# --- geometry (build worker only) ---------------------------------------------------------------------------------
+
+@dataclass
+class LoadedTarget:
+    format: str
+    solid: object | None  # a valid cadquery Shape when the target is a solid, else None
+    vertices: object  # numpy (N, 3), mm
+    triangles: object  # numpy (M, 3)
+    volume: float
+    bbox: dict
+
+
+_targets: OrderedDict[tuple, LoadedTarget] = OrderedDict()
+
+
+def load_target(path: Path | str) -> LoadedTarget:
+    """Parse and validate a stored target (cached per path, modification time and size)."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key in _targets:
+        _targets.move_to_end(key)
+        return _targets[key]
+    data = path.read_bytes()
+    fmt = detect_format(data)
+    loaded = _load_step(path) if fmt == "step" else _load_stl(data)
+    _targets[key] = loaded
+    while len(_targets) > 4:
+        _targets.popitem(last=False)
+    return loaded
+
+
+def _box(lo, hi) -> dict:
+    lo, hi = [float(v) for v in lo], [float(v) for v in hi]
+    return {"min": lo, "max": hi, "size": [b - a for a, b in zip(lo, hi)]}
+
+
+def _load_stl(data: bytes) -> LoadedTarget:
+    from cad.voxel import oriented, signed_volume
+
+    vertices, triangles = parse_stl(data)
+    triangles = oriented(vertices, triangles)
+    return LoadedTarget("stl", None, vertices, triangles, abs(signed_volume(vertices, triangles)),
+                        _box(vertices.min(axis=0), vertices.max(axis=0)))
+
+
+def _load_step(path: Path) -> LoadedTarget:
+    import cadquery as cq
+    import numpy as np
+
+    from cad.export import preview_tolerance, tessellate
+
+    try:
+        shapes = [s for s in cq.importers.importStep(str(path)).vals() if isinstance(s, cq.Shape)]
+    except Exception as exc:  # OCC reports unreadable files in several ways
+        raise TargetError(f"the STEP file could not be read: {exc}") from None
+    compound = cq.Compound.makeCompound(shapes) if shapes else None
+    if compound is None or not compound.Faces():
+        raise TargetError("the STEP file contains no surfaces or solids")
+    solids = compound.Solids()
+    solid = _fuse(solids) if solids else None
+    if solid is not None and not (solid.isValid() and solid.Volume() > 0):
+        solid = None
+    box = compound.BoundingBox()
+    vertices, triangles = tessellate(compound, preview_tolerance(box.DiagonalLength))
+    if not len(triangles):
+        raise TargetError("the STEP file's surfaces could not be tessellated")
+    volume = solid.Volume() if solid is not None else 0.0
+    if solid is None:
+        from cad.voxel import oriented, signed_volume
+
+        triangles = oriented(vertices, triangles)
+        volume = abs(signed_volume(vertices, triangles))
+    return LoadedTarget("step", solid, np.asarray(vertices), np.asarray(triangles), float(volume),
+                        _box((box.xmin, box.ymin, box.zmin), (box.xmax, box.ymax, box.zmax)))
+
+
+def _fuse(shapes: list):
+    """One shape of the union of ``shapes`` (parts of an assembly may touch or overlap)."""
+    if len(shapes) == 1:
+        return shapes[0]
+    return shapes[0].fuse(*shapes[1:]).clean()
+
+
+def target_info(path: Path | str) -> dict:
+    target = load_target(path)
+    return {"format": target.format, "kind": "solid" if target.solid is not None else "mesh",
+            "volume": target.volume, "bbox": target.bbox, "triangles": int(len(target.triangles)), "units": "mm"}
+
+
+def target_glb(path: Path | str) -> bytes:
+    """The target as a GLB in the model GLB's units and axes (metres, Y up), one node named ``target``."""
+    from cad.export import glb_bytes
+    from cad.mesh import PartMesh
+
+    target = load_target(path)
+    return glb_bytes([PartMesh("target", target.vertices, target.triangles, TARGET_COLOUR)], "target")
+
+
+def _model_mesh(built):
+    import numpy as np
+
+    meshes = [m for m in built.preview_meshes() if len(m.triangles)]
+    offsets = np.cumsum([0] + [len(m.vertices) for m in meshes[:-1]])
+    return (np.concatenate([m.vertices for m in meshes]),
+            np.concatenate([m.triangles + offset for m, offset in zip(meshes, offsets)]))
+
+
+def _fused_model(built):
+    if getattr(built, "_fused", None) is None:
+        built._fused = _fuse([p.shape for p in built.parts])
+    return built._fused
+
+
+def compare_model(script_path: str, values: dict, target_path: str, method: str = "auto",
+                  resolution: int | None = None, blur: float = 0.0, profile: bool = False,
+                  rays: bool = False, detail: bool = True) -> dict:
+    """IoU of the model built with ``values`` against the stored target, with volume and bounding-box differences.
+
+    ``method``: ``auto`` (exact when both are solids, else mesh), ``exact`` (still falls back to mesh when the
+    boolean is impossible or fails) or ``mesh``. ``detail=False`` returns only ``iou`` and ``method`` (the
+    optimiser's inner loop). ``blur``/``profile``/``rays`` (mesh method only, see ``cad.voxel.mesh_iou``) give the
+    optimiser's smoothed coarse-stage scores instead of the IoU.
+    """
+    from cad.build import build_model
+    from cad.voxel import DEFAULT_RESOLUTION, mesh_iou
+
+    if method not in ("auto", "exact", "mesh"):
+        raise ValueError(f"method must be auto, exact or mesh, got {method!r}")
+    built = build_model(script_path, values)
+    target = load_target(target_path)
+    result: dict = {}
+    model_solid = None
+    if method != "mesh" and target.solid is not None:
+        try:
+            model_solid = _fused_model(built)
+            if not model_solid.isValid():
+                raise ValueError("the model's parts do not fuse into a valid solid")
+            model_volume, target_volume = model_solid.Volume(), target.solid.Volume()
+            common = model_solid.intersect(target.solid).Volume()
+            if not -1e-6 <= common <= min(model_volume, target_volume) * (1 + 1e-6) + 1e-6:
+                raise ValueError(f"the boolean gave an impossible intersection volume {common:g}")
+            union = model_volume + target_volume - common
+            result = {"iou": common / union if union > 0 else 1.0, "method": "exact"}
+        except Exception as exc:  # OCC booleans can fail on awkward geometry; the mesh estimate still works
+            log.info("exact IoU not possible (%s); using the mesh estimate", exc)
+            result = {"fallback_reason": str(exc)}
+    elif method != "mesh":
+        result = {"fallback_reason": "the target is a mesh (STL or surfaces), not a solid"}
+    if "iou" not in result:
+        voxel = mesh_iou(_model_mesh(built), (target.vertices, target.triangles),
+                         resolution or DEFAULT_RESOLUTION, blur=blur if method == "mesh" else 0.0,
+                         profile=profile and method == "mesh", rays=rays and method == "mesh")
+        result.update(iou=voxel["iou"], method="mesh", voxel_mm=voxel["voxel_mm"])
+    result["iou"] = float(min(max(result["iou"], 0.0), 1.0))
+    if not detail:
+        return result
+    measured = built.measurements()
+    if model_solid is None:
+        try:
+            model_solid = _fused_model(built)
+        except Exception:  # volume then falls back to the sum of the parts
+            model_solid = None
+    model_volume = model_solid.Volume() if model_solid is not None else sum(
+        p["volume"] for p in measured["parts"].values())
+    model_box = _box(measured["min"], measured["max"])
+    size_difference = [m - t for m, t in zip(model_box["size"], target.bbox["size"])]
+    centre_difference = [(m0 + m1 - t0 - t1) / 2 for m0, m1, t0, t1 in
+                         zip(model_box["min"], model_box["max"], target.bbox["min"], target.bbox["max"])]
+    result.update(
+        volume={"model": model_volume, "target": target.volume, "difference": model_volume - target.volume,
+                "relative": (model_volume - target.volume) / target.volume if target.volume else None},
+        bbox={"model": model_box, "target": target.bbox, "size_difference": size_difference,
+              "centre_difference": centre_difference},
+        units="mm")
+    return result

@@ -1,0 +1,192 @@
+"""Targets (STEP/STL parsing and storage), volumetric IoU (exact B-rep and mesh-based) and the optimiser."""
+import math
+import struct
+
+import numpy as np
+import pytest
+
+from cad import export
+from cad.build import build_model
+from cad.optimise import VOXEL_STAGES, optimise
+from cad.registry import ModelRegistry
+from cad.target import TargetError, TargetStore, compare_model, detect_format, load_target, parse_stl, target_glb
+from cad.voxel import mesh_iou
+
+REGISTRY = ModelRegistry()
+BRACKET = REGISTRY.get("bracket")
+
+
+def box_mesh(lo, hi):
+    """A closed, outward-oriented box as (vertices, triangles)."""
+    (x0, y0, z0), (x1, y1, z1) = lo, hi
+    v = np.array([[x0, y0, z0], [x1, y0, z0], [x1, y1, z0], [x0, y1, z0],
+                  [x0, y0, z1], [x1, y0, z1], [x1, y1, z1], [x0, y1, z1]], dtype=float)
+    t = np.array([[0, 2, 1], [0, 3, 2], [4, 5, 6], [4, 6, 7], [0, 1, 5], [0, 5, 4],
+                  [1, 2, 6], [1, 6, 5], [2, 3, 7], [2, 7, 6], [3, 0, 4], [3, 4, 7]])
+    return v, t
+
+
+def merge(*meshes):
+    offset, vs, ts = 0, [], []
+    for v, t in meshes:
+        vs.append(v), ts.append(t + offset)
+        offset += len(v)
+    return np.concatenate(vs), np.concatenate(ts)
+
+
+def binary_stl(vertices, triangles) -> bytes:
+    records = b"".join(struct.pack("<12fH", 0, 0, 0, *vertices[tri].ravel(), 0) for tri in triangles)
+    return b"\0" * 80 + struct.pack("<I", len(triangles)) + records
+
+
+def ascii_stl(vertices, triangles) -> bytes:
+    lines = ["solid box"]
+    for tri in triangles:
+        lines += ["facet normal 0 0 0", "outer loop", *(f"vertex {x} {y} {z}" for x, y, z in vertices[tri]),
+                  "endloop", "endfacet"]
+    return ("\n".join(lines + ["endsolid box"]) + "\n").encode()
+
+
+@pytest.fixture(scope="module")
+def bracket_step(tmp_path_factory):
+    hidden = BRACKET.schema.complete({"base_length": 70.0, "upright_height": 75.0})
+    path = tmp_path_factory.mktemp("targets") / "bracket.step"
+    path.write_bytes(export.step_bytes(build_model(BRACKET.path, hidden).assembly))
+    return path
+
+
+# --- parsing and storage -------------------------------------------------------------------------------------------
+
+def test_stl_binary_and_ascii_parse_to_the_same_triangles():
+    v, t = box_mesh((0, 0, 0), (10, 20, 30))
+    for data in (binary_stl(v, t), ascii_stl(v, t)):
+        assert detect_format(data) == "stl"
+        vertices, triangles = parse_stl(data)
+        assert triangles.shape == (12, 3)
+        assert np.allclose(np.ptp(vertices, axis=0), [10, 20, 30])
+
+
+@pytest.mark.parametrize("data, fragment", [
+    (b"hello world, certainly not CAD", "neither a STEP"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(200), "neither a STEP"),
+    (b"solid x\nfacet normal 0 0 0\nouter loop\nvertex 1 2\nendloop\nendfacet\n", "ASCII STL"),
+    (b"\0" * 80 + struct.pack("<I", 0), "no triangles"),
+    (b"\0" * 80 + struct.pack("<I", 1) + struct.pack("<12fH", 0, 0, 0, *([float("nan")] * 9), 0), "finite"),
+])
+def test_garbage_targets_are_rejected_with_a_reason(data, fragment):
+    with pytest.raises(TargetError, match=fragment):
+        parse_stl(data) if detect_format(data) == "stl" else None
+
+
+def test_a_step_that_does_not_parse_is_rejected(tmp_path):
+    path = tmp_path / "broken.step"
+    path.write_bytes(b"ISO-10303-21;\nHEADER;\nthis is not a real STEP file\nEND-ISO-10303-21;\n")
+    with pytest.raises(TargetError, match="STEP"):
+        load_target(path)
+
+
+def test_store_replaces_atomically_and_keeps_the_old_target_on_a_failed_check(tmp_path):
+    store = TargetStore(tmp_path)
+    v, t = box_mesh((0, 0, 0), (1, 1, 1))
+    path, info = store.save("bracket", binary_stl(v, t), check=lambda p: {"checked": p.suffix})
+    assert path == tmp_path / "targets" / "bracket.stl" and info == {"checked": ".stl"}
+    before = path.read_bytes()
+
+    def refuse(p):
+        raise TargetError("not a solid")
+
+    with pytest.raises(TargetError):
+        store.save("bracket", ascii_stl(v, t), check=refuse)
+    with pytest.raises(TargetError):
+        store.save("bracket", b"garbage" * 20, check=lambda p: {})
+    assert store.path("bracket").read_bytes() == before
+    assert [p.name for p in (tmp_path / "targets").iterdir()] == ["bracket.stl"]  # no temporary files left
+    step = b"ISO-10303-21;\n..."
+    assert store.save("bracket", step, check=lambda p: {})[0].suffix == ".step"
+    assert store.path("bracket").suffix == ".step" and not (tmp_path / "targets" / "bracket.stl").exists()
+    assert store.delete("bracket") and store.path("bracket") is None and not store.delete("bracket")
+    with pytest.raises(TargetError):
+        store.path("../etc/passwd")
+
+
+# --- IoU -----------------------------------------------------------------------------------------------------------
+
+def test_mesh_iou_of_shifted_boxes_matches_the_analytic_value():
+    a = box_mesh((0, 0, 0), (10, 10, 10))
+    b = box_mesh((5, 0, 0), (15, 10, 10))  # overlap 500 of union 1500
+    assert mesh_iou(a, b)["iou"] == pytest.approx(1 / 3, abs=0.02)
+    assert mesh_iou(a, b, rays=True)["iou"] == pytest.approx(1 / 3, abs=0.005)
+    assert mesh_iou(a, a, rays=True)["iou"] == pytest.approx(1.0)
+
+
+def test_overlapping_shells_and_cavities_count_by_winding_number():
+    outer = box_mesh((0, 0, 0), (10, 10, 10))
+    overlapping = merge(outer, box_mesh((5, 5, 5), (12, 12, 12)))  # two bodies in one mesh, overlapping
+    union = 1000 + 343 - 125
+    assert mesh_iou(overlapping, outer, rays=True)["iou"] == pytest.approx(1000 / union, abs=0.01)
+    v, t = box_mesh((3, 3, 3), (7, 7, 7))
+    hollow = merge(outer, (v, t[:, ::-1]))  # inner shell facing inwards: a closed cavity of 64 mm^3
+    assert mesh_iou(hollow, outer, rays=True)["iou"] == pytest.approx(936 / 1000, abs=0.01)
+
+
+def test_exact_iou_of_a_step_target_and_its_differences(bracket_step):
+    same = compare_model(str(BRACKET.path), BRACKET.schema.complete({"base_length": 70.0, "upright_height": 75.0}),
+                         str(bracket_step))
+    assert same["method"] == "exact" and same["iou"] == pytest.approx(1.0, abs=1e-6)
+    assert same["volume"]["difference"] == pytest.approx(0, abs=1e-3)
+    other = compare_model(str(BRACKET.path), BRACKET.schema.defaults(), str(bracket_step))
+    assert other["method"] == "exact" and 0.3 < other["iou"] < 0.95
+    assert other["bbox"]["size_difference"][0] == pytest.approx(80 - 70, abs=1e-6)
+    assert other["bbox"]["size_difference"][2] == pytest.approx(60 - 75, abs=1e-6)
+    mesh = compare_model(str(BRACKET.path), BRACKET.schema.defaults(), str(bracket_step), method="mesh")
+    assert mesh["method"] == "mesh" and mesh["iou"] == pytest.approx(other["iou"], abs=0.03)
+
+
+def test_stl_target_uses_the_mesh_method_and_the_ghost_is_in_metres(tmp_path):
+    stl = tmp_path / "bracket.stl"
+    stl.write_bytes(export.stl_bytes([p.shape for p in build_model(BRACKET.path, BRACKET.schema.defaults()).parts]))
+    answer = compare_model(str(BRACKET.path), BRACKET.schema.defaults(), str(stl))
+    assert answer["method"] == "mesh" and "mesh" in answer["fallback_reason"] and answer["iou"] > 0.95
+    glb = target_glb(stl)
+    assert glb[:4] == b"glTF" and b'"target"' in glb
+    assert load_target(stl).bbox["size"] == pytest.approx([80, 40, 60], abs=1e-3)
+
+
+# --- optimiser -----------------------------------------------------------------------------------------------------
+
+def test_optimiser_respects_bounds_ints_budget_and_is_deterministic():
+    schema = REGISTRY.get("rover").schema
+    goal = {"chassis_length": 301.3, "wheels_per_side": 4, "pan_tilt_z": 250.0}
+
+    def objective(values, stage):
+        # Smooth toy IoU peaking at the goal; pan_tilt_z's optimum lies on its upper bound.
+        distance = sum(abs(values[n] - g) / (schema[n].max - schema[n].min) for n, g in goal.items())
+        return math.exp(-5 * distance)
+
+    seen = []
+    run = lambda: optimise(schema, schema.defaults(), objective, max_steps=400, parameters=list(goal),
+                           progress=lambda step, iou, stage: seen.append((step, iou)))
+    result = run()
+    assert result.iou > 0.995 and result.values["wheels_per_side"] == 4 and result.values["pan_tilt_z"] == 250.0
+    assert result.values["chassis_length"] == pytest.approx(301.3, abs=0.5)
+    assert set(result.changes()) == set(goal) and result.steps <= 400
+    assert [s for s, _ in seen] == list(range(2, result.steps + 1))  # one report per evaluation after the start
+    assert all(b >= a for (_, a), (_, b) in zip(seen, seen[1:]))
+    assert run().values == result.values  # deterministic
+    short = optimise(schema, schema.defaults(), objective, max_steps=5, parameters=list(goal))
+    assert short.steps == 5 and short.stopped == "budget"
+    with pytest.raises(ValueError):
+        optimise(schema, schema.defaults(), objective, max_steps=0)
+    with pytest.raises(ValueError, match="show_sensor_fork"):
+        optimise(schema, schema.defaults(), objective, parameters=["show_sensor_fork"])
+
+
+def test_optimiser_recovers_hidden_bracket_dimensions(bracket_step):
+    objective = lambda values, stage: compare_model(str(BRACKET.path), values, str(bracket_step), method="mesh",
+                                                    detail=False, **stage)["iou"]
+    result = optimise(BRACKET.schema, BRACKET.schema.defaults(), objective, max_steps=80, stages=VOXEL_STAGES,
+                      parameters=["base_length", "upright_height", "width"])
+    exact = compare_model(str(BRACKET.path), result.values, str(bracket_step))["iou"]
+    assert result.start_iou < 0.9 and exact > 0.99
+    assert result.values["base_length"] == pytest.approx(70, abs=1.0)
+    assert result.values["upright_height"] == pytest.approx(75, abs=1.0)
