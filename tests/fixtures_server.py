@@ -8,6 +8,8 @@ Fixtures:
   live_server          fine-tuned backend with the tiny LLaVA-OneVision + LoRA (`tiny_vlm`); real worker process
   live_server_scripted Ollama backend pointed at a FakeOllama whose answer is `SCRIPTED_ANSWER` (deterministic
                        proposals, one of them rejected, plus markup that must be shown as text)
+  live_server_adapters fine-tuned backend on the tiny model with OPTIM_RUNS_DIR holding the adapters of
+                       `make_runs_dir` ("tiny" active, "tiny-alt", "broken"); the model is not preloaded
 Each server gets its own temporary OPTIM_DATA_DIR; its log is written to the data dir's parent (`server.log`).
 """
 from __future__ import annotations
@@ -106,6 +108,38 @@ def live_server(tiny_vlm, tmp_path_factory):
     server = start_live_server({
         "VLM_BACKEND": "finetuned",
         "FINETUNED_MODEL_PATH": str(tiny_vlm.adapter_dir),
+        "VLM_DTYPE": "float32",
+        "VLM_KEEP_ALIVE": "-1",
+        "PRELOAD_MODEL": "0",
+    }, root / "data")
+    yield server
+    server.stop()
+
+
+def make_runs_dir(tiny_vlm, runs: Path) -> Path:
+    """A runs/ folder with three adapters for the tiny base: "tiny" (a copy), "tiny-alt" (lora_B negated, so it
+    answers differently) and "broken" (garbage weights: listed, but refused when chosen)."""
+    from safetensors.numpy import load_file, save_file
+
+    runs.mkdir(parents=True, exist_ok=True)
+    tiny_vlm.copy_adapter(runs / "tiny")
+    alt = tiny_vlm.copy_adapter(runs / "tiny-alt")
+    weights = load_file(alt / "adapter_model.safetensors")
+    save_file({k: (-v if "lora_B" in k else v) for k, v in weights.items()}, str(alt / "adapter_model.safetensors"))
+    broken = tiny_vlm.copy_adapter(runs / "broken")
+    (broken / "adapter_model.safetensors").write_bytes(b"\x00garbage" * 10)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def live_server_adapters(tiny_vlm, tmp_path_factory):
+    """The fine-tuned backend with a runs/ folder of adapters to switch between (see `make_runs_dir`)."""
+    root = tmp_path_factory.mktemp("live_server_adapters")
+    runs = make_runs_dir(tiny_vlm, root / "runs")
+    server = start_live_server({
+        "VLM_BACKEND": "finetuned",
+        "FINETUNED_MODEL_PATH": str(runs / "tiny"),
+        "OPTIM_RUNS_DIR": str(runs),
         "VLM_DTYPE": "float32",
         "VLM_KEEP_ALIVE": "-1",
         "PRELOAD_MODEL": "0",

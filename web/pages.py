@@ -14,4 +14,7 @@ def healthz():
 @bp.get("/")
 def index():
     cfg = services().config
-    return render_template("index.html", max_upload_mb=cfg.max_upload_mb, backend=cfg.backend)
+    from .targets_api import MAX_TARGET_BYTES
+
+    return render_template("index.html", max_upload_mb=cfg.max_upload_mb, backend=cfg.backend,
+                           max_target_mb=MAX_TARGET_BYTES // 2**20)

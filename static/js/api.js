@@ -37,6 +37,22 @@ export async function api(method, path, body, { signal } = {}) {
   return response.json();
 }
 
+// Send a file as the raw request body (PUT /api/target); answers JSON like api().
+export async function apiUpload(method, path, file, { signal } = {}) {
+  let response;
+  try {
+    response = await fetch(path, {
+      method, body: file, signal,
+      headers: { Accept: 'application/json', 'Content-Type': 'application/octet-stream' },
+    });
+  } catch (err) {
+    if (err.name === 'AbortError') throw err;
+    throw new ApiError(0, { error: 'network_error', message: 'the server cannot be reached; is optim still running?' });
+  }
+  if (!response.ok) throw await errorFrom(response);
+  return response.json();
+}
+
 export function withModel(path, model, extra = {}) {
   const params = new URLSearchParams({ model, ...extra });
   return `${path}?${params}`;

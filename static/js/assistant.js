@@ -37,6 +37,18 @@ export class AssistantPanel {
     });
     $('apply-selected').addEventListener('click', () => this.apply(this.selectedNames()));
     $('apply-all').addEventListener('click', () => this.apply(this.remainingNames()));
+    $('reject-proposals').addEventListener('click', () => this.reject());
+  }
+
+  // Forget the answer on screen (its proposals belong to the model that was shown when it was asked).
+  clear() {
+    if (this.abort) this.abort.abort();
+    this.response = null;
+    $('vlm-answer').textContent = '';
+    $('vlm-summary').textContent = '';
+    $('proposals').hidden = true;
+    this.requestStatus('');
+    this.showError('');
   }
 
   imageError(message) {
@@ -191,7 +203,36 @@ export class AssistantPanel {
     const anyValid = proposals.some((p) => p.valid === true);
     $('apply-selected').disabled = !anyValid;
     $('apply-all').disabled = !anyValid;
+    const reject = $('reject-proposals');
+    reject.disabled = false;
+    reject.textContent = 'Reject';
+    section.dataset.decision = '';
     section.hidden = false;
+  }
+
+  // Turn the whole set down: the server logs it as a training example; nothing in the design changes.
+  async reject() {
+    if (!this.response || this.response.rejected) return;
+    const reject = $('reject-proposals');
+    reject.disabled = true;
+    try {
+      await api('POST', `/api/proposals/${encodeURIComponent(this.response.id)}/reject`, {});
+      this.response.rejected = true;
+      for (const box of $('proposals-table').querySelectorAll('input[data-testid="proposal-check"]')) {
+        box.checked = false;
+        box.disabled = true;
+      }
+      $('apply-selected').disabled = true;
+      $('apply-all').disabled = true;
+      reject.textContent = 'Rejected';
+      $('proposals').dataset.decision = 'rejected';
+      $('proposals-status').textContent = 'Rejection recorded (kept as a training example); nothing was changed.';
+      $('proposals-status').scrollIntoView({ block: 'nearest' });
+    } catch (err) {
+      reject.disabled = false;
+      $('proposals-status').textContent = err.message;
+      toast(err.message, 'error');
+    }
   }
 
   selectedNames() {
@@ -205,7 +246,7 @@ export class AssistantPanel {
   }
 
   async apply(names) {
-    if (!this.response) return;
+    if (!this.response || this.response.rejected) return;
     if (!names.length) {
       $('proposals-status').textContent = 'Select at least one change.';
       return;
@@ -231,7 +272,8 @@ export class AssistantPanel {
       if (!this.onCommitError(err)) $('proposals-status').textContent = err.message;
       toast(err.message, 'error');
     } finally {
-      const left = $('proposals-table').querySelectorAll('input[data-testid="proposal-check"]:not(:disabled)').length;
+      const left = this.response && !this.response.rejected
+        ? $('proposals-table').querySelectorAll('input[data-testid="proposal-check"]:not(:disabled)').length : 0;
       $('apply-selected').disabled = !left;
       $('apply-all').disabled = !left;
     }

@@ -7,6 +7,8 @@ import { FallbackViewer } from './viewer-fallback.js';
 import { ParamsPanel, renderHistory } from './params.js';
 import { StatusBadge } from './status.js';
 import { AssistantPanel } from './assistant.js';
+import { AdapterPicker } from './adapters.js';
+import { TargetPanel } from './target.js';
 
 const app = {
   model: new URLSearchParams(location.search).get('model') || null,
@@ -15,11 +17,12 @@ const app = {
   viewer: null,
   params: null,
   busy: false,
+  locked: false, // true while the optimiser runs: no other edit may slip in between
 };
 window.optim = app; // a handle for debugging and the browser tests
 
-function setState(state) {
-  const versionChanged = !app.state || app.state.version !== state.version || app.state.model !== state.model;
+function setState(state, { force = false } = {}) {
+  const versionChanged = force || !app.state || app.state.version !== state.version || app.state.model !== state.model;
   const modelChanged = app.viewedModel !== state.model;
   app.viewedModel = state.model;
   app.state = state;
@@ -27,13 +30,30 @@ function setState(state) {
   app.params.render(state);
   $('params-version').textContent = `version ${state.version}`;
   $('model-title').textContent = state.title || '';
-  $('undo').disabled = !state.can_undo;
-  $('redo').disabled = !state.can_redo;
+  $('undo').disabled = app.locked || !state.can_undo;
+  $('redo').disabled = app.locked || !state.can_redo;
   updateDownloads();
   if (versionChanged) {
     app.viewer.load(withModel('/api/model.glb', state.model, { v: String(state.version) }), { fit: modelChanged });
     refreshHistory();
   }
+  if (modelChanged) {
+    app.assistant.clear(); // its proposals were for the model that was on screen before
+    app.target.switchModel(state.model);
+  } else if (versionChanged) {
+    app.target.refresh();
+  }
+}
+
+// While the optimiser runs the design must not change under it: edits, history steps and model switches wait.
+function setLocked(on) {
+  app.locked = on;
+  document.body.dataset.locked = String(on);
+  app.params.setDisabled(on);
+  $('model-select').disabled = on;
+  $('reset').disabled = on;
+  $('undo').disabled = on || !(app.state && app.state.can_undo);
+  $('redo').disabled = on || !(app.state && app.state.can_redo);
 }
 
 async function refreshHistory() {
@@ -55,8 +75,8 @@ function updateDownloads() {
 
 async function reload() {
   hideBanner();
-  app.state = null; // force the view and the history to refresh even when the version is unchanged
-  setState(await api('GET', withModel('/api/params', app.model)));
+  // Refresh the view and the history even when the version is unchanged (e.g. after a conflict).
+  setState(await api('GET', withModel('/api/params', app.model)), { force: true });
 }
 
 // Explain failures that concern the whole design; returns true when handled here.
@@ -92,6 +112,10 @@ async function commitValues(values) {
 }
 
 async function historyStep(action) {
+  if (app.locked) {
+    toast('Wait for the optimiser to finish.', 'info');
+    return undefined;
+  }
   return serialised(async () => {
     try {
       setState(await api('POST', withModel(`/api/${action}`, app.model), { version: app.state.version }));
@@ -177,6 +201,17 @@ async function main() {
   app.params = new ParamsPanel($('params-form'), { onCommit: commitValues });
   const badge = new StatusBadge();
   app.status = badge;
+  app.adapters = new AdapterPicker({ onSwitched: () => badge.poll() });
+  badge.onShow = (status) => app.adapters.noticeStatus(status);
+  app.target = new TargetPanel({
+    maxTargetMb: Number(body.dataset.maxTargetMb) || 20,
+    viewer: app.viewer,
+    getContext: () => ({ model: app.model, version: app.state && app.state.version }),
+    onOptimised: (state) => setState(state),
+    runExclusive: serialised,
+    setLocked,
+    onStateError: handleStateError,
+  });
   app.assistant = new AssistantPanel({
     maxUploadMb: Number(body.dataset.maxUploadMb) || 16,
     getContext: () => ({ model: app.model, ...app.state }),
@@ -186,6 +221,7 @@ async function main() {
   });
   bindToolbar();
   badge.start();
+  app.adapters.refresh();
   await loadModels();
   try {
     await reload();

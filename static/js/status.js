@@ -13,6 +13,7 @@ export class StatusBadge {
     this.status = null;
     this.timer = null;
     this.busy = 0; // > 0 while an assistant request runs: poll fast so loading progress shows
+    this.onShow = null; // (status) => void, e.g. the adapter picker noticing a switch made elsewhere
     $('vlm-load').addEventListener('click', () => this.action('load'));
     $('vlm-unload').addEventListener('click', () => this.action('unload'));
     document.addEventListener('visibilitychange', () => { if (!document.hidden) this.poll(); });
@@ -103,6 +104,7 @@ export class StatusBadge {
 
     $('vlm-load').disabled = state === 'loading' || state === 'ready';
     $('vlm-unload').disabled = state === 'unloaded';
+    if (this.onShow) this.onShow(status);
   }
 
   showUnreachable(err) {

@@ -53,6 +53,9 @@ export class FallbackViewer {
   }
 
   fit() {}
+  loadGhost() { return Promise.resolve(false); } // the server render has no target overlay
+  clearGhost() {}
+  showGhost() {}
   setWireframe() {}
   showGrid() {}
   partNames() { return []; }

@@ -14,6 +14,7 @@ const VIEW_DIRECTIONS = {
   iso: new THREE.Vector3(1, 0.8, 1),
 };
 const HIGHLIGHT = new THREE.Color(0x3b82f6);
+const GHOST_COLOUR = 0xf97316; // the target: orange, so it never reads as one of the model's own parts
 
 export class Viewer {
   constructor(container, { onPick = () => {}, onStatus = () => {} } = {}) {
@@ -25,6 +26,9 @@ export class Viewer {
     this.picked = null;
     this.wireframe = false;
     this.loadToken = 0;
+    this.ghost = null; // the target shape, drawn translucent over the model
+    this.ghostToken = 0;
+    this.ghostVisible = true;
     this.pendingFrame = false;
 
     this.renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
@@ -188,9 +192,60 @@ export class Viewer {
     this.requestRender();
   }
 
+  // The target as a see-through ghost (GET /api/target.glb: same axes and units as the model's GLB).
+  async loadGhost(url) {
+    const token = ++this.ghostToken;
+    try {
+      const response = await fetch(url, { cache: 'no-store' });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const gltf = await this.loader.parseAsync(await response.arrayBuffer(), '');
+      if (token !== this.ghostToken) return false;
+      this.removeGhost();
+      this.ghost = makeGhost(gltf.scene);
+      this.ghost.visible = this.ghostVisible;
+      this.scene.add(this.ghost);
+      this.container.dataset.ghost = this.ghostVisible ? 'shown' : 'hidden';
+      this.container.dataset.ghostUrl = url;
+      this.requestRender();
+      return true;
+    } catch (err) {
+      if (token === this.ghostToken) this.onStatus(`Target could not be shown: ${err.message}`, true);
+      return false;
+    }
+  }
+
+  clearGhost() {
+    this.ghostToken += 1; // a ghost still loading is dropped too
+    this.removeGhost();
+    this.requestRender();
+  }
+
+  removeGhost() {
+    if (!this.ghost) return;
+    this.scene.remove(this.ghost);
+    this.ghost.traverse((o) => {
+      if (o.geometry) o.geometry.dispose();
+      for (const m of materialsOf(o)) m.dispose();
+    });
+    this.ghost = null;
+    this.container.dataset.ghost = 'none';
+    delete this.container.dataset.ghostUrl;
+  }
+
+  showGhost(visible) {
+    this.ghostVisible = visible;
+    if (this.ghost) {
+      this.ghost.visible = visible;
+      this.container.dataset.ghost = visible ? 'shown' : 'hidden';
+    }
+    this.requestRender();
+  }
+
   fit(direction = null) {
     if (!this.bounds || this.bounds.isEmpty()) return;
-    const sphere = this.bounds.getBoundingSphere(new THREE.Sphere());
+    const box = this.bounds.clone();
+    if (this.ghost && this.ghost.visible) box.union(new THREE.Box3().setFromObject(this.ghost));
+    const sphere = box.getBoundingSphere(new THREE.Sphere());
     const dir = (direction || this.camera.position.clone().sub(this.controls.target)).clone().normalize();
     const fov = THREE.MathUtils.degToRad(this.camera.fov);
     const fitFov = Math.min(fov, 2 * Math.atan(Math.tan(fov / 2) * this.camera.aspect));
@@ -244,6 +299,36 @@ export class Viewer {
     this.forEachMesh((mesh) => { const p = partOf(mesh, this.model); if (p && p.name) names.add(p.name); });
     return [...names];
   }
+}
+
+// Translucent faces plus crease edges: the faces show the volume, the edges keep its outline readable through
+// the model. Drawn after the opaque model (renderOrder) and never written to the depth buffer.
+function makeGhost(root) {
+  const group = new THREE.Group();
+  group.name = 'target-ghost';
+  const faces = new THREE.MeshStandardMaterial({
+    color: GHOST_COLOUR, transparent: true, opacity: 0.25, depthWrite: false, side: THREE.DoubleSide,
+    roughness: 0.8, metalness: 0,
+    // Where the target and the model share a face, pull the ghost forward so the face is tinted evenly
+    // instead of flickering between the two (z-fighting).
+    polygonOffset: true, polygonOffsetFactor: -1, polygonOffsetUnits: -4,
+  });
+  const lines = new THREE.LineBasicMaterial({ color: GHOST_COLOUR, transparent: true, opacity: 0.8 });
+  root.updateMatrixWorld(true);
+  root.traverse((o) => {
+    if (!o.isMesh) return;
+    const geometry = o.geometry.clone().applyMatrix4(o.matrixWorld);
+    const mesh = new THREE.Mesh(geometry, faces);
+    mesh.renderOrder = 2;
+    const edges = new THREE.LineSegments(new THREE.EdgesGeometry(geometry, 30), lines);
+    edges.renderOrder = 3;
+    group.add(mesh, edges);
+  });
+  root.traverse((o) => {
+    if (o.geometry) o.geometry.dispose();
+    for (const m of materialsOf(o)) m.dispose();
+  });
+  return group;
 }
 
 function materialsOf(object) {

@@ -1,0 +1,96 @@
+// LoRA adapter picker in the model badge: lists GET /api/vlm/adapters and switches with POST /api/vlm/adapter.
+// Only shown when the backend can switch adapters (the fine-tuned one); Ollama/OpenAI serve a fixed model.
+import { api } from './api.js';
+import { $, el, formatBytes, toast } from './dom.js';
+
+function baseName(path) {
+  if (!path) return '';
+  const parts = String(path).split(/[\\/]+/).filter(Boolean);
+  return parts[parts.length - 1] || String(path);
+}
+
+export class AdapterPicker {
+  constructor({ onSwitched = () => {} } = {}) {
+    this.onSwitched = onSwitched; // (answer) => void: lets the status badge refresh at once
+    this.listing = null;
+    this.activePath = undefined;
+    this.switching = false;
+    $('adapter-select').addEventListener('change', (e) => this.switchTo(e.target.value));
+  }
+
+  async refresh() {
+    try {
+      this.show(await api('GET', '/api/vlm/adapters'));
+    } catch (err) {
+      // The badge keeps working without the picker; say why it is missing.
+      $('adapter-area').hidden = true;
+      console.warn('adapter listing unavailable:', err.message);
+    }
+  }
+
+  // Called with every /api/vlm/status answer: another tab (or the CLI) may have switched the adapter.
+  noticeStatus(status) {
+    if (this.switching || !this.listing || !this.listing.switchable) return;
+    if ((status.adapter || null) !== (this.activePath || null)) this.refresh();
+  }
+
+  show(listing) {
+    this.listing = listing;
+    this.activePath = listing.active_path || null;
+    const area = $('adapter-area');
+    area.hidden = !listing.switchable;
+    if (!listing.switchable) return;
+    const select = $('adapter-select');
+    const adapters = listing.adapters || [];
+    const options = adapters.map((a) => {
+      const details = [a.base_model && `base: ${baseName(a.base_model)}`, a.r && `r=${a.r}`,
+        a.size_bytes && formatBytes(a.size_bytes), a.created && `created ${a.created}`, a.error && `problem: ${a.error}`];
+      return el('option', {
+        value: a.name, text: a.error ? `${a.name} (unusable)` : a.name, disabled: Boolean(a.error),
+        title: details.filter(Boolean).join('\n'),
+      });
+    });
+    // The active adapter may live outside runs/ (FINETUNED_MODEL_PATH): show it, not selectable by name.
+    let activeName = listing.active;
+    if (!activeName && listing.active_path) {
+      activeName = `${baseName(listing.active_path)} (outside runs/)`;
+      options.unshift(el('option', { value: '', text: activeName, disabled: true, title: listing.active_path }));
+    }
+    if (!options.length) options.push(el('option', { value: '', text: 'no adapters in runs/', disabled: true }));
+    select.replaceChildren(...options);
+    select.value = listing.active || '';
+    select.title = `LoRA adapters in ${listing.runs_dir}`;
+    area.dataset.active = activeName || '';
+  }
+
+  result(text, kind) {
+    const node = $('adapter-result');
+    node.textContent = text;
+    node.dataset.kind = kind;
+    node.title = text; // long server messages are cut short in the top bar
+  }
+
+  async switchTo(name) {
+    if (!name || (this.listing && name === this.listing.active)) return;
+    const select = $('adapter-select');
+    select.disabled = true;
+    this.switching = true;
+    this.result(`switching to ${name}…`, 'pending');
+    try {
+      const answer = await api('POST', '/api/vlm/adapter', { name });
+      const text = answer.applied === 'now'
+        ? `switched in ${Number(answer.switch_s).toFixed(2)} s`
+        : 'applies at next load';
+      this.result(text, 'ok');
+      toast(`Adapter ${answer.name}: ${text}.`);
+      this.onSwitched(answer);
+    } catch (err) {
+      this.result(err.message, 'error');
+      toast(`Adapter not switched: ${err.message}`, 'error');
+    } finally {
+      this.switching = false;
+      select.disabled = false;
+      await this.refresh(); // the select goes back to whatever is really active
+    }
+  }
+}
