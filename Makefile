@@ -42,6 +42,9 @@ bench: $(PY_STAMP)
 	$(PY) bench/startup.py
 	$(PY) bench/cad.py
 	$(PY) bench/vlm_load.py
+	$(PY) bench/adapter_switch.py
+	$(PY) bench/latency.py
+	$(PY) bench/fit.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
