@@ -57,7 +57,7 @@ def run_case(name: str, case: int, hidden: dict, steps: int) -> tuple:
         start = model.schema.defaults()
         started = time.perf_counter()
         result = optimise(model.schema, start, lambda v, stage: compare_model(
-            str(model.path), v, str(target), method="mesh", detail=False, **stage)["iou"],
+            str(model.path), v, str(target), method="mesh", detail=False, **stage),
             max_steps=steps, stages=VOXEL_STAGES)
         elapsed = time.perf_counter() - started
         before = compare_model(str(model.path), start, str(target))

@@ -29,8 +29,14 @@ FLOAT_DECIMALS = 3
 # Coarse-to-fine schedule for a voxel objective (cad.target.compare_model(method="mesh", **stage)): volume profiles
 # along X/Y/Z first (they respond to a misplaced part even without overlap), then a blurred IoU (thin walls that
 # are a little apart still attract), and last the plain voxel IoU.
-VOXEL_STAGES = [({"resolution": 48, "profile": True}, 0.3), ({"resolution": 64, "blur": 1.5}, 0.25),
-                ({"resolution": 128, "rays": True}, 1.0)]
+COORDINATE, LEAST_SQUARES, SCAN = "coordinate", "least_squares", "scan"
+SCAN_POINTS = 5
+SCAN_SWEEPS = 2
+INT_REFIT_ITERATIONS = 2
+VOXEL_STAGES = [({"field": {"resolution": 32, "blur": 3.0}}, 0.25, SCAN),
+                ({"field": {"resolution": 48, "blur": 1.5}}, 0.25, LEAST_SQUARES),
+                ({"field": {"resolution": 64, "blur": 0.75}}, 0.2, LEAST_SQUARES),
+                ({"resolution": 128, "rays": True}, 1.0, COORDINATE)]
 
 
 @dataclass
@@ -40,7 +46,7 @@ class OptimiseResult:
     start_iou: float
     iou: float
     steps: int  # objective evaluations used
-    stopped: str  # "converged" | "budget" | "target_reached"
+    stopped: str  # "converged" | "budget" | "target_reached" | "cancelled"
     trace: list[tuple[int, float]] = field(default_factory=list)  # (step, best IoU so far) after each improvement
 
     def changes(self) -> dict:
@@ -55,14 +61,16 @@ class _Budget(Exception):
 def optimise(schema, start: dict, objective: Callable[[dict, object], float], *,
              max_steps: int = DEFAULT_MAX_STEPS, progress: Callable[[int, float, int], None] | None = None,
              target_iou: float = 1.0 - 1e-9, parameters: list[str] | None = None,
-             stages: list[tuple[object, float]] = ((None, 1.0),)) -> OptimiseResult:
+             stages: list[tuple[object, float]] = ((None, 1.0),), cancel=None) -> OptimiseResult:
     """Maximise ``objective(values, stage)`` (an IoU in 0..1) over the numeric parameters from ``start``.
 
     ``stages`` is a coarse-to-fine schedule of ``(stage, share of the budget)``: each stage searches from the best
     state of the previous one with ``objective(values, stage)`` (e.g. a blurred IoU first); the last stage is the
     real objective and gets whatever budget is left. ``start`` must be a complete valid state; ``parameters``
     optionally limits the search to some names. ``progress(step, best_iou, stage_index)`` is called after every
-    evaluation. The result holds the best state under the last stage's objective (never worse than ``start``).
+    evaluation. ``cancel`` (anything with ``is_set()``, e.g. a ``threading.Event``) stops the search before the next
+    evaluation; the result is then the best state found so far, with ``stopped == "cancelled"``.
+    The result holds the best state under the last stage's objective (never worse than ``start``).
     Raises ValueError on a bad budget or parameter name.
     """
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= MAX_STEPS_LIMIT:
@@ -80,9 +88,10 @@ def optimise(schema, start: dict, objective: Callable[[dict, object], float], *,
     trace: list[tuple[int, float]] = []
     final_index = len(stages) - 1
 
-    def run_stage(index: int, stage, values: dict, limit: int) -> tuple[dict, float, bool]:
+    def run_stage(index: int, stage, values: dict, limit: int, search: str) -> tuple[dict, float, bool]:
         """Coordinate search under one stage's objective; returns (best values, best score, converged)."""
         cache: dict[tuple, float] = {}
+        residual_cache: dict[tuple, object] = {}
         best = {"score": -1.0}
         counter["limit"] = limit
 
@@ -92,7 +101,13 @@ def optimise(schema, start: dict, objective: Callable[[dict, object], float], *,
                 return cache[key]
             if counter["steps"] >= counter["limit"]:
                 raise _Budget
-            score = float(objective(dict(candidate), stage))
+            if cancel is not None and cancel.is_set():
+                counter["cancelled"] = True
+                raise _Budget
+            answer = objective(dict(candidate), stage)
+            if isinstance(answer, dict) and search == LEAST_SQUARES:
+                residual_cache[key] = answer.get("residuals")
+            score = _score(answer)
             score = score if math.isfinite(score) else 0.0
             counter["steps"] += 1
             cache[key] = score
@@ -128,6 +143,10 @@ def optimise(schema, start: dict, objective: Callable[[dict, object], float], *,
         except _Budget:
             return best_values, -1.0, False
         kept["score"] = best_score
+        if search == SCAN:
+            return run_scan(best_values, best_score, evaluate, kept)
+        if search == LEAST_SQUARES:
+            return run_least_squares(stage, best_values, best_score, evaluate, residual_cache, kept)
         steps = {p.name: INITIAL_STEP / (2 ** index) for p in numeric}
         direction = {p.name: 1 for p in numeric}
 
@@ -169,21 +188,98 @@ def optimise(schema, start: dict, objective: Callable[[dict, object], float], *,
             return kept["values"], kept["score"], False
         return best_values, best_score, True
 
+    def run_scan(values, score, evaluate, kept) -> tuple[dict, float, bool]:
+        """One sweep of global 1-D scans: each parameter tried at SCAN_POINTS spots across its whole range.
+
+        A local search only climbs the hill it starts on; a parameter such as a yaw angle has several. The scan
+        puts each parameter on its best hill (given the others, in order) before the local stages refine.
+        """
+        try:
+            for _ in range(SCAN_SWEEPS):  # a second sweep: parameters scanned early saw the later ones unfitted
+                changed = False
+                for parameter in numeric:
+                    spots = {_value(parameter, i / (SCAN_POINTS - 1)) for i in range(SCAN_POINTS)}
+                    for spot in sorted(spots):
+                        candidate = dict(values)
+                        candidate[parameter.name] = spot
+                        if candidate != values and evaluate(candidate) > score + 1e-12:
+                            values, score, changed = candidate, evaluate(candidate), True
+                            kept.update(values=values, score=score)
+                if not changed:
+                    break
+        except _Budget:
+            return kept["values"], kept["score"], False
+        return values, score, True
+
+    def run_least_squares(stage, values, score, evaluate, residual_cache, kept) -> tuple[dict, float, bool]:
+        """Levenberg-Marquardt over the floats, then one-unit moves of the ints, until neither helps."""
+        import numpy as np  # here, not at import: the web process imports this module at start
+
+        from cad.least_squares import levenberg_marquardt
+
+        floats = [p for p in numeric if p.type == "float"]
+        ints = [p for p in numeric if p.type == "int"]
+
+        def residuals(candidate: dict):
+            evaluate(candidate)
+            found = residual_cache.get(tuple(candidate[n] for n in schema.names()))
+            return None if found is None else np.asarray(found, dtype=np.float32)
+
+        def cost(candidate: dict) -> float:
+            found = residuals(candidate)
+            return float(found @ found) if found is not None else float("inf")
+
+        def accept(candidate: dict) -> None:
+            kept.update(values=candidate, score=evaluate(candidate))
+
+        try:
+            while True:
+                values = levenberg_marquardt(floats, values, residuals, _position, _value, on_accept=accept)
+                best_cost, improved = cost(values), False
+                for parameter in ints:
+                    for sign in (1, -1):
+                        candidate = dict(values)
+                        candidate[parameter.name] = min(max(values[parameter.name] + sign, parameter.min),
+                                                        parameter.max)
+                        if candidate == values:
+                            continue
+                        # A count changes what the floats should be (three wheels vs two, a closer spacing):
+                        # compare the new count with its floats refitted a little, not with the old floats.
+                        if cost(candidate) >= best_cost:
+                            candidate = levenberg_marquardt(floats, candidate, residuals, _position, _value,
+                                                            max_iterations=INT_REFIT_ITERATIONS)
+                        if cost(candidate) < best_cost:
+                            values, best_cost, improved = candidate, cost(candidate), True
+                            accept(values)
+                            break
+                if not improved:
+                    return values, evaluate(values), True
+        except _Budget:
+            return kept["values"], kept["score"], False
+
     final_stage = stages[final_index][0]
-    start_iou = float(objective(dict(start), final_stage))
+    start_iou = _score(objective(dict(start), final_stage))
     counter["steps"] = 1
     trace.append((1, start_iou))
     values, converged = dict(start), True
-    for index, (stage, share) in enumerate(stages[:-1]):
+    for index, (stage, share, *search) in enumerate(stages[:-1]):
         limit = min(max_steps, counter["steps"] + max(int(max_steps * share), 1))
-        values, _, _ = run_stage(index, stage, values, limit)
-    values, iou, converged = run_stage(final_index, final_stage, values, max_steps)
+        values, _, _ = run_stage(index, stage, values, limit, search[0] if search else COORDINATE)
+    final_search = stages[final_index][2] if len(stages[final_index]) > 2 else COORDINATE
+    values, iou, converged = run_stage(final_index, final_stage, values, max_steps, final_search)
     if iou < start_iou:  # the coarse stages led somewhere worse: keep the start
         values, iou = dict(start), start_iou
     stopped = "target_reached" if iou >= target_iou else ("converged" if converged else "budget")
+    if counter.get("cancelled") and stopped != "target_reached":
+        stopped = "cancelled"
     log.info("optimise: IoU %.4f -> %.4f in %d steps (%s)", start_iou, iou, counter["steps"], stopped)
     return OptimiseResult(start_values=start, values=values, start_iou=start_iou, iou=iou,
                           steps=counter["steps"], stopped=stopped, trace=trace)
+
+
+def _score(answer) -> float:
+    """The objective answers an IoU, or a dict with ``iou`` (and ``residuals`` in a least-squares stage)."""
+    return float(answer["iou"] if isinstance(answer, dict) else answer)
 
 
 def _value(parameter, u: float):

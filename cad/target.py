@@ -15,7 +15,7 @@ import re
 import tempfile
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cad.errors import CadError
@@ -140,6 +140,7 @@ class LoadedTarget:
     triangles: object  # numpy (M, 3)
     volume: float
     bbox: dict
+    fields: dict = field(default_factory=dict)  # (resolution, blur) -> the target's occupancy_residuals field
 
 
 _targets: OrderedDict[tuple, LoadedTarget] = OrderedDict()
@@ -244,15 +245,52 @@ def _fused_model(built):
     return built._fused
 
 
+FIELD_MARGIN = 0.25  # the residual grid covers the target's box grown by this share of its size on every side
+
+
+def occupancy_residuals(built, target: LoadedTarget, resolution: int = 64, blur: float = 0.0) -> dict:
+    """Blurred partial-volume occupancy of the model minus the target's, on a grid fixed by the target alone.
+
+    The vector has the same length whatever the parameters (parts outside the grid are cut off), so the optimiser
+    can difference it across parameter changes (Levenberg-Marquardt). ``iou`` is the soft IoU sum(min)/sum(max)
+    of the two blurred fields.
+    """
+    import numpy as np
+
+    from cad.voxel import Grid, fractional_occupancy
+
+    lo, hi = np.asarray(target.bbox["min"]), np.asarray(target.bbox["max"])
+    size = np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - FIELD_MARGIN * size, hi + FIELD_MARGIN * size
+    grid = Grid(lo, hi, resolution, anchor=lo)
+
+    def blurred(occupancy):
+        if blur <= 0:
+            return occupancy
+        from scipy.ndimage import gaussian_filter
+
+        return gaussian_filter(occupancy, blur, mode="constant")
+
+    key = (resolution, blur)
+    if key not in target.fields:  # cached on the loaded target: the optimiser asks for the same one many times
+        target.fields[key] = blurred(fractional_occupancy(target.vertices, target.triangles, grid))
+    goal = target.fields[key]
+    mine = blurred(fractional_occupancy(*_model_mesh(built), grid))
+    larger = float(np.maximum(mine, goal).sum())
+    return {"iou": float(np.minimum(mine, goal).sum()) / larger if larger else 1.0, "method": "field",
+            "residuals": (mine - goal).ravel()}
+
+
 def compare_model(script_path: str, values: dict, target_path: str, method: str = "auto",
                   resolution: int | None = None, blur: float = 0.0, profile: bool = False,
-                  rays: bool = False, detail: bool = True) -> dict:
+                  rays: bool = False, detail: bool = True, field: dict | None = None) -> dict:
     """IoU of the model built with ``values`` against the stored target, with volume and bounding-box differences.
 
     ``method``: ``auto`` (exact when both are solids, else mesh), ``exact`` (still falls back to mesh when the
     boolean is impossible or fails) or ``mesh``. ``detail=False`` returns only ``iou`` and ``method`` (the
     optimiser's inner loop). ``blur``/``profile``/``rays`` (mesh method only, see ``cad.voxel.mesh_iou``) give the
-    optimiser's smoothed coarse-stage scores instead of the IoU.
+    optimiser's smoothed coarse-stage scores instead of the IoU. ``field`` (``{"resolution", "blur"}``) returns the
+    optimiser's least-squares view instead: ``residuals`` (see ``occupancy_residuals``) and a soft ``iou``.
     """
     from cad.build import build_model
     from cad.voxel import DEFAULT_RESOLUTION, mesh_iou
@@ -261,6 +299,8 @@ def compare_model(script_path: str, values: dict, target_path: str, method: str 
         raise ValueError(f"method must be auto, exact or mesh, got {method!r}")
     built = build_model(script_path, values)
     target = load_target(target_path)
+    if field is not None:
+        return occupancy_residuals(built, target, **field)
     result: dict = {}
     model_solid = None
     if method != "mesh" and target.solid is not None:
