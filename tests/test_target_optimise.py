@@ -1,6 +1,7 @@
 """Targets (STEP/STL parsing and storage), volumetric IoU (exact B-rep and mesh-based) and the optimiser."""
 import math
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -181,9 +182,29 @@ def test_optimiser_respects_bounds_ints_budget_and_is_deterministic():
         optimise(schema, schema.defaults(), objective, parameters=["show_sensor_fork"])
 
 
+def test_cancel_stops_the_search_before_the_next_evaluation_and_keeps_the_best_state():
+    schema = REGISTRY.get("rover").schema
+    cancel = threading.Event()
+    calls = []
+    score = lambda values: math.exp(-abs(values["chassis_length"] - 301.3) / 50)
+
+    def objective(values, stage):
+        calls.append(values)
+        if len(calls) == 8:
+            cancel.set()  # e.g. DELETE /api/optimise arriving during the 8th evaluation
+        return score(values)
+
+    result = optimise(schema, schema.defaults(), objective, max_steps=400, parameters=["chassis_length"],
+                      cancel=cancel)
+    assert result.stopped == "cancelled" and result.steps == len(calls) == 8
+    assert result.iou == max(score(v) for v in calls) > result.start_iou
+    assert score(result.values) == result.iou
+
+
 def test_optimiser_recovers_hidden_bracket_dimensions(bracket_step):
+    # The whole answer, as the web layer passes it: least-squares stages read its residuals, the others its iou.
     objective = lambda values, stage: compare_model(str(BRACKET.path), values, str(bracket_step), method="mesh",
-                                                    detail=False, **stage)["iou"]
+                                                    detail=False, **stage)
     result = optimise(BRACKET.schema, BRACKET.schema.defaults(), objective, max_steps=80, stages=VOXEL_STAGES,
                       parameters=["base_length", "upright_height", "width"])
     exact = compare_model(str(BRACKET.path), result.values, str(bracket_step))["iou"]

@@ -251,3 +251,36 @@ def test_target_upload_ghost_optimise_and_undo(live_server_scripted, page, tmp_p
     page.locator("[data-testid=target-empty]").wait_for(state="visible")
     assert page.get_attribute("#viewer", "data-ghost") == "none"
     assert server.api("GET", "/api/target?model=bracket").status_code == 404
+
+
+def test_the_optimise_button_cancels_a_running_search(live_server_scripted, page):
+    server = live_server_scripted
+    query = "?model=pillow_block"
+    assert server.api("PATCH", "/api/params" + query,
+                      json={"values": {"base_length": 170.0, "centre_height": 50.0}}).status_code == 200
+    step = server.api("GET", "/api/model.step" + query).content
+    assert server.api("POST", "/api/reset" + query, json={}).status_code == 200
+    assert server.api("PUT", "/api/target" + query, data=step).status_code == 201
+    try:
+        page.goto(server.url + "/" + query)
+        page.wait_for_selector("body[data-ready=true]")
+        wait_model(page, "pillow_block")
+        page.locator("[data-testid=target-info]").wait_for(state="visible")
+        button = page.locator("[data-testid=optimise]")
+        assert button.text_content().strip() == "Optimise"
+        page.fill("[data-testid=optimise-steps]", "2000")
+        button.click()
+        page.wait_for_function("() => /step \\d+/.test("
+                               "document.querySelector('[data-testid=optimise-progress-text]').textContent)")
+        assert button.text_content() == "Cancel" and button.is_enabled()
+        assert page.get_attribute("body", "data-locked") == "true"
+        button.click()
+        page.wait_for_function("() => document.querySelector('[data-testid=optimise-result]').dataset.applied",
+                               timeout=60_000)
+        assert "cancelled" in page.text_content("[data-testid=optimise-result]")
+        assert button.text_content() == "Optimise" and button.is_enabled()
+        assert page.get_attribute("body", "data-locked") == "false"
+        assert server.api("DELETE", "/api/optimise" + query).status_code == 404  # nothing runs any more
+        page.shot("optimise-cancelled")
+    finally:
+        server.api("DELETE", "/api/target" + query)

@@ -20,9 +20,17 @@ def error_response(status: int, code: str, message: str, **extra):
     return jsonify(body), status
 
 
+def build_timeout_message(e) -> str:
+    """What a user reads when a model script ran past CAD_BUILD_TIMEOUT (cad.worker.BuildTimeout)."""
+    script = str(e.path).replace("\\", "/").rsplit("/", 1)[-1]
+    return (f"{script}: {e.message}; the build was stopped and the design is unchanged. Make the model script "
+            f"faster for these values or raise CAD_BUILD_TIMEOUT")
+
+
 def register_error_handlers(app: Flask) -> None:
     from cad.errors import BuildError, ParameterError, ScriptError, UnknownModel
     from cad.session import SessionError
+    from cad.worker import BuildTimeout
     from vlm.backend import BackendError
 
     @app.errorhandler(ApiError)
@@ -43,6 +51,11 @@ def register_error_handlers(app: Flask) -> None:
     def _cad_error(e):
         # The operator's model script failed: say where, so it can be fixed. The design state is unchanged.
         return error_response(422, "cad_build_failed", str(e), line=e.line)
+
+    @app.errorhandler(BuildTimeout)
+    def _cad_timeout(e: BuildTimeout):
+        # Not the request's fault and not a script error with a line: the gateway-timeout family fits.
+        return error_response(504, "cad_build_timeout", build_timeout_message(e))
 
     @app.errorhandler(SessionError)
     def _session_error(e: SessionError):

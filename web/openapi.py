@@ -115,7 +115,8 @@ def _file(mime: str, description: str, params: list[dict]) -> dict:
     return {"get": {"summary": description, "parameters": params,
                     "responses": {"200": {"description": description, "content": {mime: {"schema": {
                         "type": "string", "format": "binary"}}}}, "304": {"description": "unchanged (ETag)"},
-                        **COMMON_ERRORS, "422": _error("the model script failed")}}}
+                        **COMMON_ERRORS, "422": _error("the model script failed"),
+                        "504": _error("the model script ran past CAD_BUILD_TIMEOUT (cad_build_timeout)")}}}
 
 
 def _history_step(what: str) -> dict:
@@ -204,6 +205,16 @@ _TARGET = {"type": "object", "required": ["model", "format", "kind", "volume", "
     "kind": {"type": "string", "enum": ["solid", "mesh"]}, "volume": {"type": "number"}, "bbox": {"type": "object"},
     "triangles": {"type": "integer"}, "size_bytes": {"type": "integer"}, "version": {"type": "integer"},
     "comparison": {"type": "object", "nullable": True}}}
+_OPTIMISE_REPORT = {"type": "object", "required": [
+    "iou_before", "iou_after", "method", "applied", "steps", "max_steps", "stopped", "proposed", "vlm_used",
+    "vlm_proposed", "vlm_iou", "vlm_accepted"], "properties": {
+    "iou_before": {"type": "number"}, "iou_after": {"type": "number"}, "method": {"type": "string"},
+    "applied": {"type": "boolean"}, "steps": {"type": "integer"}, "max_steps": {"type": "integer"},
+    "stopped": {"type": "string", "enum": ["converged", "budget", "target_reached", "cancelled"]},
+    "proposed": _ref("Values"), "search_iou_before": {"type": "number"}, "search_iou_after": {"type": "number"},
+    "elapsed_s": {"type": "number"}, "vlm_used": {"type": "boolean"}, "vlm_proposed": _ref("Values"),
+    "vlm_iou": NULLABLE_NUMBER, "vlm_accepted": {"type": "boolean"},
+    "vlm_summary": {"type": "string", "nullable": True}, "vlm_note": {"type": "string"}}}
 TARGET_PATHS = {
     "/api/target": {
         "put": {"summary": "attach a STEP or STL target (raw body or multipart field 'target', <= 20 MB)",
@@ -220,16 +231,27 @@ TARGET_PATHS = {
                    "responses": {"200": _ok("deleted", {"type": "object"}), **COMMON_ERRORS,
                                  "404": _error("no target")}}},
     "/api/target.glb": _file("model/gltf-binary", "the target as GLB (metres, Y up)", [MODEL_PARAM]),
-    "/api/optimise": {"post": {
-        "summary": "numeric refinement toward the target, applied as one history entry (SSE with stream=true)",
-        "parameters": [MODEL_PARAM],
-        "requestBody": {"required": False, **_json({"type": "object", "properties": {
-            "version": {"type": "integer"}, "max_steps": {"type": "integer", "minimum": 1, "maximum": 2000},
-            "use_vlm": {"type": "boolean"}, "stream": {"type": "boolean"}}})},
-        "responses": {"200": {"description": "state + entry + optimise report, or an event stream", "content": {
-            "application/json": {"schema": {"type": "object"}},
-            "text/event-stream": {"schema": {"type": "string"}}}}, **WRITE_ERRORS,
-            "404": _error("no target")}}},
+    "/api/optimise": {
+        "post": {
+            "summary": "VLM proposal (use_vlm) then numeric refinement toward the target, applied as one history "
+                       "entry (SSE with stream=true: vlm, progress, done | error)",
+            "parameters": [MODEL_PARAM],
+            "requestBody": {"required": False, **_json({"type": "object", "properties": {
+                "version": {"type": "integer"}, "max_steps": {"type": "integer", "minimum": 1, "maximum": 2000},
+                "use_vlm": {"type": "boolean"}, "stream": {"type": "boolean"}}})},
+            "responses": {"200": {"description": "state + entry + optimise report, or an event stream", "content": {
+                "application/json": {"schema": {"type": "object", "required": ["version", "values", "optimise"],
+                                                "properties": {"optimise": _OPTIMISE_REPORT}}},
+                "text/event-stream": {"schema": {"type": "string"}}}}, **WRITE_ERRORS,
+                "404": _error("no target"), "409": _error("version conflict, or an optimisation already runs"),
+                "504": _error("a model script ran past CAD_BUILD_TIMEOUT (cad_build_timeout)")}},
+        "delete": {
+            "summary": "cancel the model's running optimisation (its best state so far is still applied if better)",
+            "parameters": [MODEL_PARAM],
+            "responses": {"202": _ok("cancelling", {"type": "object", "required": ["model", "cancelling"],
+                                                    "properties": {"model": {"type": "string"},
+                                                                   "cancelling": {"type": "boolean"}}}),
+                          **COMMON_ERRORS, "404": _error("unknown model, or no optimisation running (not_running)")}}},
 }
 PATHS.update(TARGET_PATHS)
 

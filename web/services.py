@@ -53,6 +53,8 @@ class Services:
         self.proposals = ProposalStore()
         self.responses = ResponseCache()
         self._warmup_started = False
+        self.shutdown_hooks: list = []  # called first on shutdown, e.g. to cancel running optimisations
+        self.shut_down = False
 
     def start_background_work(self) -> None:
         """Called once the server listens: CAD warm-up and the optional model preload."""
@@ -74,7 +76,23 @@ class Services:
             log.exception("CAD warm-up failed")
 
     def shutdown(self) -> None:
-        self.manager.shutdown()
+        """Stop background work: running optimisations, the VLM, the CAD build worker. Safe to call twice
+        (optim.py calls it from its signal handler and again on the way out)."""
+        if self.shut_down:
+            return
+        self.shut_down = True
+        for hook in self.shutdown_hooks:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - one failing hook must not keep the rest running
+                log.exception("shutdown hook %r failed", hook)
+        from cad import worker
+
+        try:
+            self.manager.shutdown()
+        finally:
+            # The worker is shared by every Builder in this process; a later build simply starts a new one.
+            worker.shutdown()
 
 
 def services() -> Services:

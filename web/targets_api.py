@@ -1,38 +1,29 @@
-"""Target shapes and optimisation toward them: upload/inspect/delete a STEP or STL target per model, its GLB ghost,
-and ``POST /api/optimise`` (numeric refinement of the parameters on IoU, applied as one undoable history entry).
+"""Target shapes: upload/inspect/delete a STEP or STL target per model and its GLB ghost. Optimisation toward the
+target (``/api/optimise``) is in web/optimise_api.py, on this blueprint.
 
 Geometry runs in the build worker (``Builder.compare/target_info/target_glb``); this module parses, validates,
 caches small answers and serialises.
 """
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import threading
-import time
 from collections import OrderedDict
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, current_app, jsonify, request
 
 from cad.errors import BuildError
-from cad.optimise import MAX_STEPS_LIMIT, VOXEL_STAGES, optimise
-from cad.session import VersionConflict
 from cad.target import TargetError, TargetStore
-from cad.worker import BuildTimeout
 
-from .cad_api import _file_response, entry_json, state_json
+from .cad_api import _file_response
 from .errors import ApiError
-from .parse import expected_version, json_body, model_name
+from .parse import model_name
 from .services import services
 
 log = logging.getLogger(__name__)
 bp = Blueprint("targets_api", __name__, url_prefix="/api")
 
 MAX_TARGET_BYTES = 20 * 1024 * 1024
-DEFAULT_OPTIMISE_STEPS = 300
-MAX_OPTIMISE_STEPS = 2000
-assert MAX_OPTIMISE_STEPS <= MAX_STEPS_LIMIT
 
 
 class TargetsState:
@@ -43,7 +34,12 @@ class TargetsState:
         self.lock = threading.Lock()
         self.comparisons: OrderedDict[tuple, dict] = OrderedDict()
         self.ghosts: OrderedDict[tuple, bytes] = OrderedDict()
-        self.running: set[str] = set()
+        self.running: dict[str, threading.Event] = {}  # model name -> the cancel event of its optimisation
+
+    def cancel_all(self) -> None:
+        with self.lock:
+            for cancel in self.running.values():
+                cancel.set()
 
     def remember(self, cache: OrderedDict, key, value, limit: int = 16):
         with self.lock:
@@ -54,10 +50,17 @@ class TargetsState:
         return value
 
 
+_STATE_LOCK = threading.Lock()
+
+
 def _state() -> TargetsState:
     extensions = current_app.extensions
     if "optim_targets" not in extensions:
-        extensions.setdefault("optim_targets", TargetsState(services().config.data_dir))
+        with _STATE_LOCK:
+            if "optim_targets" not in extensions:
+                state = TargetsState(services().config.data_dir)
+                services().shutdown_hooks.append(state.cancel_all)  # a server going down stops its optimisations
+                extensions["optim_targets"] = state
     return extensions["optim_targets"]
 
 
@@ -154,119 +157,6 @@ def delete_target():
     return jsonify({"model": name, "deleted": True})
 
 
-# --- optimise ------------------------------------------------------------------------------------------------------
-
-def _flag(body: dict, key: str) -> bool:
-    value = body.get(key, False)
-    if not isinstance(value, bool):
-        raise ApiError(400, f"bad_{key}", f"{key} must be true or false")
-    return value
-
-
-def _prepare_optimise() -> dict:
-    body = json_body(required=False)
-    name = model_name(body)
-    svc = services()
-    model = svc.registry.get(name)
-    max_steps = body.get("max_steps", DEFAULT_OPTIMISE_STEPS)
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= MAX_OPTIMISE_STEPS:
-        raise ApiError(400, "bad_max_steps", f"max_steps must be a whole number between 1 and {MAX_OPTIMISE_STEPS}")
-    version = expected_version(body)
-    session = svc.sessions.get(model.name)
-    snapshot = session.snapshot()
-    if version is not None and version != snapshot["version"]:
-        raise VersionConflict(f"the design changed since you loaded it (your version {version}, current "
-                              f"{snapshot['version']}); reload to see the latest state",
-                              current_version=snapshot["version"])
-    return {"model": model, "path": _target_path(model.name), "max_steps": max_steps, "snapshot": snapshot,
-            "use_vlm": _flag(body, "use_vlm"), "stream": _flag(body, "stream")}
-
-
-def _run_optimise(ctx: dict, progress=None) -> dict:
-    svc, state = services(), _state()
-    model, path, snapshot = ctx["model"], ctx["path"], ctx["snapshot"]
-    with state.lock:
-        if model.name in state.running:
-            raise ApiError(409, "optimise_running", f"an optimisation of {model.name!r} is already running")
-        state.running.add(model.name)
-    try:
-        started = time.perf_counter()
-        before = svc.builder.compare(model, snapshot["values"], path)
-
-        def objective(values: dict, stage: dict) -> float:
-            try:
-                return svc.builder.compare(model, values, path, method="mesh", detail=False, **stage)["iou"]
-            except BuildTimeout:
-                raise
-            except BuildError as exc:  # this combination does not build: treat it as no overlap, search on
-                log.info("optimise: %s does not build at %s: %s", model.name, values, exc)
-                return 0.0
-
-        result = optimise(model.schema, snapshot["values"], objective, max_steps=ctx["max_steps"],
-                          stages=VOXEL_STAGES, progress=progress)
-        after = svc.builder.compare(model, result.values, path) if result.changes() else before
-        entry = None
-        if result.changes() and after["iou"] > before["iou"]:
-            entry = svc.sessions.get(model.name).apply(
-                result.changes(), source={"kind": "optimise"}, expected_version=snapshot["version"],
-                summary=f"optimise toward target: IoU {before['iou']:.3f} → {after['iou']:.3f}")
-        answer = state_json(model.name, entry=entry_json(model.name, entry) if entry else None)
-        answer.update(optimise={
-            "iou_before": before["iou"], "iou_after": after["iou"] if entry else before["iou"],
-            "method": after["method"], "applied": entry is not None, "steps": result.steps,
-            "max_steps": ctx["max_steps"], "stopped": result.stopped, "proposed": result.changes(),
-            "search_iou_before": result.start_iou, "search_iou_after": result.iou,
-            "elapsed_s": round(time.perf_counter() - started, 2),
-            "vlm_used": False, **({"vlm_note": "VLM proposals are not part of optimise yet; the numeric "
-                                                "refinement ran alone"} if ctx["use_vlm"] else {})})
-        return answer
-    finally:
-        with state.lock:
-            state.running.discard(model.name)
-
-
-@bp.post("/optimise")
-def post_optimise():
-    ctx = _prepare_optimise()
-    if not ctx["stream"]:
-        return jsonify(_run_optimise(ctx))
-    return Response(stream_with_context(_stream(ctx)), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
-
-
-def _stream(ctx: dict):
-    """Run the optimisation in a thread; relay `progress` {step, iou, stage, stages, max_steps}, then done/error."""
-    events: queue.Queue = queue.Queue()
-    app = current_app._get_current_object()
-    stages = len(VOXEL_STAGES)
-
-    def progress(step: int, iou: float, stage: int) -> None:
-        events.put(("progress", {"step": step, "iou": iou, "stage": stage, "stages": stages,
-                                 "max_steps": ctx["max_steps"]}))
-
-    def work():
-        with app.app_context():
-            try:
-                events.put(("done", _run_optimise(ctx, progress)))
-            except (ApiError, VersionConflict) as exc:
-                events.put(("error", {"error": exc.code, "message": exc.message}))
-            except BuildError as exc:
-                events.put(("error", {"error": "cad_build_failed", "message": str(exc), "line": exc.line}))
-            except Exception:  # the client gets a clean error event, the log gets the traceback
-                log.exception("optimise failed")
-                events.put(("error", {"error": "internal_error", "message": "optimise failed; see the server log"}))
-
-    threading.Thread(target=work, name="optimise", daemon=True).start()
-    while True:
-        try:
-            event, data = events.get(timeout=1.0)
-        except queue.Empty:
-            yield ": keep-alive\n\n"
-            continue
-        yield _sse(event, data)
-        if event in ("done", "error"):
-            return
+# POST/DELETE /api/optimise live in web/optimise_api.py on this blueprint (kept apart for size); importing it
+# registers them. At the end of the module: optimise_api imports the helpers above.
+from . import optimise_api  # noqa: E402,F401

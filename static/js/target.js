@@ -1,6 +1,7 @@
 // Target panel: a STEP/STL target per CAD model (PUT/GET/DELETE /api/target?model=), its comparison with the
 // current design (IoU, volume and bounding-box differences), a translucent ghost in the 3D view
 // (GET /api/target.glb) and "Optimise" (POST /api/optimise, streamed progress; the result is one history entry).
+// While it runs the Optimise button is a Cancel button (DELETE /api/optimise): the best state so far is kept.
 import { api, apiUpload, ApiError, postEventStream, withModel } from './api.js';
 import { $, el, formatBytes, toast } from './dom.js';
 
@@ -34,6 +35,7 @@ export class TargetPanel {
     this.model = null;
     this.token = 0; // the newest refresh wins
     this.optimising = false;
+    this.optimisingModel = null; // the model the running optimisation belongs to (cancel names it)
 
     $('target-limit').textContent = `STEP or STL, up to ${maxTargetMb} MB`;
     $('target-input').addEventListener('change', (e) => {
@@ -51,7 +53,7 @@ export class TargetPanel {
     });
     $('target-remove').addEventListener('click', () => this.remove());
     $('toggle-ghost').addEventListener('change', (e) => this.viewer.showGhost(e.target.checked));
-    $('optimise').addEventListener('click', () => this.optimise());
+    $('optimise').addEventListener('click', () => (this.optimising ? this.cancel() : this.optimise()));
   }
 
   error(message) {
@@ -201,8 +203,12 @@ export class TargetPanel {
     }
     this.error('');
     this.optimising = true;
+    this.optimisingModel = this.model;
     const button = $('optimise');
-    button.disabled = true;
+    const idle = { text: button.textContent, title: button.title };
+    button.textContent = 'Cancel';
+    button.title = 'Stop the optimiser; the best shape found so far is kept (one undoable step)';
+    button.dataset.mode = 'cancel';
     $('optimise-result').textContent = '';
     $('target-panel').dataset.optimising = 'true';
     this.setLocked(true);
@@ -211,10 +217,28 @@ export class TargetPanel {
       await this.runExclusive(() => this.runOptimise(maxSteps));
     } finally {
       this.optimising = false;
+      this.optimisingModel = null;
+      button.textContent = idle.text;
+      button.title = idle.title;
+      button.dataset.mode = 'optimise';
       button.disabled = false;
       $('target-panel').dataset.optimising = 'false';
       this.setLocked(false);
       this.progress(null);
+    }
+  }
+
+  async cancel() {
+    const button = $('optimise');
+    if (!this.optimising || button.disabled) return;
+    button.disabled = true; // until the run ends: one cancel is enough
+    $('optimise-progress-text').textContent = 'cancelling…';
+    try {
+      await api('DELETE', withModel('/api/optimise', this.optimisingModel));
+    } catch (err) {
+      // not_running: it finished meanwhile; its answer arrives on the stream as usual.
+      if (!(err instanceof ApiError && err.code === 'not_running')) this.error(`Cancel failed: ${err.message}`);
+      if (this.optimising) button.disabled = false;
     }
   }
 
@@ -224,7 +248,10 @@ export class TargetPanel {
     let answer = null;
     try {
       for await (const { event, data } of postEventStream(withModel('/api/optimise', ctx.model), body)) {
-        if (event === 'progress') {
+        if (event === 'vlm') {
+          const vlm = data.accepted ? `VLM proposal kept (IoU ${formatIou(data.iou)})` : `VLM: ${data.note || 'proposal not kept'}`;
+          this.progress(0, vlm);
+        } else if (event === 'progress') {
           const stage = `stage ${data.stage + 1}/${data.stages}`;
           this.progress(data.step / data.max_steps, `step ${data.step}/${data.max_steps} · ${stage} · score ${formatIou(data.iou)}`);
         } else if (event === 'done') {

@@ -1,0 +1,226 @@
+"""``POST /api/optimise``: improve the parameters toward the model's target, then apply the best state as ONE undoable
+history entry; ``DELETE /api/optimise``: cancel the running one. Routes on ``targets_api.bp``.
+
+A run is: the measured comparison of the current state; with ``use_vlm``, one VLM proposal (web/optimise_vlm.py),
+kept only when it raises the IoU; then the numeric refinement (``cad.optimise``) from the better state. One run per
+model at a time; its cancel event is set by DELETE, by a streaming client that goes away and by server shutdown.
+A cancelled run still applies its best state so far when that beats the start.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+
+from flask import Response, current_app, jsonify, stream_with_context
+
+from cad.errors import BuildError
+from cad.optimise import MAX_STEPS_LIMIT, VOXEL_STAGES, optimise
+from cad.session import VersionConflict
+from cad.worker import BuildTimeout
+
+from .cad_api import entry_json, state_json
+from .errors import ApiError, build_timeout_message
+from .optimise_vlm import ask_vlm
+from .parse import expected_version, json_body, model_name
+from .services import services
+from .targets_api import _state, _target_path, bp
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPTIMISE_STEPS = 300
+MAX_OPTIMISE_STEPS = 2000
+assert MAX_OPTIMISE_STEPS <= MAX_STEPS_LIMIT
+
+
+def _flag(body: dict, key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise ApiError(400, f"bad_{key}", f"{key} must be true or false")
+    return value
+
+
+def _prepare() -> dict:
+    body = json_body(required=False)
+    name = model_name(body)
+    svc = services()
+    model = svc.registry.get(name)
+    max_steps = body.get("max_steps", DEFAULT_OPTIMISE_STEPS)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= MAX_OPTIMISE_STEPS:
+        raise ApiError(400, "bad_max_steps", f"max_steps must be a whole number between 1 and {MAX_OPTIMISE_STEPS}")
+    use_vlm, stream = _flag(body, "use_vlm"), _flag(body, "stream")
+    version = expected_version(body)
+    snapshot = svc.sessions.get(model.name).snapshot()
+    if version is not None and version != snapshot["version"]:
+        raise VersionConflict(f"the design changed since you loaded it (your version {version}, current "
+                              f"{snapshot['version']}); reload to see the latest state",
+                              current_version=snapshot["version"])
+    return {"model": model, "path": _target_path(model.name), "max_steps": max_steps, "snapshot": snapshot,
+            "use_vlm": use_vlm, "stream": stream, "cancel": threading.Event()}
+
+
+def _claim(ctx: dict) -> None:
+    state, name = _state(), ctx["model"].name
+    with state.lock:
+        if name in state.running:
+            raise ApiError(409, "optimise_running", f"an optimisation of {name!r} is already running; cancel it "
+                                                    "with DELETE /api/optimise or wait for it")
+        state.running[name] = ctx["cancel"]
+
+
+def _release(ctx: dict) -> None:
+    state = _state()
+    with state.lock:
+        if state.running.get(ctx["model"].name) is ctx["cancel"]:
+            del state.running[ctx["model"].name]
+
+
+def _stop_if_shutting_down(svc) -> None:
+    """After shutdown nothing may build again (it would start a new worker) or change a session."""
+    if svc.shut_down:
+        raise ApiError(503, "shutting_down", "the server is shutting down; the design is unchanged")
+
+
+def _run(ctx: dict, progress=None, on_vlm=None) -> dict:
+    """The whole run (the caller holds the model's claim). Raises BuildTimeout, BuildError, VersionConflict."""
+    svc = services()
+    model, path, snapshot, cancel = ctx["model"], ctx["path"], ctx["snapshot"], ctx["cancel"]
+    started = time.perf_counter()
+    before = svc.builder.compare(model, snapshot["values"], path)
+    _stop_if_shutting_down(svc)
+    best_values, best = snapshot["values"], before
+    vlm = {"vlm_used": False, "vlm_proposed": {}, "vlm_iou": None, "vlm_accepted": False, "vlm_summary": None}
+    if ctx["use_vlm"]:
+        vlm, found = ask_vlm(svc, model, path, snapshot["values"], before, cancel)
+        if found is not None:
+            best_values, best = model.schema.complete({**snapshot["values"], **vlm["vlm_proposed"]}), found
+        if on_vlm is not None:
+            on_vlm(vlm)
+
+    def objective(values: dict, stage) -> dict | float:
+        # The whole answer: least-squares stages read its residuals, the others its iou.
+        try:
+            return svc.builder.compare(model, values, path, method="mesh", detail=False, **(stage or {}))
+        except BuildTimeout:
+            raise
+        except BuildError as exc:  # this combination does not build: treat it as no overlap, search on
+            log.info("optimise: %s does not build at %s: %s", model.name, values, exc)
+            return 0.0
+
+    _stop_if_shutting_down(svc)
+    result = optimise(model.schema, best_values, objective, max_steps=ctx["max_steps"], stages=VOXEL_STAGES,
+                      progress=progress, cancel=cancel)
+    _stop_if_shutting_down(svc)
+    if result.changes():
+        # The search scores voxels; the state kept is the one the real comparison (exact where possible) prefers.
+        after = svc.builder.compare(model, result.values, path)
+        if after["iou"] > best["iou"]:
+            best_values, best = result.values, after
+    changes = {n: v for n, v in best_values.items() if v != snapshot["values"].get(n)}
+    entry = None
+    if changes and best["iou"] > before["iou"]:
+        how = "VLM proposal + numeric refinement" if vlm["vlm_accepted"] else "numeric refinement"
+        entry = svc.sessions.get(model.name).apply(
+            changes, source={"kind": "optimise"}, expected_version=snapshot["version"],
+            summary=f"optimise toward target ({how}): IoU {before['iou']:.3f} → {best['iou']:.3f}")
+    log.info("optimise of %s %s after %d steps: IoU %.4f -> %.4f (%s)", model.name, result.stopped, result.steps,
+             before["iou"], best["iou"], "applied" if entry else "nothing applied")
+    answer = state_json(model.name, entry=entry_json(model.name, entry) if entry else None)
+    answer["optimise"] = {
+        "iou_before": before["iou"], "iou_after": best["iou"] if entry else before["iou"],
+        "method": best["method"], "applied": entry is not None, "steps": result.steps, "max_steps": ctx["max_steps"],
+        "stopped": result.stopped, "proposed": changes, "search_iou_before": result.start_iou,
+        "search_iou_after": result.iou, "elapsed_s": round(time.perf_counter() - started, 2), **vlm}
+    return answer
+
+
+@bp.post("/optimise")
+def post_optimise():
+    ctx = _prepare()
+    _claim(ctx)
+    if not ctx["stream"]:
+        try:
+            return jsonify(_run(ctx))
+        finally:
+            _release(ctx)
+    try:
+        events = _start(ctx)
+    except BaseException:
+        _release(ctx)
+        raise
+    return Response(stream_with_context(_relay(events, ctx["cancel"])), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@bp.delete("/optimise")
+def cancel_optimise():
+    name = services().registry.get(model_name()).name
+    state = _state()
+    with state.lock:
+        cancel = state.running.get(name)
+    if cancel is None:
+        raise ApiError(404, "not_running", f"no optimisation of {name!r} is running")
+    cancel.set()
+    return jsonify({"model": name, "cancelling": True}), 202
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def _error_event(exc: BaseException) -> dict:
+    if isinstance(exc, (ApiError, VersionConflict)):
+        return {"error": exc.code, "message": exc.message}
+    if isinstance(exc, BuildTimeout):
+        return {"error": "cad_build_timeout", "message": build_timeout_message(exc)}
+    if isinstance(exc, BuildError):
+        return {"error": "cad_build_failed", "message": str(exc), "line": exc.line}
+    log.error("optimise failed", exc_info=exc)  # the client gets a clean error event, the log the traceback
+    return {"error": "internal_error", "message": "optimise failed; see the server log"}
+
+
+def _start(ctx: dict) -> queue.Queue:
+    """Start the run in a thread (it finishes even if nobody reads the stream); its events go to the queue:
+    ``vlm`` (use_vlm only), ``progress`` {step, iou, stage, stages, max_steps}, then ``done`` or ``error``."""
+    events: queue.Queue = queue.Queue()
+    app = current_app._get_current_object()
+    stages = len(VOXEL_STAGES)
+
+    def progress(step: int, iou: float, stage: int) -> None:
+        events.put(("progress", {"step": step, "iou": iou, "stage": stage, "stages": stages,
+                                 "max_steps": ctx["max_steps"]}))
+
+    def on_vlm(report: dict) -> None:
+        events.put(("vlm", {k[4:]: v for k, v in report.items()}))  # vlm_iou -> iou, ...
+
+    def work():
+        with app.app_context():
+            try:
+                events.put(("done", _run(ctx, progress, on_vlm)))
+            except Exception as exc:  # noqa: BLE001 - every failure becomes an error event
+                events.put(("error", _error_event(exc)))
+            finally:
+                _release(ctx)
+
+    threading.Thread(target=work, name=f"optimise-{ctx['model'].name}", daemon=True).start()
+    return events
+
+
+def _relay(events: queue.Queue, cancel: threading.Event):
+    finished = False
+    try:
+        while True:
+            try:
+                event, data = events.get(timeout=1.0)
+            except queue.Empty:
+                yield ": keep-alive\n\n"
+                continue
+            yield _sse(event, data)
+            if event in ("done", "error"):
+                finished = True
+                return
+    finally:
+        if not finished:  # the client went away: stop the run (its best state so far is still applied)
+            cancel.set()

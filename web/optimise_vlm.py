@@ -1,0 +1,119 @@
+"""The VLM step of ``POST /api/optimise``: ask the active model for parameter values that match the target better.
+
+The prompt is /api/vlm's (``vlm.prompts.build_prompt``) with the measured comparison as the request and a render of
+the current state attached; the answer is read by ``vlm.proposals.parse_model_output`` like any proposal, so nothing
+the model writes is executed and every value is checked against the schema. The proposal is kept only when its IoU
+beats the current state's. A VLM that is not usable (fails to load, times out, answers nothing valid) becomes a
+``vlm_note``; the caller's numeric refinement runs either way.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from cad.errors import BuildError, ParameterError
+from vlm.backend import BackendError, GenerateRequest
+from vlm.prompts import build_prompt, proposal_json_schema
+from vlm.proposals import parse_model_output
+
+log = logging.getLogger(__name__)
+
+RENDER_VIEW, RENDER_SIZE = "iso", 384  # as /api/vlm's include_render
+MAX_NEW_TOKENS = 512
+POLL_S = 0.1  # how often a wait for the model looks at the cancel flag
+
+
+def _xyz(values, digits: int = 1) -> str:
+    return ", ".join(f"{axis} {value:+.{digits}f}" for axis, value in zip("XYZ", values))
+
+
+def describe_comparison(comparison: dict) -> str:
+    """The request text: what to do, and how far the current state is from the target (model minus target, mm)."""
+    lines = ["Change the parameters so that the CAD model matches the target shape as closely as possible.",
+             f"Measured now: volumetric IoU with the target {comparison['iou']:.3f} (1 means identical)."]
+    bbox, volume = comparison.get("bbox") or {}, comparison.get("volume") or {}
+    if bbox:
+        model_size = ", ".join(f"{a} {v:.1f}" for a, v in zip("XYZ", bbox["model"]["size"]))
+        target_size = ", ".join(f"{a} {v:.1f}" for a, v in zip("XYZ", bbox["target"]["size"]))
+        lines.append(f"Bounding box size: model {model_size} mm; target {target_size} mm; "
+                     f"difference (model minus target) {_xyz(bbox['size_difference'])} mm.")
+        lines.append(f"Bounding box centre offset (model minus target): {_xyz(bbox['centre_difference'])} mm.")
+    if volume:
+        relative = volume.get("relative")
+        share = f" ({relative:+.1%})" if isinstance(relative, (int, float)) else ""
+        lines.append(f"Volume: model {volume['model']:.0f} mm^3, target {volume['target']:.0f} mm^3, difference "
+                     f"{volume['difference']:+.0f} mm^3{share}.")
+    return " ".join(lines)
+
+
+def _generate(manager, request: GenerateRequest, cancel) -> str | None:
+    """The model's text, or None when ``cancel`` was set first (the answer is then dropped when it comes)."""
+    box: dict = {}
+    done = threading.Event()
+
+    def run():
+        try:
+            box["text"] = manager.generate(request).text
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="optimise-vlm", daemon=True).start()
+    while not done.wait(POLL_S):
+        if cancel is not None and cancel.is_set():
+            return None
+    if "error" in box:
+        raise box["error"]
+    return box["text"]
+
+
+def ask_vlm(svc, model, target_path, values: dict, comparison: dict, cancel=None) -> tuple[dict, dict | None]:
+    """(report, comparison of the accepted proposal or None). ``report`` holds ``vlm_used`` (the model answered),
+    ``vlm_proposed`` (name -> value, the valid changes), ``vlm_iou`` (their IoU, or None), ``vlm_accepted``,
+    ``vlm_summary`` and, when the step gave nothing usable, ``vlm_note``. Never raises for a VLM failure."""
+    report = {"vlm_used": False, "vlm_proposed": {}, "vlm_iou": None, "vlm_accepted": False, "vlm_summary": None}
+    started = time.perf_counter()
+    schema = model.schema.to_json()
+    images = []
+    try:
+        images.append(svc.builder.render_png(model, values, RENDER_VIEW, RENDER_SIZE))
+    except BuildError as exc:  # the measurements alone still make a usable prompt
+        log.info("optimise: no render for the VLM (%s)", exc)
+    system, user = build_prompt(schema, values, describe_comparison(comparison), model_title=model.title,
+                                has_images=False, has_render=bool(images))
+    request = GenerateRequest(system=system, prompt=user, images=images, max_new_tokens=MAX_NEW_TOKENS,
+                              temperature=0.0, json_schema=proposal_json_schema(schema),
+                              timeout_s=svc.config.generate_timeout_s)
+    try:
+        text = _generate(svc.manager, request, cancel)
+    except BackendError as exc:
+        return {**report, "vlm_note": f"the VLM was not usable ({exc.code}): {exc.message}"}, None
+    except Exception:  # noqa: BLE001 - a VLM failure must not fail the optimisation
+        log.exception("optimise: the VLM request failed")
+        return {**report, "vlm_note": "the VLM request failed; see the server log"}, None
+    if text is None:
+        return {**report, "vlm_note": "cancelled before the VLM answered"}, None
+    report["vlm_used"] = True
+    parsed = parse_model_output(text, schema, values)
+    report["vlm_summary"] = parsed.summary or None
+    proposed = {p.parameter: p.value for p in parsed.valid_proposals if p.value != values.get(p.parameter)}
+    report["vlm_proposed"] = proposed
+    if not proposed:
+        rejected = [p.error for p in parsed.proposals if not p.valid and p.error]
+        why = parsed.parse_error or (rejected[0] if rejected else "it proposed no change")
+        return {**report, "vlm_note": f"the VLM gave no valid proposal: {why}"}, None
+    try:
+        candidate = model.schema.complete({**values, **proposed})
+        found = svc.builder.compare(model, candidate, target_path)
+    except (BuildError, ParameterError) as exc:  # a timeout too: the proposal is at fault, not the design
+        return {**report, "vlm_note": f"the VLM's proposal does not build: {exc}"}, None
+    report["vlm_iou"] = found["iou"]
+    log.info("optimise: VLM proposal %s has IoU %.4f (current %.4f), %.1f s", proposed, found["iou"],
+             comparison["iou"], time.perf_counter() - started)
+    if found["iou"] <= comparison["iou"]:
+        return {**report, "vlm_note": f"the VLM's proposal has IoU {found['iou']:.3f}, no better than the current "
+                                      f"{comparison['iou']:.3f}; it was not used"}, None
+    report["vlm_accepted"] = True
+    return report, found
