@@ -70,7 +70,7 @@ def run_case(name: str, case: int, hidden: dict, steps: int) -> tuple:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=2, help="cases per model")
-    parser.add_argument("--steps", type=int, default=300, help="optimiser budget (objective evaluations)")
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser budget (objective evaluations)")
     parser.add_argument("--models", default="", help="comma-separated model names (default: all shipped)")
     parser.add_argument("--spread", type=float, default=SPREAD, help="hidden parameter spread, fraction of range")
     parser.add_argument("--seed", type=int, default=8)

@@ -22,21 +22,32 @@ MAX_STEP = 0.5
 MIN_STEP = 1.0 / 1024
 SHRINK = 0.25
 GROW = 2.0
-PAIR_CANDIDATES = 5  # ridge escape: pairs among this many most constrained parameters
+PAIR_CANDIDATES = 5
+FOLLOW_DOUBLINGS = 10  # ridge escape: pairs among this many most constrained parameters
 DEFAULT_MAX_STEPS = 300
 MAX_STEPS_LIMIT = 5000
 FLOAT_DECIMALS = 3
-# Coarse-to-fine schedule for a voxel objective (cad.target.compare_model(method="mesh", **stage)): volume profiles
-# along X/Y/Z first (they respond to a misplaced part even without overlap), then a blurred IoU (thin walls that
-# are a little apart still attract), and last the plain voxel IoU.
+# Coarse-to-fine schedules for a voxel objective (cad.target.compare_model(method="mesh", **stage)): each stage is
+# (objective options, share of the budget, search). Volume profiles respond to a misplaced part even without
+# overlap; a blurred IoU or field lets thin walls that are a little apart still attract; the ray IoU comes last.
 COORDINATE, LEAST_SQUARES, SCAN = "coordinate", "least_squares", "scan"
+# Coordinate search on volume profiles, then a blurred IoU, then the ray IoU: steady on thin-walled parts.
+PROFILE_STAGES = [({"resolution": 48, "profile": True}, 0.3, COORDINATE),
+                  ({"resolution": 64, "blur": 1.5}, 0.25, COORDINATE),
+                  ({"resolution": 128, "rays": True}, 1.0, COORDINATE)]
 SCAN_POINTS = 5
 SCAN_SWEEPS = 2
+# A scan moves a parameter across its range only for a clear gain: the coarse field cannot see fine features
+# (a wall's thickness, a vent's width), and moving those on noise strands them far from the answer.
+SCAN_MIN_GAIN = 0.005
 INT_REFIT_ITERATIONS = 2
-VOXEL_STAGES = [({"field": {"resolution": 32, "blur": 3.0}}, 0.25, SCAN),
+# Global scans and least squares first: they find a yaw or a count the local search cannot reach.
+FIELD_STAGES = [({"field": {"resolution": 32, "blur": 3.0}}, 0.25, SCAN),
                 ({"field": {"resolution": 48, "blur": 1.5}}, 0.25, LEAST_SQUARES),
                 ({"field": {"resolution": 64, "blur": 0.75}}, 0.2, LEAST_SQUARES),
                 ({"resolution": 128, "rays": True}, 1.0, COORDINATE)]
+# The default for a voxel objective: both pipelines, each on half the budget, the better result kept.
+VOXEL_STAGES = [FIELD_STAGES, PROFILE_STAGES]
 
 
 @dataclass
@@ -58,7 +69,44 @@ class _Budget(Exception):
     pass
 
 
-def optimise(schema, start: dict, objective: Callable[[dict, object], float], *,
+def optimise(schema, start: dict, objective, *, max_steps: int = DEFAULT_MAX_STEPS, progress=None,
+             stages=((None, 1.0),), **options) -> OptimiseResult:
+    """Run one pipeline of ``stages`` (see ``_pipeline``) or, when ``stages`` is a list of pipelines, each of them
+    from ``start`` with an equal share of ``max_steps`` (a multi-start search: each pipeline is stranded on different
+    problems), keeping the best final result. Stage indices passed to ``progress`` count across the pipelines.
+    """
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= MAX_STEPS_LIMIT:
+        raise ValueError(f"max_steps must be a whole number between 1 and {MAX_STEPS_LIMIT}, got {max_steps!r}")
+    if not stages or not isinstance(stages[0], list):
+        return _pipeline(schema, start, objective, max_steps=max_steps, progress=progress, stages=stages, **options)
+    best, used, offset, trace = None, 0, 0, []
+    for number, pipeline in enumerate(stages):
+        budget = (max_steps - used) // (len(stages) - number)
+        if budget < 1:
+            break
+
+        def relay(step, iou, stage, offset=offset, used=used):
+            if progress is not None:
+                progress(used + step, max(iou, best.iou if best else 0.0), offset + stage)
+
+        result = _pipeline(schema, start, objective, max_steps=budget, progress=relay, stages=pipeline, **options)
+        trace += [(used + step, iou) for step, iou in result.trace if not best or iou > best.iou]
+        used, offset = used + result.steps, offset + len(pipeline)
+        if best is None or result.iou > best.iou:
+            best = result
+        if result.stopped in ("target_reached", "cancelled"):
+            break
+    return OptimiseResult(start_values=best.start_values, values=best.values, start_iou=best.start_iou, iou=best.iou,
+                          steps=used, stopped="cancelled" if result.stopped == "cancelled" else best.stopped,
+                          trace=trace)
+
+
+def stage_count(stages) -> int:
+    """How many stages ``optimise`` reports progress for (summed over pipelines)."""
+    return sum(len(p) for p in stages) if stages and isinstance(stages[0], list) else len(stages)
+
+
+def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *,
              max_steps: int = DEFAULT_MAX_STEPS, progress: Callable[[int, float, int], None] | None = None,
              target_iou: float = 1.0 - 1e-9, parameters: list[str] | None = None,
              stages: list[tuple[object, float]] = ((None, 1.0),), cancel=None) -> OptimiseResult:
@@ -131,9 +179,28 @@ def optimise(schema, start: dict, objective: Callable[[dict, object], float], *,
                             continue
                         candidate_score = evaluate(candidate)
                         if candidate_score > score + 1e-12:
-                            values, score = candidate, candidate_score
+                            values, score = follow(values, candidate, candidate_score,
+                                                   (by_name[first], by_name[second]))
                             kept.update(values=values, score=score)
                             steps[first] = steps[second] = min(steps[first], steps[second]) * GROW
+            return values, score
+
+        def follow(origin: dict, values: dict, score: float, pair: tuple) -> tuple[dict, float]:
+            """Keep going, doubling, along a pair move that helped: the two parameters trade off along a valley
+            (a box's height against its lid's lift) that single-parameter steps can only creep along."""
+            direction = [_position(p, values[p.name]) - _position(p, origin[p.name]) for p in pair]
+            for _ in range(FOLLOW_DOUBLINGS):
+                direction = [d * GROW for d in direction]
+                candidate = dict(values)
+                for parameter, d in zip(pair, direction):
+                    candidate[parameter.name] = _value(parameter, _position(parameter, values[parameter.name]) + d)
+                if candidate == values:
+                    break
+                candidate_score = evaluate(candidate)
+                if candidate_score <= score + 1e-12:
+                    break
+                values, score = candidate, candidate_score
+                kept.update(values=values, score=score)
             return values, score
 
         best_values = dict(values)
@@ -202,7 +269,7 @@ def optimise(schema, start: dict, objective: Callable[[dict, object], float], *,
                     for spot in sorted(spots):
                         candidate = dict(values)
                         candidate[parameter.name] = spot
-                        if candidate != values and evaluate(candidate) > score + 1e-12:
+                        if candidate != values and evaluate(candidate) > score + SCAN_MIN_GAIN:
                             values, score, changed = candidate, evaluate(candidate), True
                             kept.update(values=values, score=score)
                 if not changed:

@@ -17,7 +17,7 @@ import time
 from flask import Response, current_app, jsonify, stream_with_context
 
 from cad.errors import BuildError
-from cad.optimise import MAX_STEPS_LIMIT, VOXEL_STAGES, optimise
+from cad.optimise import MAX_STEPS_LIMIT, VOXEL_STAGES, optimise, stage_count
 from cad.session import VersionConflict
 from cad.worker import BuildTimeout
 
@@ -30,7 +30,7 @@ from .targets_api import _state, _target_path, bp
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPTIMISE_STEPS = 300
+DEFAULT_OPTIMISE_STEPS = 1000
 MAX_OPTIMISE_STEPS = 2000
 assert MAX_OPTIMISE_STEPS <= MAX_STEPS_LIMIT
 
@@ -186,7 +186,7 @@ def _start(ctx: dict) -> queue.Queue:
     ``vlm`` (use_vlm only), ``progress`` {step, iou, stage, stages, max_steps}, then ``done`` or ``error``."""
     events: queue.Queue = queue.Queue()
     app = current_app._get_current_object()
-    stages = len(VOXEL_STAGES)
+    stages = stage_count(VOXEL_STAGES)
 
     def progress(step: int, iou: float, stage: int) -> None:
         events.put(("progress", {"step": step, "iou": iou, "stage": stage, "stages": stages,

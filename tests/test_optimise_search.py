@@ -1,0 +1,98 @@
+"""The optimiser's search strategies on their own: partial-volume fields, least squares, scans, multi-start."""
+import math
+
+import numpy as np
+import pytest
+
+from cad.least_squares import levenberg_marquardt
+from cad.optimise import COORDINATE, LEAST_SQUARES, SCAN, optimise, stage_count
+from cad.registry import ModelRegistry
+from cad.voxel import Grid, fractional_occupancy
+from tests.test_target_optimise import box_mesh
+
+ROVER = ModelRegistry().get("rover").schema
+GRID = Grid([-20, -20, -20], [20, 20, 20], h=1.0, anchor=np.array([-20.0, -20.0, -20.0]))
+
+
+def test_fractional_occupancy_measures_volume_and_follows_a_face_continuously():
+    sums = []
+    for length in (10.0, 10.1, 10.2, 10.3, 10.4):
+        occupancy = fractional_occupancy(*box_mesh((0, 0, 0), (length, 6, 4)), GRID)
+        assert occupancy.min() >= 0 and occupancy.max() <= 1
+        sums.append(float(occupancy.sum()))
+    assert sums[0] == pytest.approx(240, rel=1e-3)
+    # A face moving by a tenth of a cell changes the field (a plain voxelisation would not move at all) ...
+    assert all(b > a for a, b in zip(sums, sums[1:]))
+    # ... and overlapping parts count once, as in the union.
+    twice = fractional_occupancy(*_merged(box_mesh((0, 0, 0), (10, 6, 4)), box_mesh((5, 0, 0), (15, 6, 4))), GRID)
+    assert float(twice.sum()) == pytest.approx(15 * 6 * 4, rel=1e-3)
+
+
+def _merged(first, second):
+    return np.concatenate([first[0], second[0]]), np.concatenate([first[1], second[1] + len(first[0])])
+
+
+def test_least_squares_moves_coupled_parameters_together():
+    # Two parameters that only matter through their sum and (weakly) their difference: a narrow valley.
+    names = ["chassis_length", "chassis_width"]
+    parameters = [ROVER[n] for n in names]
+    position = lambda p, v: (v - p.min) / (p.max - p.min)
+    value = lambda p, u: float(p.min + min(max(u, 0.0), 1.0) * (p.max - p.min))
+    goal = {"chassis_length": 0.7, "chassis_width": 0.2}
+    calls = []
+
+    def residuals(values):
+        calls.append(values)
+        a, b = (position(ROVER[n], values[n]) for n in names)
+        return np.array([30 * (a + b - 0.9), a - b - 0.5], dtype=np.float32)
+
+    found = levenberg_marquardt(parameters, ROVER.defaults(), residuals, position, value)
+    for name in names:
+        assert position(ROVER[name], found[name]) == pytest.approx(goal[name], abs=1e-3)
+    assert len(calls) < 60  # a coordinate search zig-zags down such a valley for hundreds of steps
+
+
+def _bumpy(values, stage=None):
+    """A yaw-like objective: a low hill at the default (0 deg) and the real peak far away at 120 deg."""
+    yaw = values["rover_yaw"]
+    return 0.5 * math.exp(-(yaw / 20) ** 2) + math.exp(-((yaw - 120) / 40) ** 2)
+
+
+def test_a_global_scan_finds_the_far_peak_a_local_search_misses():
+    local = optimise(ROVER, ROVER.defaults(), _bumpy, max_steps=200, parameters=["rover_yaw"])
+    assert abs(local.values["rover_yaw"]) < 5 and local.iou < 0.6  # stuck on the hill it started on
+    stages = [(None, 0.3, SCAN), (None, 1.0, COORDINATE)]
+    scanned = optimise(ROVER, ROVER.defaults(), _bumpy, max_steps=200, parameters=["rover_yaw"], stages=stages)
+    assert scanned.values["rover_yaw"] == pytest.approx(120, abs=0.5) and scanned.iou > 0.999
+
+
+def test_multi_start_keeps_the_better_pipeline_and_reports_progress_across_both():
+    local_only = [(None, 1.0, COORDINATE)]
+    with_scan = [(None, 0.3, SCAN), (None, 1.0, COORDINATE)]
+    stages_seen, steps_seen = set(), []
+
+    def progress(step, iou, stage):
+        stages_seen.add(stage)
+        steps_seen.append(step)
+
+    result = optimise(ROVER, ROVER.defaults(), _bumpy, max_steps=300, parameters=["rover_yaw"],
+                      stages=[local_only, with_scan], progress=progress)
+    assert stage_count([local_only, with_scan]) == 3 and stages_seen == {0, 1, 2}
+    assert result.values["rover_yaw"] == pytest.approx(120, abs=0.5) and result.steps <= 300
+    assert steps_seen == sorted(steps_seen)  # one step count across both pipelines
+
+
+def test_least_squares_stage_uses_the_objectives_residuals_and_ints_get_refitted():
+    # A field-like objective: the residual says how far chassis_length is from a goal that depends on the wheel count.
+    def objective(values, stage):
+        goal = 150.0 + 40.0 * values["wheels_per_side"]
+        miss = (values["chassis_length"] - goal) / 320.0
+        count_miss = values["wheels_per_side"] - 2
+        residuals = np.array([miss, 0.05 * count_miss], dtype=np.float32)
+        return {"iou": 1 / (1 + float(residuals @ residuals) * 100), "residuals": residuals}
+
+    stages = [({"field": {}}, 1.0, LEAST_SQUARES)]
+    result = optimise(ROVER, ROVER.defaults(), objective, max_steps=300,
+                      parameters=["chassis_length", "wheels_per_side"], stages=stages)
+    assert result.values["wheels_per_side"] == 2
+    assert result.values["chassis_length"] == pytest.approx(230.0, abs=0.5)
