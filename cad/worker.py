@@ -151,8 +151,16 @@ class WorkerClient:
         raise ValueError(details)
 
     def close(self) -> None:
-        with self._lock:
-            self._kill()
+        """Stop the worker now, even in the middle of a job (shutdown must not wait for a hanging script): the
+        job's caller then gets WorkerCrashed."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+        if self._lock.acquire(timeout=10):
+            try:
+                self._kill()
+            finally:
+                self._lock.release()
 
     # -- internals (called with the lock held) --
     def _ensure_started(self) -> subprocess.Popen:

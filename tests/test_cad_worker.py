@@ -132,3 +132,27 @@ def _alive(pid: int) -> bool:
             return handle.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_close_stops_a_worker_in_the_middle_of_a_hanging_job(models, tmp_path):
+    import threading
+
+    builder = Builder(tmp_path / "cache", timeout_s=60)
+    builder.worker = WorkerClient()
+    builder.bounding_box(ModelRegistry().get("rover"), {})
+    errors = []
+
+    def hang():
+        try:
+            builder.export(models.get("hang"), {}, "glb")
+        except BuildError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=hang)
+    thread.start()
+    time.sleep(1.0)  # the worker is inside the endless loop
+    started = time.perf_counter()
+    builder.worker.close()  # what server shutdown does: it must not wait the 60 s build timeout
+    thread.join(timeout=10)
+    assert time.perf_counter() - started < 5 and not thread.is_alive()
+    assert builder.worker.pid is None and isinstance(errors[0], WorkerCrashed)
