@@ -168,6 +168,10 @@ def produce(script_path: str | Path, values: dict, artifact: str, view: str = "i
     return render.render_png(meshes, view, size)  # pure numpy: no need to hold the geometry lock
 
 
+DEFAULT_DISK_LIMIT_BYTES = 512 * 1024 * 1024  # CAD_CACHE_MB
+PRUNE_TO = 0.8  # a full disk cache is pruned to this share of its limit, oldest use first
+
+
 class Builder:
     """Validated, cached access to model artifacts, built in the shared build worker. Thread-safe.
 
@@ -175,13 +179,16 @@ class Builder:
     call raises ``cad.worker.BuildTimeout`` (a ``BuildError``).
     """
 
-    def __init__(self, cache_dir: Path, memory_items: int = 32, timeout_s: float | None = None):
+    def __init__(self, cache_dir: Path, memory_items: int = 32, timeout_s: float | None = None,
+                 disk_limit_bytes: int = DEFAULT_DISK_LIMIT_BYTES):
         from cad.worker import DEFAULT_TIMEOUT_S, shared_client
 
         self.cache_dir = Path(cache_dir)
         self.memory_items = max(int(memory_items), 1)
         self.timeout_s = float(timeout_s) if timeout_s else DEFAULT_TIMEOUT_S
         self.worker = shared_client()
+        self.disk_limit_bytes = max(int(disk_limit_bytes), 0)
+        self._disk_bytes: int | None = None  # measured on the first write, then kept up to date
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
@@ -289,8 +296,10 @@ class Builder:
                 self._stats["hits"] += 1
                 self._stats["memory_hits"] += 1
                 return data
+        path = self._disk_path(key, artifact)
         try:
-            data = self._disk_path(key, artifact).read_bytes()
+            data = path.read_bytes()
+            os.utime(path)  # recently used files are the last to be pruned
         except OSError:
             return None
         with self._lock:
@@ -315,3 +324,38 @@ class Builder:
             os.replace(temporary, path)
         except OSError as exc:  # a full or read-only disk must not break serving from memory
             log.warning("could not write CAD cache file %s: %s", path, exc)
+            return
+        with self._lock:
+            if self._disk_bytes is None:
+                self._disk_bytes = sum(f.stat().st_size for f in self._cache_files())
+            else:
+                self._disk_bytes += len(data)
+            over = self._disk_bytes > self.disk_limit_bytes
+        if over:
+            self._prune_disk()
+
+    def _cache_files(self) -> list[Path]:
+        return [f for f in self.cache_dir.glob("*/*") if f.is_file() and not f.name.startswith(".tmp-")]
+
+    def _prune_disk(self) -> None:
+        """Delete the least recently used cache files until the cache is at PRUNE_TO of its limit."""
+        files = []
+        for path in self._cache_files():
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            files.append((stat.st_mtime, stat.st_size, path))
+        files.sort()
+        total = sum(size for _, size, _ in files)
+        goal = int(self.disk_limit_bytes * PRUNE_TO)
+        removed = 0
+        for _, size, path in files:
+            if total <= goal:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+            removed += 1
+        with self._lock:
+            self._disk_bytes = total
+        log.info("CAD cache pruned: %d files removed, %.1f MB kept", removed, total / 1e6)

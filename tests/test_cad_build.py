@@ -194,3 +194,21 @@ def test_script_runtime_error_points_at_the_line(tmp_path):
     with pytest.raises(BuildError, match="Assembly"):
         builder.export(registry.get("not_assembly"), {}, "glb")
     assert builder.stats()["misses"] == 0 and builder.stats()["errors"] == 2
+
+
+def test_the_disk_cache_stays_under_its_limit_and_keeps_recently_used_files(tmp_path):
+    rover = ModelRegistry().get("rover")
+    first = Builder(tmp_path / "cache")
+    sizes = [len(first.export(rover, {"chassis_length": 200 + i}, "glb")) for i in range(2)]
+    limit = int(max(sizes) * 3.5)  # room for three GLBs
+    builder = Builder(tmp_path / "cache", disk_limit_bytes=limit)
+    kept = {"chassis_length": 200}
+    for i in range(2, 8):
+        builder.export(rover, {"chassis_length": 200 + i}, "glb")
+        time.sleep(0.01)  # distinct modification times
+        Builder(tmp_path / "cache", disk_limit_bytes=limit).export(rover, kept, "glb")  # a disk hit: marks it used
+    files = [f for f in (tmp_path / "cache").glob("*/*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= limit and 1 < len(files) < 8
+    fresh = Builder(tmp_path / "cache", disk_limit_bytes=limit)
+    fresh.export(rover, kept, "glb")
+    assert fresh.stats()["disk_hits"] == 1  # the file used all along survived the pruning

@@ -262,3 +262,11 @@ def test_models_list(client):
     body = client.get("/api/models").get_json()
     assert body["default"] == "rover"
     assert any(m["name"] == "rover" and m["title"] for m in body["models"])
+
+
+def test_config_reads_the_cache_limit_and_refuses_a_useless_one():
+    from web.config import Config
+
+    assert Config.from_env({"CAD_CACHE_MB": "64"}).cache_mb == 64
+    with pytest.raises(ValueError, match="CAD_CACHE_MB"):
+        Config.from_env({"CAD_CACHE_MB": "0"}).validate()

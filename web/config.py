@@ -57,6 +57,7 @@ class Config:
     cad_warmup: bool = True
     dataset_dir: Path | None = None  # OPTIM_DATASET_DIR: training examples; None = <data_dir>/dataset
     record_dataset: bool = True  # OPTIM_RECORD_DATASET=0 stops logging applied/rejected proposals
+    cache_mb: float = 512.0  # CAD_CACHE_MB: the disk cache of built artifacts is pruned (least recently used) past this
     build_timeout_s: float = 60.0  # CAD_BUILD_TIMEOUT: a model script running longer is killed (cad.worker)
     allowed_hosts: list[str] = field(default_factory=list)
     token: str | None = None
@@ -100,6 +101,7 @@ class Config:
             c.dataset_dir = Path(env["OPTIM_DATASET_DIR"])
         c.record_dataset = _bool(env.get("OPTIM_RECORD_DATASET"), True)
         c.build_timeout_s = float(env.get("CAD_BUILD_TIMEOUT", c.build_timeout_s))
+        c.cache_mb = float(env.get("CAD_CACHE_MB", c.cache_mb))
         c.allowed_hosts = [h.strip().lower() for h in env.get("OPTIM_ALLOWED_HOSTS", "").split(",") if h.strip()]
         c.token = env.get("OPTIM_TOKEN") or None
         return c
@@ -109,6 +111,8 @@ class Config:
             raise ValueError(f"VLM_BACKEND must be finetuned, ollama or openai, not {self.backend!r}")
         if not (0 < self.port < 65536):
             raise ValueError(f"PORT must be 1..65535, not {self.port}")
+        if self.cache_mb < 1:
+            raise ValueError(f"CAD_CACHE_MB must be at least 1, not {self.cache_mb:g}")
 
     def public(self) -> dict:
         d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

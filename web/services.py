@@ -46,7 +46,8 @@ class Services:
         self.config = config
         extra = [config.models_dir] if config.models_dir else []
         self.registry = ModelRegistry(extra_dirs=extra)
-        self.builder = Builder(config.data_dir / "cache", timeout_s=config.build_timeout_s)
+        self.builder = Builder(config.data_dir / "cache", timeout_s=config.build_timeout_s,
+                               disk_limit_bytes=int(config.cache_mb * 1024 * 1024))
         self.sessions = SessionStore(config.data_dir, self.registry)
         self.manager = ModelManager(make_backend(config), keep_alive_s=config.keep_alive_s,
                                     load_timeout_s=config.load_timeout_s)
