@@ -239,6 +239,10 @@ class Builder:
     def target_glb(self, target_path: Path) -> bytes:
         return self.worker.call("target_glb", str(target_path), timeout_s=self.timeout_s, script=str(target_path))
 
+    def target_png(self, target_path: Path, view: str = "iso", size: int = 384) -> bytes:
+        return self.worker.call("target_png", str(target_path), view, size, timeout_s=self.timeout_s,
+                                script=str(target_path))
+
     def stats(self) -> dict:
         with self._lock:
             return {**self._stats, "memory_items": len(self._memory)}

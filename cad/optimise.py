@@ -23,7 +23,9 @@ MIN_STEP = 1.0 / 1024
 SHRINK = 0.25
 GROW = 2.0
 PAIR_CANDIDATES = 5
-FOLLOW_DOUBLINGS = 10  # ridge escape: pairs among this many most constrained parameters
+FOLLOW_DOUBLINGS = 10
+ESCAPE_SCALES = (1 / 16, 1 / 64)  # of each range: the joint moves tried once the coordinate search has converged
+MAX_ESCAPES = 4  # ridge escape: pairs among this many most constrained parameters
 DEFAULT_MAX_STEPS = 300
 MAX_STEPS_LIMIT = 5000
 FLOAT_DECIMALS = 3
@@ -185,12 +187,50 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
                             steps[first] = steps[second] = min(steps[first], steps[second]) * GROW
             return values, score
 
+        def escape(values: dict, score: float) -> tuple[dict, float] | None:
+            """At convergence, look further than the shrunken steps: single and pair moves of a fixed share of
+            each range. Two or three parameters may trade off across a low barrier (a lid's lift against the box
+            height and the lid's thickness) that only a larger joint move crosses. None when nothing helps."""
+            by_name = {p.name: p for p in numeric}
+
+            def shifted(base: dict, moves: dict) -> dict:
+                candidate = dict(base)
+                for name, delta in moves.items():
+                    parameter = by_name[name]
+                    candidate[name] = _value(parameter, _position(parameter, base[name]) + delta)
+                return candidate
+
+            for scale in ESCAPE_SCALES:
+                losses = {}
+                for parameter in numeric:
+                    for sign in (1, -1):
+                        candidate = shifted(values, {parameter.name: sign * _delta(parameter, scale)})
+                        if candidate == values:
+                            continue
+                        candidate_score = evaluate(candidate)
+                        if candidate_score > score + 1e-12:
+                            return candidate, candidate_score
+                        losses[parameter.name] = max(losses.get(parameter.name, 0.0), score - candidate_score)
+                names = sorted(losses, key=lambda n: (-losses[n], n))[:PAIR_CANDIDATES]
+                for i, first in enumerate(names):
+                    for second in names[i + 1:]:
+                        for sign_first, sign_second in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+                            candidate = shifted(values, {first: sign_first * _delta(by_name[first], scale),
+                                                         second: sign_second * _delta(by_name[second], scale)})
+                            if candidate == values:
+                                continue
+                            candidate_score = evaluate(candidate)
+                            if candidate_score > score + 1e-12:
+                                return follow(values, candidate, candidate_score, (by_name[first], by_name[second]))
+            return None
+
         def follow(origin: dict, values: dict, score: float, pair: tuple) -> tuple[dict, float]:
-            """Keep going, doubling, along a pair move that helped: the two parameters trade off along a valley
-            (a box's height against its lid's lift) that single-parameter steps can only creep along."""
+            """Keep going, doubling, along a move of several parameters that helped (a pair move, or a whole sweep:
+            Hooke-Jeeves' pattern move): they trade off along a valley (a box's height against its lid's lift and
+            thickness) that single-parameter steps can only creep along."""
             direction = [_position(p, values[p.name]) - _position(p, origin[p.name]) for p in pair]
-            for _ in range(FOLLOW_DOUBLINGS):
-                direction = [d * GROW for d in direction]
+            for attempt in range(FOLLOW_DOUBLINGS):
+                direction = [d * (GROW if attempt else 1.0) for d in direction]
                 candidate = dict(values)
                 for parameter, d in zip(pair, direction):
                     candidate[parameter.name] = _value(parameter, _position(parameter, values[parameter.name]) + d)
@@ -215,6 +255,7 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
         if search == LEAST_SQUARES:
             return run_least_squares(stage, best_values, best_score, evaluate, residual_cache, kept)
         steps = {p.name: INITIAL_STEP / (2 ** index) for p in numeric}
+        escapes = {"left": MAX_ESCAPES}
         direction = {p.name: 1 for p in numeric}
 
         def moved(values: dict, parameter, sign: int) -> dict:
@@ -227,8 +268,15 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
             while best_score < target_iou:
                 active = [p for p in numeric if not _done(p, steps[p.name])]
                 if not active:
-                    return best_values, best_score, True
-                sweep_improved, pinned = False, {}
+                    escaped = escape(best_values, best_score) if escapes["left"] > 0 else None
+                    if escaped is None:
+                        return best_values, best_score, True
+                    escapes["left"] -= 1
+                    best_values, best_score = escaped
+                    kept.update(values=best_values, score=best_score)
+                    steps.update({p.name: ESCAPE_SCALES[-1] for p in numeric})
+                    continue
+                sweep_improved, pinned, sweep_start = False, {}, dict(best_values)
                 for parameter in active:
                     name = parameter.name
                     improved, worst_loss = False, 0.0
@@ -247,6 +295,9 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
                     if not improved and worst_loss > 0:
                         pinned[name] = worst_loss
                     steps[name] = min(steps[name] * GROW, MAX_STEP) if improved else steps[name] * SHRINK
+                together = [p for p in numeric if best_values[p.name] != sweep_start[p.name]]
+                if len(together) > 1:
+                    best_values, best_score = follow(sweep_start, best_values, best_score, together)
                 if not sweep_improved and len(pinned) > 1:
                     # Stuck on a ridge: no single parameter helps, two moved together may (a box's height and its
                     # lid's lift both place the lid). Try pairs of the parameters that cost most to move alone.

@@ -230,6 +230,15 @@ def target_glb(path: Path | str) -> bytes:
     return glb_bytes([PartMesh("target", target.vertices, target.triangles, TARGET_COLOUR)], "target")
 
 
+def target_png(path: Path | str, view: str = "iso", size: int = 384) -> bytes:
+    """A render of the target alone, framed on itself (cad.render's camera), for the VLM step of optimise."""
+    from cad.mesh import PartMesh
+    from cad.render import render_png
+
+    target = load_target(path)
+    return render_png([PartMesh("target", target.vertices, target.triangles, TARGET_COLOUR)], view, size)
+
+
 def _model_mesh(built):
     import numpy as np
 

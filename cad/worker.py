@@ -56,6 +56,7 @@ def _jobs() -> dict:
         "clear": build.clear_process_cache,
         "target_info": target.target_info,
         "target_glb": target.target_glb,
+        "target_png": target.target_png,
         "compare": target.compare_model,
         "ping": lambda: os.getpid(),
         "stats": lambda: {"pid": os.getpid(), "builds": build.build_count()},

@@ -68,12 +68,15 @@ def test_a_proposal_nearer_the_target_is_kept_and_refined_as_one_undoable_entry(
     assert len(client.get("/api/history?model=bracket").get_json()["entries"]) == entries + 1
     undone = client.post("/api/undo?model=bracket", json={}).get_json()
     assert (undone["values"]["base_length"], undone["values"]["upright_height"]) == (80.0, 60.0)
-    # What the model was shown: the parameter table, the measured differences and a render of the current state.
+    # What the model was shown: the parameter table, the measured differences, a render of the current state and
+    # one of the target.
     chat = ollama.posts("/api/chat")[-1]
     system, user = chat["messages"][0]["content"], chat["messages"][1]["content"]
     assert "never write code" in system and "base_length" in user and "IoU" in user
     assert "X +10.0" in user and "Z -15.0" in user and "Volume" in user  # model minus target: 80-70, 60-75
-    assert base64.b64decode(chat["messages"][1]["images"][0])[:8] == b"\x89PNG\r\n\x1a\n"
+    current, target = (base64.b64decode(image) for image in chat["messages"][1]["images"])
+    assert current[:8] == target[:8] == b"\x89PNG\r\n\x1a\n" and current != target
+    assert "FIRST image is the current CAD render" in user and "second image is a render of the target" in user
     assert chat["format"]["properties"]["changes"]["items"]["properties"]["parameter"]["enum"][0] == "base_length"
 
 

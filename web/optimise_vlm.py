@@ -1,7 +1,7 @@
 """The VLM step of ``POST /api/optimise``: ask the active model for parameter values that match the target better.
 
-The prompt is /api/vlm's (``vlm.prompts.build_prompt``) with the measured comparison as the request and a render of
-the current state attached; the answer is read by ``vlm.proposals.parse_model_output`` like any proposal, so nothing
+The prompt is /api/vlm's (``vlm.prompts.build_prompt``) with the measured comparison as the request and two
+renders attached (the current state, then the target, from the same direction); the answer is read by ``vlm.proposals.parse_model_output`` like any proposal, so nothing
 the model writes is executed and every value is checked against the schema. The proposal is kept only when its IoU
 beats the current state's. A VLM that is not usable (fails to load, times out, answers nothing valid) becomes a
 ``vlm_note``; the caller's numeric refinement runs either way.
@@ -13,6 +13,7 @@ import threading
 import time
 
 from cad.errors import BuildError, ParameterError
+from cad.target import TargetError
 from vlm.backend import BackendError, GenerateRequest
 from vlm.prompts import build_prompt, proposal_json_schema
 from vlm.proposals import parse_model_output
@@ -76,13 +77,17 @@ def ask_vlm(svc, model, target_path, values: dict, comparison: dict, cancel=None
     report = {"vlm_used": False, "vlm_proposed": {}, "vlm_iou": None, "vlm_accepted": False, "vlm_summary": None}
     started = time.perf_counter()
     schema = model.schema.to_json()
-    images = []
+    images, request_text = [], describe_comparison(comparison)
     try:
         images.append(svc.builder.render_png(model, values, RENDER_VIEW, RENDER_SIZE))
-    except BuildError as exc:  # the measurements alone still make a usable prompt
-        log.info("optimise: no render for the VLM (%s)", exc)
-    system, user = build_prompt(schema, values, describe_comparison(comparison), model_title=model.title,
-                                has_images=False, has_render=bool(images))
+        images.append(svc.builder.target_png(target_path, RENDER_VIEW, RENDER_SIZE))
+        request_text += (" The second image is a render of the target shape from the same direction; each image "
+                         "is framed on its own shape, so take sizes from the measurements above.")
+    except (BuildError, TargetError) as exc:  # the measurements alone still make a usable prompt
+        log.info("optimise: no renders for the VLM (%s)", exc)
+        images = []
+    system, user = build_prompt(schema, values, request_text, model_title=model.title,
+                                has_images=bool(images), has_render=bool(images))
     request = GenerateRequest(system=system, prompt=user, images=images, max_new_tokens=MAX_NEW_TOKENS,
                               temperature=0.0, json_schema=proposal_json_schema(schema),
                               timeout_s=svc.config.generate_timeout_s)
