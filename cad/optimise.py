@@ -25,7 +25,8 @@ GROW = 2.0
 PAIR_CANDIDATES = 5
 FOLLOW_DOUBLINGS = 10
 ESCAPE_SCALES = (1 / 16, 1 / 64)  # of each range: the joint moves tried once the coordinate search has converged
-MAX_ESCAPES = 4  # ridge escape: pairs among this many most constrained parameters
+MAX_ESCAPES = 4
+ESCAPE_TRIGGER = 1 / 256  # every active step below this share of its range: the search has settled  # ridge escape: pairs among this many most constrained parameters
 DEFAULT_MAX_STEPS = 300
 MAX_STEPS_LIMIT = 5000
 FLOAT_DECIMALS = 3
@@ -267,15 +268,21 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
         try:
             while best_score < target_iou:
                 active = [p for p in numeric if not _done(p, steps[p.name])]
-                if not active:
-                    escaped = escape(best_values, best_score) if escapes["left"] > 0 else None
+                # Try escapes once the steps are small, not only at full convergence: a budget spent polishing
+                # the fifth decimal of a local optimum is better spent looking past its rim.
+                settled = all(steps[p.name] < ESCAPE_TRIGGER for p in active)
+                if (not active or settled) and escapes["left"] > 0:
+                    escaped = escape(best_values, best_score)
                     if escaped is None:
-                        return best_values, best_score, True
-                    escapes["left"] -= 1
-                    best_values, best_score = escaped
-                    kept.update(values=best_values, score=best_score)
-                    steps.update({p.name: ESCAPE_SCALES[-1] for p in numeric})
-                    continue
+                        escapes["left"] = 0  # nothing within reach now: polish what we have
+                    else:
+                        escapes["left"] -= 1
+                        best_values, best_score = escaped
+                        kept.update(values=best_values, score=best_score)
+                        steps.update({p.name: ESCAPE_SCALES[-1] for p in numeric})
+                        continue
+                if not active:
+                    return best_values, best_score, True
                 sweep_improved, pinned, sweep_start = False, {}, dict(best_values)
                 for parameter in active:
                     name = parameter.name

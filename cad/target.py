@@ -5,7 +5,8 @@
 
 IoU method: ``exact`` when the model's parts fuse into a valid solid and the target is a valid solid (STEP):
 ``|A ∩ B| / (|A| + |B| - |A ∩ B|)`` from an OCC boolean. Otherwise (an STL target, a STEP of surfaces only, a failed
-boolean) ``mesh``: both are voxelised on one grid (``cad.voxel``). Every answer says which method was used.
+boolean, an intersection and a union that disagree) ``mesh``: both meshes are measured along rays in X, Y and Z
+on one grid (``cad.voxel``). Every answer says which method was used.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 TARGET_FORMATS = ("step", "stl")
 MAX_TARGET_TRIANGLES = 2_000_000
 TARGET_COLOUR = (0.75, 0.78, 0.82)
+EXACT_TOLERANCE = 1e-3  # relative: intersection and union volumes must agree this well for an exact IoU
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
@@ -322,6 +324,12 @@ def compare_model(script_path: str, values: dict, target_path: str, method: str 
             if not -1e-6 <= common <= min(model_volume, target_volume) * (1 + 1e-6) + 1e-6:
                 raise ValueError(f"the boolean gave an impossible intersection volume {common:g}")
             union = model_volume + target_volume - common
+            # OCC's booleans can go wrong without an error where faces coincide (a wall exactly as thick as the
+            # target's): the intersection and the union must agree, or neither is trusted.
+            fused = model_solid.fuse(target.solid).Volume()
+            if abs(fused - union) > EXACT_TOLERANCE * max(fused, union):
+                raise ValueError(f"the booleans disagree (intersection implies a union of {union:.6g} mm^3, the "
+                                 f"union measures {fused:.6g} mm^3)")
             result = {"iou": common / union if union > 0 else 1.0, "method": "exact"}
         except Exception as exc:  # OCC booleans can fail on awkward geometry; the mesh estimate still works
             log.info("exact IoU not possible (%s); using the mesh estimate", exc)
@@ -331,7 +339,10 @@ def compare_model(script_path: str, values: dict, target_path: str, method: str 
     if "iou" not in result:
         voxel = mesh_iou(_model_mesh(built), (target.vertices, target.triangles),
                          resolution or DEFAULT_RESOLUTION, blur=blur if method == "mesh" else 0.0,
-                         profile=profile and method == "mesh", rays=rays and method == "mesh")
+                         profile=profile and method == "mesh",
+                         # a fallback for an exact answer measures along rays: exact along each ray, so thin walls
+                         # are not rounded to whole voxels
+                         rays=rays if method == "mesh" else True)
         result.update(iou=voxel["iou"], method="mesh", voxel_mm=voxel["voxel_mm"])
     result["iou"] = float(min(max(result["iou"], 0.0), 1.0))
     if not detail:

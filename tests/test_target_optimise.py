@@ -153,6 +153,24 @@ def test_stl_target_uses_the_mesh_method_and_the_ghost_is_in_metres(tmp_path):
     assert load_target(stl).bbox["size"] == pytest.approx([80, 40, 60], abs=1e-3)
 
 
+def test_exact_iou_is_not_trusted_when_the_booleans_disagree(tmp_path):
+    # Same length, width, wall and bosses, so many faces coincide; the box is taller and the lid sits lower. OCC's
+    # intersection of these two solids is wrong (IoU 0.17) while their union is right: the answer must not be 0.17.
+    enclosure = REGISTRY.get("enclosure")
+    hidden = enclosure.schema.complete({
+        "length": 159.47, "width": 94.46, "height": 58.47, "wall": 1.37, "floor": 4.13, "corner_radius": 5.09,
+        "boss_diameter": 9.58, "screw_hole": 2.06, "vent_slots": 3, "vent_width": 2.55, "lid_thickness": 3.69,
+        "lid_lip": 3.99, "lid_lift": 5.99})
+    target = tmp_path / "enclosure.step"
+    target.write_bytes(export.step_bytes(build_model(enclosure.path, hidden).assembly))
+    state = {**hidden, "height": 65.235, "lid_thickness": 2.921, "lid_lip": 4.762, "lid_lift": 0.0}
+    answer = compare_model(str(enclosure.path), state, str(target))
+    assert 0.85 < answer["iou"] < 0.95
+    if answer["method"] == "mesh":  # OCC as pinned: the disagreement is detected and said
+        assert "disagree" in answer["fallback_reason"]
+    assert compare_model(str(enclosure.path), hidden, str(target))["iou"] > 0.999
+
+
 # --- optimiser -----------------------------------------------------------------------------------------------------
 
 def test_optimiser_respects_bounds_ints_budget_and_is_deterministic():
