@@ -253,8 +253,9 @@ def test_target_upload_ghost_optimise_and_undo(live_server_scripted, page, tmp_p
     assert server.api("GET", "/api/target?model=bracket").status_code == 404
 
 
-def test_the_optimise_button_cancels_a_running_search(live_server_scripted, page):
+def test_the_optimise_button_cancels_a_running_search(live_server_scripted, scripted_engine, page):
     server = live_server_scripted
+    chats_before = len(scripted_engine.posts("/api/chat"))
     query = "?model=pillow_block"
     assert server.api("PATCH", "/api/params" + query,
                       json={"values": {"base_length": 170.0, "centre_height": 50.0}}).status_code == 200
@@ -269,6 +270,7 @@ def test_the_optimise_button_cancels_a_running_search(live_server_scripted, page
         button = page.locator("[data-testid=optimise]")
         assert button.text_content().strip() == "Optimise"
         page.fill("[data-testid=optimise-steps]", "2000")
+        page.check("[data-testid=optimise-use-vlm]")  # the scripted engine answers about another model
         button.click()
         page.wait_for_function("() => /step \\d+/.test("
                                "document.querySelector('[data-testid=optimise-progress-text]').textContent)")
@@ -278,6 +280,11 @@ def test_the_optimise_button_cancels_a_running_search(live_server_scripted, page
         page.wait_for_function("() => document.querySelector('[data-testid=optimise-result]').dataset.applied",
                                timeout=60_000)
         assert "cancelled" in page.text_content("[data-testid=optimise-result]")
+        # The VLM was asked first (with the design and the target as images); its answer was of no use, and the
+        # page says so while the numeric search ran anyway.
+        assert "VLM not used" in page.text_content("[data-testid=optimise-result]")
+        chats = [c for c in scripted_engine.posts("/api/chat")[chats_before:] if c.get("messages")]  # not loads
+        assert len(chats) == 1 and len(chats[0]["messages"][1]["images"]) == 2
         assert button.text_content() == "Optimise" and button.is_enabled()
         assert page.get_attribute("body", "data-locked") == "false"
         assert server.api("DELETE", "/api/optimise" + query).status_code == 404  # nothing runs any more

@@ -244,7 +244,7 @@ export class TargetPanel {
 
   async runOptimise(maxSteps) {
     const ctx = this.getContext();
-    const body = { version: ctx.version, max_steps: maxSteps, stream: true };
+    const body = { version: ctx.version, max_steps: maxSteps, stream: true, use_vlm: $('optimise-use-vlm').checked };
     let answer = null;
     try {
       for await (const { event, data } of postEventStream(withModel('/api/optimise', ctx.model), body)) {
@@ -271,7 +271,8 @@ export class TargetPanel {
     result.dataset.applied = String(report.applied);
     result.dataset.iouBefore = String(report.iou_before);
     result.dataset.iouAfter = String(report.iou_after);
-    const seconds = `${report.steps} steps, ${fixed(report.elapsed_s, 1)} s, ${report.stopped.replace('_', ' ')}`;
+    const vlm = report.vlm_accepted ? ', VLM proposal kept' : (body.use_vlm && report.vlm_note ? `, VLM not used: ${report.vlm_note}` : '');
+    const seconds = `${report.steps} steps, ${fixed(report.elapsed_s, 1)} s, ${report.stopped.replace('_', ' ')}${vlm}`;
     result.replaceChildren(
       el('span', { text: 'IoU ' }),
       el('strong', { text: `${formatIou(report.iou_before)} → ${formatIou(report.iou_after)}` }),
