@@ -1,12 +1,15 @@
-"""Numeric refinement of a model's parameters toward a target: adaptive coordinate search on IoU.
+"""Numeric refinement of a model's parameters toward a target: scans, least squares and coordinate search on IoU.
 
-Pure Python (no cadquery): the caller passes ``objective(values) -> IoU`` (the web layer runs it in the build
-worker, ``bench/fit.py`` in-process). Every numeric parameter (float and int; bools stay as they are) moves within
-its schema bounds in normalised units (0..1 over min..max). Each parameter has its own step: a move that raises the
-IoU is kept and the step doubles (up to ``MAX_STEP``); when neither direction helps the step shrinks. A parameter is
-done when its step falls below ``MIN_STEP`` (ints: below one unit). The search stops when every parameter is done,
-when the IoU reaches ``target_iou`` or after ``max_steps`` objective evaluations (a *step* is one evaluation; a
-repeated state is answered from a cache and costs nothing). Deterministic for a deterministic objective.
+Pure Python (no cadquery): the caller passes ``objective(values, stage)``, answering an IoU or a dict with ``iou``
+(and ``residuals`` for a least-squares stage); the web layer runs it in the build worker, ``bench/fit.py``
+in-process. Every numeric parameter (float and int; bools stay as they are) moves within its schema bounds in
+normalised units (0..1 over min..max). A pipeline is a list of stages, each ``(objective options, budget share,
+search)`` where the search is ``scan`` (global 1-D scans), ``least_squares`` (Levenberg-Marquardt on the
+residuals, cad.least_squares) or ``coordinate``: an adaptive per-parameter step that doubles after a gain and
+shrinks otherwise, with pattern moves along helpful joint moves and, once settled, larger single/pair escape
+moves. ``optimise`` runs one pipeline, or several from the same start (multi-start) keeping the best. A *step* is
+one objective evaluation (a repeated state is answered from a cache and costs nothing). Deterministic for a
+deterministic objective.
 """
 from __future__ import annotations
 
@@ -22,11 +25,11 @@ MAX_STEP = 0.5
 MIN_STEP = 1.0 / 1024
 SHRINK = 0.25
 GROW = 2.0
-PAIR_CANDIDATES = 5
-FOLLOW_DOUBLINGS = 10
+PAIR_CANDIDATES = 5  # ridge escape: pairs among this many most constrained parameters
+FOLLOW_DOUBLINGS = 10  # how far a helpful joint move is pushed on, doubling each time
 ESCAPE_SCALES = (1 / 16, 1 / 64)  # of each range: the joint moves tried once the coordinate search has converged
 MAX_ESCAPES = 4
-ESCAPE_TRIGGER = 1 / 256  # every active step below this share of its range: the search has settled  # ridge escape: pairs among this many most constrained parameters
+ESCAPE_TRIGGER = 1 / 256  # every active step below this share of its range: the search has settled
 DEFAULT_MAX_STEPS = 300
 MAX_STEPS_LIMIT = 5000
 FLOAT_DECIMALS = 3
