@@ -13,6 +13,7 @@ deterministic objective.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -118,17 +119,15 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
              stages: list[tuple[object, float]] = ((None, 1.0),), cancel=None) -> OptimiseResult:
     """Maximise ``objective(values, stage)`` (an IoU in 0..1) over the numeric parameters from ``start``.
 
-    ``stages`` is a coarse-to-fine schedule of ``(stage, share of the budget)``: each stage searches from the best
+    ``stages`` is a coarse-to-fine schedule of ``(stage, share of the budget[, search])``: each stage searches from the best
     state of the previous one with ``objective(values, stage)`` (e.g. a blurred IoU first); the last stage is the
     real objective and gets whatever budget is left. ``start`` must be a complete valid state; ``parameters``
     optionally limits the search to some names. ``progress(step, best_iou, stage_index)`` is called after every
     evaluation. ``cancel`` (anything with ``is_set()``, e.g. a ``threading.Event``) stops the search before the next
     evaluation; the result is then the best state found so far, with ``stopped == "cancelled"``.
     The result holds the best state under the last stage's objective (never worse than ``start``).
-    Raises ValueError on a bad budget or parameter name.
+    Raises ValueError on a bad parameter name (``optimise`` checks the budget).
     """
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= MAX_STEPS_LIMIT:
-        raise ValueError(f"max_steps must be a whole number between 1 and {MAX_STEPS_LIMIT}, got {max_steps!r}")
     if not stages:
         raise ValueError("at least one stage is needed")
     start = schema.complete(start)
@@ -143,7 +142,8 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
     final_index = len(stages) - 1
 
     def run_stage(index: int, stage, values: dict, limit: int, search: str) -> tuple[dict, float, bool]:
-        """Coordinate search under one stage's objective; returns (best values, best score, converged)."""
+        """One stage's search (scan, least squares or coordinate) under its objective; returns (best values, best
+        score, converged)."""
         cache: dict[tuple, float] = {}
         residual_cache: dict[tuple, object] = {}
         best = {"score": -1.0}
@@ -175,57 +175,43 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
 
         def pair_moves(values: dict, score: float, pinned: dict) -> tuple[dict, float]:
             """Keeps ``kept`` up to date on every improvement: the budget may run out in the middle."""
-            names = sorted(pinned, key=lambda n: (-pinned[n], n))[:PAIR_CANDIDATES]
             by_name = {p.name: p for p in numeric}
-            for i, first in enumerate(names):
-                for second in names[i + 1:]:
-                    for sign_first, sign_second in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
-                        candidate = moved(moved(values, by_name[first], sign_first), by_name[second], sign_second)
-                        if candidate == values:
-                            continue
-                        candidate_score = evaluate(candidate)
-                        if candidate_score > score + 1e-12:
-                            values, score = follow(values, candidate, candidate_score,
-                                                   (by_name[first], by_name[second]))
-                            kept.update(values=values, score=score)
-                            steps[first] = steps[second] = min(steps[first], steps[second]) * GROW
+            for (first, second), signs in _pairs(pinned):
+                pair = (by_name[first], by_name[second])
+                candidate = _shifted(values, [(p, sign * _delta(p, steps[p.name])) for p, sign in zip(pair, signs)])
+                if candidate == values:
+                    continue
+                candidate_score = evaluate(candidate)
+                if candidate_score > score + 1e-12:
+                    values, score = follow(values, candidate, candidate_score, pair)
+                    kept.update(values=values, score=score)
+                    steps[first] = steps[second] = min(steps[first], steps[second]) * GROW
             return values, score
 
         def escape(values: dict, score: float) -> tuple[dict, float] | None:
             """At convergence, look further than the shrunken steps: single and pair moves of a fixed share of
-            each range. Two or three parameters may trade off across a low barrier (a lid's lift against the box
-            height and the lid's thickness) that only a larger joint move crosses. None when nothing helps."""
+            each range. Two parameters may trade off across a low barrier (a lid's lift against the box height)
+            that only a larger joint move crosses. None when nothing helps."""
             by_name = {p.name: p for p in numeric}
-
-            def shifted(base: dict, moves: dict) -> dict:
-                candidate = dict(base)
-                for name, delta in moves.items():
-                    parameter = by_name[name]
-                    candidate[name] = _value(parameter, _position(parameter, base[name]) + delta)
-                return candidate
-
             for scale in ESCAPE_SCALES:
                 losses = {}
                 for parameter in numeric:
                     for sign in (1, -1):
-                        candidate = shifted(values, {parameter.name: sign * _delta(parameter, scale)})
+                        candidate = _shifted(values, [(parameter, sign * _delta(parameter, scale))])
                         if candidate == values:
                             continue
                         candidate_score = evaluate(candidate)
                         if candidate_score > score + 1e-12:
                             return candidate, candidate_score
                         losses[parameter.name] = max(losses.get(parameter.name, 0.0), score - candidate_score)
-                names = sorted(losses, key=lambda n: (-losses[n], n))[:PAIR_CANDIDATES]
-                for i, first in enumerate(names):
-                    for second in names[i + 1:]:
-                        for sign_first, sign_second in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
-                            candidate = shifted(values, {first: sign_first * _delta(by_name[first], scale),
-                                                         second: sign_second * _delta(by_name[second], scale)})
-                            if candidate == values:
-                                continue
-                            candidate_score = evaluate(candidate)
-                            if candidate_score > score + 1e-12:
-                                return follow(values, candidate, candidate_score, (by_name[first], by_name[second]))
+                for (first, second), signs in _pairs(losses):
+                    pair = (by_name[first], by_name[second])
+                    candidate = _shifted(values, [(p, sign * _delta(p, scale)) for p, sign in zip(pair, signs)])
+                    if candidate == values:
+                        continue
+                    candidate_score = evaluate(candidate)
+                    if candidate_score > score + 1e-12:
+                        return follow(values, candidate, candidate_score, pair)
             return None
 
         def follow(origin: dict, values: dict, score: float, pair: tuple) -> tuple[dict, float]:
@@ -235,9 +221,7 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
             direction = [_position(p, values[p.name]) - _position(p, origin[p.name]) for p in pair]
             for attempt in range(FOLLOW_DOUBLINGS):
                 direction = [d * (GROW if attempt else 1.0) for d in direction]
-                candidate = dict(values)
-                for parameter, d in zip(pair, direction):
-                    candidate[parameter.name] = _value(parameter, _position(parameter, values[parameter.name]) + d)
+                candidate = _shifted(values, list(zip(pair, direction)))
                 if candidate == values:
                     break
                 candidate_score = evaluate(candidate)
@@ -263,10 +247,7 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
         direction = {p.name: 1 for p in numeric}
 
         def moved(values: dict, parameter, sign: int) -> dict:
-            candidate = dict(values)
-            position = _position(parameter, values[parameter.name]) + sign * _delta(parameter, steps[parameter.name])
-            candidate[parameter.name] = _value(parameter, position)
-            return candidate
+            return _shifted(values, [(parameter, sign * _delta(parameter, steps[parameter.name]))])
 
         try:
             while best_score < target_iou:
@@ -330,8 +311,11 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
                     for spot in sorted(spots):
                         candidate = dict(values)
                         candidate[parameter.name] = spot
-                        if candidate != values and evaluate(candidate) > score + SCAN_MIN_GAIN:
-                            values, score, changed = candidate, evaluate(candidate), True
+                        if candidate == values:
+                            continue
+                        candidate_score = evaluate(candidate)
+                        if candidate_score > score + SCAN_MIN_GAIN:
+                            values, score, changed = candidate, candidate_score, True
                             kept.update(values=values, score=score)
                 if not changed:
                     break
@@ -373,11 +357,13 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
                             continue
                         # A count changes what the floats should be (three wheels vs two, a closer spacing):
                         # compare the new count with its floats refitted a little, not with the old floats.
-                        if cost(candidate) >= best_cost:
+                        candidate_cost = cost(candidate)
+                        if candidate_cost >= best_cost:
                             candidate = levenberg_marquardt(floats, candidate, residuals, _position, _value,
                                                             max_iterations=INT_REFIT_ITERATIONS)
-                        if cost(candidate) < best_cost:
-                            values, best_cost, improved = candidate, cost(candidate), True
+                            candidate_cost = cost(candidate)
+                        if candidate_cost < best_cost:
+                            values, best_cost, improved = candidate, candidate_cost, True
                             accept(values)
                             break
                 if not improved:
@@ -389,12 +375,11 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
     start_iou = _score(objective(dict(start), final_stage))
     counter["steps"] = 1
     trace.append((1, start_iou))
-    values, converged = dict(start), True
-    for index, (stage, share, *search) in enumerate(stages[:-1]):
-        limit = min(max_steps, counter["steps"] + max(int(max_steps * share), 1))
-        values, _, _ = run_stage(index, stage, values, limit, search[0] if search else COORDINATE)
-    final_search = stages[final_index][2] if len(stages[final_index]) > 2 else COORDINATE
-    values, iou, converged = run_stage(final_index, final_stage, values, max_steps, final_search)
+    values = dict(start)
+    for index, (stage, share, *search) in enumerate(stages):
+        final = index == final_index  # the last stage gets whatever budget is left
+        limit = max_steps if final else min(max_steps, counter["steps"] + max(int(max_steps * share), 1))
+        values, iou, converged = run_stage(index, stage, values, limit, search[0] if search else COORDINATE)
     if iou < start_iou:  # the coarse stages led somewhere worse: keep the start
         values, iou = dict(start), start_iou
     stopped = "target_reached" if iou >= target_iou else ("converged" if converged else "budget")
@@ -403,6 +388,22 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
     log.info("optimise: IoU %.4f -> %.4f in %d steps (%s)", start_iou, iou, counter["steps"], stopped)
     return OptimiseResult(start_values=start, values=values, start_iou=start_iou, iou=iou,
                           steps=counter["steps"], stopped=stopped, trace=trace)
+
+
+def _shifted(base: dict, moves) -> dict:
+    """``base`` with each ``(parameter, delta)`` of ``moves`` moved by ``delta`` of its range (clamped, rounded)."""
+    candidate = dict(base)
+    for parameter, delta in moves:
+        candidate[parameter.name] = _value(parameter, _position(parameter, base[parameter.name]) + delta)
+    return candidate
+
+
+def _pairs(losses: dict):
+    """((first, second), (sign, sign)) for every pair of the PAIR_CANDIDATES names that lost most moved alone."""
+    names = sorted(losses, key=lambda n: (-losses[n], n))[:PAIR_CANDIDATES]
+    for pair in itertools.combinations(names, 2):
+        for signs in itertools.product((1, -1), repeat=2):
+            yield pair, signs
 
 
 def _score(answer) -> float:
