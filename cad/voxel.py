@@ -126,6 +126,19 @@ def voxelise(vertices: np.ndarray, triangles: np.ndarray, grid: Grid) -> np.ndar
     return (winding[:, :nz] > 0).reshape(nx, ny, nz)
 
 
+def _column_windings(column: np.ndarray, deltas) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(index where each column's run starts, winding number after each crossing for each of ``deltas``), for
+    crossings sorted by column then depth. The running sums restart at every column: the sum reached before a
+    column began is subtracted."""
+    starts = np.flatnonzero(np.r_[True, column[1:] != column[:-1]])
+    lengths = np.diff(np.r_[starts, len(column)])
+    windings = []
+    for delta in deltas:
+        running = np.cumsum(delta)
+        windings.append(running - np.repeat(np.r_[0, running][starts], lengths))
+    return starts, windings
+
+
 def ray_overlap(first, second, grid: Grid, axis: int) -> tuple[float, float]:
     """(intersection, union) lengths summed over jittered rays along ``axis``: exact along each ray."""
     c1, d1, s1 = crossings(*first, grid, axis, jitter=True)
@@ -138,14 +151,7 @@ def ray_overlap(first, second, grid: Grid, axis: int) -> tuple[float, float]:
     delta_2 = np.concatenate([np.zeros_like(s1), s2])
     order = np.lexsort((depth, column))
     column, depth, delta_1, delta_2 = column[order], depth[order], delta_1[order], delta_2[order]
-    # Running winding numbers restart at every column: subtract the running sum reached before the column began.
-    starts = np.flatnonzero(np.r_[True, column[1:] != column[:-1]])
-    lengths = np.diff(np.r_[starts, len(column)])
-    windings = []
-    for delta in (delta_1, delta_2):
-        running = np.cumsum(delta)
-        before = np.r_[0, running][starts]
-        windings.append(running - np.repeat(before, lengths))
+    _, windings = _column_windings(column, (delta_1, delta_2))
     segment = np.where(column[1:] == column[:-1], depth[1:] - depth[:-1], 0.0)
     inside_1, inside_2 = windings[0][:-1] > 0, windings[1][:-1] > 0
     return float(segment[inside_1 & inside_2].sum()), float(segment[inside_1 | inside_2].sum())
@@ -231,10 +237,7 @@ def fractional_occupancy(vertices: np.ndarray, triangles: np.ndarray, grid: Grid
         if len(column):
             order = np.lexsort((depth, column))
             column, depth, sign = column[order], depth[order], sign[order]
-            starts = np.flatnonzero(np.r_[True, column[1:] != column[:-1]])
-            lengths = np.diff(np.r_[starts, len(column)])
-            running = np.cumsum(sign)
-            winding = running - np.repeat(np.r_[0, running][starts], lengths)
+            starts, (winding,) = _column_windings(column, (sign,))
             inside = winding > 0
             before = np.r_[False, inside[:-1]]
             before[starts] = False  # every ray starts outside
