@@ -8,7 +8,6 @@ A cancelled run still applies its best state so far when that beats the start.
 """
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -26,6 +25,7 @@ from .errors import ApiError, build_timeout_message
 from .optimise_vlm import ask_vlm
 from .parse import expected_version, json_body, model_name
 from .services import services
+from .sse import relay
 from .targets_api import _state, _target_path, bp
 
 log = logging.getLogger(__name__)
@@ -166,10 +166,6 @@ def cancel_optimise():
     return jsonify({"model": name, "cancelling": True}), 202
 
 
-def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
-
-
 def _error_event(exc: BaseException) -> dict:
     if isinstance(exc, (ApiError, VersionConflict)):
         return {"error": exc.code, "message": exc.message}
@@ -211,16 +207,8 @@ def _start(ctx: dict) -> queue.Queue:
 def _relay(events: queue.Queue, cancel: threading.Event):
     finished = False
     try:
-        while True:
-            try:
-                event, data = events.get(timeout=1.0)
-            except queue.Empty:
-                yield ": keep-alive\n\n"
-                continue
-            yield _sse(event, data)
-            if event in ("done", "error"):
-                finished = True
-                return
+        yield from relay(events, 1.0)
+        finished = True
     finally:
         if not finished:  # the client went away: stop the run (its best state so far is still applied)
             cancel.set()

@@ -1,7 +1,6 @@
 """VLM endpoints: ask for proposals (JSON or SSE stream), model status/load/unload, apply proposals."""
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -19,6 +18,7 @@ from .cad_api import entry_json, state_json
 from .errors import ApiError
 from .parse import expected_version, json_body, model_name
 from .services import services
+from .sse import relay, sse
 
 log = logging.getLogger(__name__)
 bp = Blueprint("vlm_api", __name__, url_prefix="/api")
@@ -160,10 +160,6 @@ def ask_vlm():
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
-
-
 def _stream(ctx):
     """Run the request in a thread and relay its progress: load status while waiting, tokens, then done/error."""
     svc = services()
@@ -182,21 +178,18 @@ def _stream(ctx):
 
     threading.Thread(target=work, name="vlm-request", daemon=True).start()
     last_status = None
-    while True:
-        try:
-            event, data = events.get(timeout=0.5)
-        except queue.Empty:
-            st = svc.manager.status()
-            brief = {"state": st["state"], "progress": st.get("progress")}
-            if brief != last_status and st["state"] != "ready":
-                last_status = brief
-                yield _sse("status", brief)
-            else:
-                yield ": keep-alive\n\n"
-            continue
-        yield _sse(event, data)
-        if event in ("done", "error"):
-            return
+
+    def status_change() -> str | None:
+        """While waiting: the model's load state and progress, when they changed and it is not ready yet."""
+        nonlocal last_status
+        st = svc.manager.status()
+        brief = {"state": st["state"], "progress": st.get("progress")}
+        if brief == last_status or st["state"] == "ready":
+            return None
+        last_status = brief
+        return sse("status", brief)
+
+    yield from relay(events, 0.5, status_change)
 
 
 @bp.get("/vlm/status")
