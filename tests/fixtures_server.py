@@ -101,17 +101,15 @@ def start_live_server(env_overrides: dict[str, str], data_dir: Path) -> LiveServ
     raise RuntimeError(f"optim.py did not answer /healthz within {START_TIMEOUT_S} s:\n{server.log_text()[-4000:]}")
 
 
+# The fine-tuned backend on the tiny model, loaded on demand and kept: fp32 (CPU) and no preload.
+TINY_FINETUNED_ENV = {"VLM_BACKEND": "finetuned", "VLM_DTYPE": "float32", "VLM_KEEP_ALIVE": "-1", "PRELOAD_MODEL": "0"}
+
+
 @pytest.fixture(scope="session")
 def live_server(tiny_vlm, tmp_path_factory):
     """The app with the fine-tuned backend on the tiny model; the model loads on demand (not preloaded)."""
     root = tmp_path_factory.mktemp("live_server")
-    server = start_live_server({
-        "VLM_BACKEND": "finetuned",
-        "FINETUNED_MODEL_PATH": str(tiny_vlm.adapter_dir),
-        "VLM_DTYPE": "float32",
-        "VLM_KEEP_ALIVE": "-1",
-        "PRELOAD_MODEL": "0",
-    }, root / "data")
+    server = start_live_server({**TINY_FINETUNED_ENV, "FINETUNED_MODEL_PATH": str(tiny_vlm.adapter_dir)}, root / "data")
     yield server
     server.stop()
 
@@ -136,14 +134,17 @@ def live_server_adapters(tiny_vlm, tmp_path_factory):
     """The fine-tuned backend with a runs/ folder of adapters to switch between (see `make_runs_dir`)."""
     root = tmp_path_factory.mktemp("live_server_adapters")
     runs = make_runs_dir(tiny_vlm, root / "runs")
-    server = start_live_server({
-        "VLM_BACKEND": "finetuned",
-        "FINETUNED_MODEL_PATH": str(runs / "tiny"),
-        "OPTIM_RUNS_DIR": str(runs),
-        "VLM_DTYPE": "float32",
-        "VLM_KEEP_ALIVE": "-1",
-        "PRELOAD_MODEL": "0",
-    }, root / "data")
+    server = start_live_server({**TINY_FINETUNED_ENV, "FINETUNED_MODEL_PATH": str(runs / "tiny"),
+                                "OPTIM_RUNS_DIR": str(runs)}, root / "data")
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def ollama():
+    """A fresh local engine speaking Ollama's API (tests/fake_engines.py) for one test."""
+    server = FakeOllama()
+    server.start()
     yield server
     server.stop()
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.fake_engines import FakeOllama, free_port
+from tests.fake_engines import free_port
 from tests.test_web_targets import HIDDEN, file_of_state, next_event, sse_events, stream_events
 from web import create_app
 from web.config import Config
@@ -25,14 +25,6 @@ def make_app(tmp_path, ollama_url: str, **env):
     app = create_app(config)
     app.testing = True
     return app
-
-
-@pytest.fixture()
-def ollama():
-    fake = FakeOllama()
-    fake.start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture()

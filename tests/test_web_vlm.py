@@ -11,7 +11,6 @@ import threading
 import pytest
 from PIL import Image
 
-from tests.fake_engines import FakeOllama
 from web import create_app
 from web.config import Config
 
@@ -45,14 +44,6 @@ def tiny_app(tiny_vlm, tmp_path_factory):
     app = create_app(config)
     yield app
     app.extensions["optim"].shutdown()
-
-
-@pytest.fixture()
-def ollama():
-    server = FakeOllama()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture()
