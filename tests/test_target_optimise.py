@@ -229,3 +229,20 @@ def test_optimiser_recovers_hidden_bracket_dimensions(bracket_step):
     assert result.start_iou < 0.9 and exact > 0.99
     assert result.values["base_length"] == pytest.approx(70, abs=1.0)
     assert result.values["upright_height"] == pytest.approx(75, abs=1.0)
+
+
+def test_cumulative_profiles_pull_a_far_part_toward_its_place(tmp_path):
+    # The rover's head 160 mm from where the target has it: no overlap, so a blurred occupancy field barely cares
+    # where the head is, but the cumulative volume profiles fall all the way to the right place.
+    rover = REGISTRY.get("rover")
+    hidden = rover.schema.complete({"pan_tilt_x": 100.0})
+    path = tmp_path / "rover.step"
+    path.write_bytes(export.step_bytes(build_model(rover.path, hidden).assembly))
+
+    def cost(x):
+        answer = compare_model(str(rover.path), {**hidden, "pan_tilt_x": x}, str(path), method="mesh",
+                               detail=False, field={"resolution": 48, "cumulative": True})
+        return float(answer["residuals"] @ answer["residuals"])
+
+    costs = [cost(x) for x in (-60.0, 0.0, 50.0, 100.0)]
+    assert costs == sorted(costs, reverse=True) and costs[-1] < 0.01 * costs[0]
