@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,6 +35,7 @@ ESCAPE_TRIGGER = 1 / 256  # every active step below this share of its range: the
 DEFAULT_MAX_STEPS = 300
 MAX_STEPS_LIMIT = 5000
 FLOAT_DECIMALS = 3
+RESIDUAL_CACHE = 8  # residual vectors kept per least-squares stage
 # Coarse-to-fine schedules for a voxel objective (cad.target.compare_model(method="mesh", **stage)): each stage is
 # (objective options, share of the budget, search). Volume profiles respond to a misplaced part even without
 # overlap; a blurred IoU or field lets thin walls that are a little apart still attract; the ray IoU comes last.
@@ -47,14 +49,21 @@ SCAN_SWEEPS = 2
 # A scan moves a parameter across its range only for a clear gain: the coarse field cannot see fine features
 # (a wall's thickness, a vent's width), and moving those on noise strands them far from the answer.
 SCAN_MIN_GAIN = 0.005
-INT_REFIT_ITERATIONS = 2
-# Global scans and least squares first: they find a yaw or a count the local search cannot reach.
-FIELD_STAGES = [({"field": {"resolution": 32, "blur": 3.0}}, 0.25, SCAN),
-                ({"field": {"resolution": 48, "blur": 1.5}}, 0.25, LEAST_SQUARES),
-                ({"field": {"resolution": 64, "blur": 0.75}}, 0.2, LEAST_SQUARES),
+INT_REFIT_ITERATIONS = 3
+LEAST_SQUARES_ROUND = 6  # Levenberg-Marquardt iterations between tries of the int parameters
+ROUND_PROGRESS = 1e-3  # relative drop of the squared residual over a round that is worth another round
+INT_REFIT_MOVE = 0.15  # of each range per refit iteration: a count change can move a spacing a long way
+# Least squares from coarse to fine: cumulative volume profiles first (they pull a part toward its place from
+# anywhere: a length 40 mm short, a lid lifted off), then occupancy fields less and less blurred, then the ray IoU.
+FIELD_STAGES = [({"field": {"resolution": 64, "cumulative": True}}, 0.2, LEAST_SQUARES),
+                ({"field": {"resolution": 48, "blur": 1.5}}, 0.15, LEAST_SQUARES),
+                ({"field": {"resolution": 64, "blur": 0.75}}, 0.15, LEAST_SQUARES),
+                ({"field": {"resolution": 96, "blur": 0.5}}, 0.25, LEAST_SQUARES),
                 ({"resolution": 128, "rays": True}, 1.0, COORDINATE)]
-# The default for a voxel objective: both pipelines, each on half the budget, the better result kept.
-VOXEL_STAGES = [FIELD_STAGES, PROFILE_STAGES]
+# Global 1-D scans first: they find a yaw or a count that least squares cannot reach.
+SCAN_STAGES = [({"field": {"resolution": 32, "blur": 3.0}}, 0.2, SCAN)] + FIELD_STAGES
+# The default for a voxel objective.
+VOXEL_STAGES = [FIELD_STAGES]
 
 
 @dataclass
@@ -145,13 +154,15 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
         """One stage's search (scan, least squares or coordinate) under its objective; returns (best values, best
         score, converged)."""
         cache: dict[tuple, float] = {}
-        residual_cache: dict[tuple, object] = {}
+        # Residual fields are large (up to a few MB each): keep only the last few, which is all Levenberg-Marquardt
+        # reads back; a rare miss re-evaluates the state (and costs a step).
+        residual_cache: OrderedDict[tuple, object] = OrderedDict()
         best = {"score": -1.0}
         counter["limit"] = limit
 
-        def evaluate(candidate: dict) -> float:
+        def evaluate(candidate: dict, want_residuals: bool = False) -> float:
             key = tuple(candidate[n] for n in schema.names())
-            if key in cache:
+            if key in cache and not (want_residuals and key not in residual_cache):
                 return cache[key]
             if counter["steps"] >= counter["limit"]:
                 raise _Budget
@@ -159,8 +170,10 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
                 counter["cancelled"] = True
                 raise _Budget
             answer = objective(dict(candidate), stage)
-            if isinstance(answer, dict) and search == LEAST_SQUARES:
-                residual_cache[key] = answer.get("residuals")
+            if search == LEAST_SQUARES:
+                residual_cache[key] = answer.get("residuals") if isinstance(answer, dict) else None
+                while len(residual_cache) > RESIDUAL_CACHE:
+                    residual_cache.popitem(last=False)
             score = _score(answer)
             score = score if math.isfinite(score) else 0.0
             counter["steps"] += 1
@@ -178,7 +191,7 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
             by_name = {p.name: p for p in numeric}
             for (first, second), signs in _pairs(pinned):
                 pair = (by_name[first], by_name[second])
-                candidate = _shifted(values, [(p, sign * _delta(p, steps[p.name])) for p, sign in zip(pair, signs)])
+                candidate = _shifted(values, _pair_move(pair, signs, [steps[p.name] for p in pair]))
                 if candidate == values:
                     continue
                 candidate_score = evaluate(candidate)
@@ -206,7 +219,7 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
                         losses[parameter.name] = max(losses.get(parameter.name, 0.0), score - candidate_score)
                 for (first, second), signs in _pairs(losses):
                     pair = (by_name[first], by_name[second])
-                    candidate = _shifted(values, [(p, sign * _delta(p, scale)) for p, sign in zip(pair, signs)])
+                    candidate = _shifted(values, _pair_move(pair, signs, [scale, scale]))
                     if candidate == values:
                         continue
                     candidate_score = evaluate(candidate)
@@ -324,7 +337,7 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
         return values, score, True
 
     def run_least_squares(stage, values, score, evaluate, residual_cache, kept) -> tuple[dict, float, bool]:
-        """Levenberg-Marquardt over the floats, then one-unit moves of the ints, until neither helps."""
+        """Rounds of Levenberg-Marquardt over the floats and one-unit moves of the ints, until neither helps."""
         import numpy as np  # here, not at import: the web process imports this module at start
 
         from cad.least_squares import levenberg_marquardt
@@ -333,8 +346,10 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
         ints = [p for p in numeric if p.type == "int"]
 
         def residuals(candidate: dict):
-            evaluate(candidate)
-            found = residual_cache.get(tuple(candidate[n] for n in schema.names()))
+            evaluate(candidate, want_residuals=True)
+            key = tuple(candidate[n] for n in schema.names())
+            residual_cache.move_to_end(key)
+            found = residual_cache[key]
             return None if found is None else np.asarray(found, dtype=np.float32)
 
         def cost(candidate: dict) -> float:
@@ -346,8 +361,13 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
 
         try:
             while True:
-                values = levenberg_marquardt(floats, values, residuals, _position, _value, on_accept=accept)
-                best_cost, improved = cost(values), False
+                # A few iterations at a time, then the counts: a stage that runs out of budget mid-descent would
+                # otherwise never try a count (three wheels against two).
+                round_start = cost(values)
+                values = levenberg_marquardt(floats, values, residuals, _position, _value, on_accept=accept,
+                                             max_iterations=LEAST_SQUARES_ROUND)
+                best_cost = cost(values)
+                improved = best_cost < round_start * (1 - ROUND_PROGRESS)
                 for parameter in ints:
                     for sign in (1, -1):
                         candidate = dict(values)
@@ -360,7 +380,8 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
                         candidate_cost = cost(candidate)
                         if candidate_cost >= best_cost:
                             candidate = levenberg_marquardt(floats, candidate, residuals, _position, _value,
-                                                            max_iterations=INT_REFIT_ITERATIONS)
+                                                            max_iterations=INT_REFIT_ITERATIONS,
+                                                            max_move=INT_REFIT_MOVE)
                             candidate_cost = cost(candidate)
                         if candidate_cost < best_cost:
                             values, best_cost, improved = candidate, candidate_cost, True
@@ -396,6 +417,19 @@ def _shifted(base: dict, moves) -> dict:
     for parameter, delta in moves:
         candidate[parameter.name] = _value(parameter, _position(parameter, base[parameter.name]) + delta)
     return candidate
+
+
+def _pair_move(pair, signs, sizes) -> list:
+    """(parameter, delta) moves of a pair by ``sizes`` (shares of each range), with ``signs``.
+
+    Two floats in the same unit move by the same amount in that unit (the smaller of the two sizes): they often
+    add up to one position (a box's height plus its lid's lift place the lid), and equal shares of different
+    ranges would move that position and lose what the pair move was meant to gain."""
+    first, second = pair
+    if first.type == second.type == "float" and first.unit and first.unit == second.unit:
+        amount = min(size * (p.max - p.min) for p, size in zip(pair, sizes))
+        return [(p, sign * amount / (p.max - p.min)) for p, sign in zip(pair, signs)]
+    return [(p, sign * _delta(p, size)) for p, sign, size in zip(pair, signs, sizes)]
 
 
 def _pairs(losses: dict):

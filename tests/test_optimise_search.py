@@ -96,3 +96,59 @@ def test_least_squares_stage_uses_the_objectives_residuals_and_ints_get_refitted
                       parameters=["chassis_length", "wheels_per_side"], stages=stages)
     assert result.values["wheels_per_side"] == 2
     assert result.values["chassis_length"] == pytest.approx(230.0, abs=0.5)
+
+
+def test_a_weak_noisy_parameter_does_not_freeze_the_one_that_matters():
+    # chassis_length explains the residual; chassis_chamfer barely changes it (a fillet, a hole) but its column
+    # lines up with a large residual it cannot fix. Scaled by its own tiny curvature it would want a huge step and,
+    # under the trust region, hold every other parameter to a crawl.
+    parameters = [ROVER["chassis_length"], ROVER["chassis_chamfer"]]
+    position = lambda p, v: (v - p.min) / (p.max - p.min)
+    value = lambda p, u: float(p.min + min(max(u, 0.0), 1.0) * (p.max - p.min))
+
+    def residuals(values):
+        length, chamfer = (position(p, values[p.name]) for p in parameters)
+        return np.array([length - 0.85, 0.3 + 1e-3 * chamfer], dtype=np.float32)
+
+    start = ROVER.defaults()
+    found = levenberg_marquardt(parameters, start, residuals, position, value, max_iterations=8)
+    moved = position(ROVER["chassis_length"], found["chassis_length"]) - position(ROVER["chassis_length"],
+                                                                                   start["chassis_length"])
+    assert moved >= 0.3  # eight iterations of at most 0.05 each: it took (nearly) full steps
+    assert abs(position(ROVER["chassis_chamfer"], found["chassis_chamfer"])
+               - position(ROVER["chassis_chamfer"], start["chassis_chamfer"])) <= 0.4
+
+
+def test_least_squares_keeps_only_a_few_residual_fields_alive():
+    # Fields are megabytes each: the optimiser must not hold one per evaluation for a whole stage.
+    import weakref
+
+    alive, most = [], [0]
+
+    def objective(values, stage):
+        field = np.full(1000, (values["chassis_length"] - 300.0) / 320.0, dtype=np.float32)
+        field[:10] = (values["chassis_width"] - 100.0) / 240.0
+        alive.append(weakref.ref(field))
+        most[0] = max(most[0], sum(ref() is not None for ref in alive))
+        return {"iou": 1 / (1 + float(field @ field)), "residuals": field}
+
+    result = optimise(ROVER, ROVER.defaults(), objective, max_steps=200,
+                      parameters=["chassis_length", "chassis_width"], stages=[({"field": {}}, 1.0, LEAST_SQUARES)])
+    assert result.values["chassis_length"] == pytest.approx(300.0, abs=1.0)
+    assert len(alive) > 20 and most[0] <= 12
+
+
+def test_pair_moves_keep_a_sum_of_lengths_fixed_across_different_ranges():
+    # An enclosure's lid sits at height + lid_lift: the IoU punishes moving it hard and rewards the right box
+    # height a little. Only a joint move of equal millimetres (not equal shares of 130 mm and 100 mm) gains.
+    enclosure = ModelRegistry().get("enclosure").schema
+
+    def objective(values, stage):
+        lid = values["height"] + values["lid_lift"]
+        return 1.0 - 0.1 * abs(lid - 64.46) - 0.01 * abs(values["height"] - 58.47)
+
+    start = enclosure.complete({"height": 61.28, "lid_lift": 3.18})
+    result = optimise(enclosure, start, objective, max_steps=400, parameters=["height", "lid_lift"],
+                      stages=[(None, 1.0, COORDINATE)])
+    assert result.values["height"] == pytest.approx(58.47, abs=0.2)
+    assert result.values["height"] + result.values["lid_lift"] == pytest.approx(64.46, abs=0.05)
