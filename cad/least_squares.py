@@ -18,6 +18,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DIFFERENCE_STEP = 0.01  # of each parameter's range
+MIN_DIFFERENCE_STEP = 1 / 1024
 MAX_MOVE = 0.05  # largest move of one parameter per iteration, of its range (a trust region)
 MIN_IMPROVEMENT = 1e-4  # relative drop of the squared residual below which an iteration counts as stalled
 
@@ -67,7 +68,13 @@ def levenberg_marquardt(parameters: list, values: dict, residuals: Callable[[dic
         candidate, trial, damping = _damped_step(parameters, values, x, current, cost, jacobian, damping,
                                                  residuals, value, position, max_move)
         if candidate is None:
-            break
+            if difference_step / 4 < MIN_DIFFERENCE_STEP:
+                break
+            # Near a sharp optimum (a thin wall in a barely blurred field) a difference over 1% of the range is a
+            # secant across the bottom, not the slope: difference over shorter steps and try again.
+            difference_step /= 4
+            damping = 1e-3
+            continue
         trial_cost = float(trial @ trial)
         stalled = stalled + 1 if trial_cost > cost * (1 - MIN_IMPROVEMENT) else 0
         values, current, cost = candidate, trial, trial_cost
