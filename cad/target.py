@@ -256,6 +256,7 @@ def _fused_model(built):
     return built._fused
 
 
+BOX_WEIGHT = 2.0  # of the bounding-box terms among the cumulative profiles' residuals
 FIELD_MARGIN = 0.25  # the residual grid covers the target's box grown by this share of its size on every side
 
 
@@ -292,15 +293,21 @@ def occupancy_residuals(built, target: LoadedTarget, resolution: int = 64, blur:
     if key not in target.fields:  # cached on the loaded target: the optimiser asks for the same one many times
         target.fields[key] = blurred(fractional_occupancy(target.vertices, target.triangles, grid))
     goal = target.fields[key]
-    mine = blurred(fractional_occupancy(*_model_mesh(built), grid))
+    model_mesh = _model_mesh(built)
+    mine = blurred(fractional_occupancy(*model_mesh, grid))
     if cumulative:
         # Shares of each shape's own volume (where the volume lies), plus one term for the volume itself: a
         # shape too light everywhere should not read as a shape in the wrong place.
         mass, goal_mass = max(float(mine.sum()), 1e-9), max(float(goal.sum()), 1e-9)
         profiles = [np.cumsum(occupancy.sum(axis=tuple(k for k in range(3) if k != axis)), dtype=np.float64)
                     / total for axis in range(3) for occupancy, total in ((mine, mass), (goal, goal_mass))]
+        # The bounding box too (as shares of the target's size): the profiles alone can trade a short box
+        # against thick walls, the box cannot.
+        points = model_mesh[0][model_mesh[1].ravel()]
+        extent = np.concatenate([points.min(axis=0) - target.bbox["min"], points.max(axis=0) - target.bbox["max"]])
         residuals = np.concatenate([profiles[i] - profiles[i + 1] for i in range(0, 6, 2)]
-                                   + [[np.log(mass / goal_mass)]]).astype(np.float32)
+                                   + [[np.log(mass / goal_mass)], BOX_WEIGHT * extent / np.tile(size, 2)])
+        residuals = residuals.astype(np.float32)
         return {"iou": 1.0 / (1.0 + float(np.abs(residuals).mean())), "method": "field", "residuals": residuals}
     larger = float(np.maximum(mine, goal).sum())
     return {"iou": float(np.minimum(mine, goal).sum()) / larger if larger else 1.0, "method": "field",

@@ -246,3 +246,20 @@ def test_cumulative_profiles_pull_a_far_part_toward_its_place(tmp_path):
 
     costs = [cost(x) for x in (-60.0, 0.0, 50.0, 100.0)]
     assert costs == sorted(costs, reverse=True) and costs[-1] < 0.01 * costs[0]
+
+
+def test_cumulative_residuals_end_with_the_bounding_box_misfit(bracket_step):
+    # A bracket 10 mm longer than the target: the last six residuals are the box's min/max misfits in X, Y, Z as
+    # shares of the target's size (weighted), so a short box cannot hide behind thick walls.
+    from cad.target import BOX_WEIGHT
+
+    target = load_target(bracket_step)
+    values = BRACKET.schema.complete({"base_length": 80.0, "upright_height": 75.0})
+    answer = compare_model(str(BRACKET.path), values, str(bracket_step), method="mesh", detail=False,
+                           field={"resolution": 32, "cumulative": True})
+    box = answer["residuals"][-6:] / BOX_WEIGHT * np.tile(target.bbox["size"], 2)
+    moved = np.flatnonzero(np.abs(box) > 0.01)
+    assert len(moved) == 1 and abs(box[moved[0]]) == pytest.approx(10.0, abs=0.01)
+    same = compare_model(str(BRACKET.path), BRACKET.schema.complete({"base_length": 70.0, "upright_height": 75.0}),
+                         str(bracket_step), method="mesh", detail=False, field={"resolution": 32, "cumulative": True})
+    assert np.abs(same["residuals"]).max() < 1e-4
