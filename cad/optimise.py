@@ -150,6 +150,16 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
     trace: list[tuple[int, float]] = []
     final_index = len(stages) - 1
 
+    def judge(candidate: dict) -> float:
+        """The last stage's objective for ``candidate`` (each state once), to check a coarse stage's choice."""
+        key = tuple(candidate[n] for n in schema.names())
+        if key not in judged:
+            if counter["steps"] >= counter["limit"] or cancel is not None and cancel.is_set():
+                raise _Budget
+            judged[key] = _score(objective(dict(candidate), final_stage))
+            counter["steps"] += 1
+        return judged[key]
+
     def run_stage(index: int, stage, values: dict, limit: int, search: str) -> tuple[dict, float, bool]:
         """One stage's search (scan, least squares or coordinate) under its objective; returns (best values, best
         score, converged)."""
@@ -284,8 +294,13 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
                 for parameter in active:
                     name = parameter.name
                     improved, worst_loss = False, 0.0
-                    for sign in (direction[name], -direction[name]):
-                        candidate = moved(best_values, parameter, sign)
+                    # Ints also try counts two apart: a centred pattern (vents, holes) keeps its middle slot only
+                    # when the count keeps its parity, so from seven vents six is worse but five is better.
+                    tries = [(sign, 1) for sign in (direction[name], -direction[name])]
+                    tries += [(sign, 2) for sign, _ in tries] if parameter.type == "int" else []
+                    for sign, units in tries:
+                        candidate = moved(best_values, parameter, sign) if units == 1 else _shifted(
+                            best_values, [(parameter, units * sign / (parameter.max - parameter.min))])
                         if candidate[name] == best_values[name]:
                             continue
                         score = evaluate(candidate)
@@ -294,7 +309,8 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
                             kept.update(values=best_values, score=best_score)
                             direction[name] = sign
                             break
-                        worst_loss = max(worst_loss, best_score - score)
+                        if units == 1:
+                            worst_loss = max(worst_loss, best_score - score)
                     sweep_improved |= improved
                     if not improved and worst_loss > 0:
                         pinned[name] = worst_loss
@@ -383,7 +399,9 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
                                                             max_iterations=INT_REFIT_ITERATIONS,
                                                             max_move=INT_REFIT_MOVE)
                             candidate_cost = cost(candidate)
-                        if candidate_cost < best_cost:
+                        # A coarse field can prefer a count on noise (eight narrow vents for five wide ones): the
+                        # new count must also score better under the last stage's objective.
+                        if candidate_cost < best_cost and judge(candidate) > judge(values):
                             values, best_cost, improved = candidate, candidate_cost, True
                             accept(values)
                             break
@@ -395,12 +413,26 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
     final_stage = stages[final_index][0]
     start_iou = _score(objective(dict(start), final_stage))
     counter["steps"] = 1
+    judged = {tuple(start[n] for n in schema.names()): start_iou}
     trace.append((1, start_iou))
     values = dict(start)
+    # The coarse stages' objectives only approximate the last one, and a later coarse stage can lose what an
+    # earlier one found (thin walls in a blurred field): each coarse stage's result is scored under the last
+    # stage's objective (one step each) and the last stage starts from the best of them.
+    checkpoint = (start_iou, dict(start))
     for index, (stage, share, *search) in enumerate(stages):
         final = index == final_index  # the last stage gets whatever budget is left
+        if final:
+            values = checkpoint[1]
         limit = max_steps if final else min(max_steps, counter["steps"] + max(int(max_steps * share), 1))
         values, iou, converged = run_stage(index, stage, values, limit, search[0] if search else COORDINATE)
+        if not final and counter["steps"] < max_steps and not (cancel is not None and cancel.is_set()):
+            counter["limit"] = max_steps
+            score = judge(values)
+            if progress is not None:
+                progress(counter["steps"], max(score, checkpoint[0]), index)
+            if score > checkpoint[0]:
+                checkpoint = (score, dict(values))
     if iou < start_iou:  # the coarse stages led somewhere worse: keep the start
         values, iou = dict(start), start_iou
     stopped = "target_reached" if iou >= target_iou else ("converged" if converged else "budget")

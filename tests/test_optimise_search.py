@@ -152,3 +152,37 @@ def test_pair_moves_keep_a_sum_of_lengths_fixed_across_different_ranges():
                       stages=[(None, 1.0, COORDINATE)])
     assert result.values["height"] == pytest.approx(58.47, abs=0.2)
     assert result.values["height"] + result.values["lid_lift"] == pytest.approx(64.46, abs=0.05)
+
+
+def test_the_last_stage_starts_from_the_coarse_result_that_scores_best_under_its_objective():
+    # The coarse stage drags chassis_length to its maximum; under the real objective that is worse than the start,
+    # whose hill (a narrow peak at 230 mm) the last stage must then climb.
+    def objective(values, stage):
+        length = values["chassis_length"]
+        return length / 400.0 if stage == "coarse" else math.exp(-((length - 230.0) / 8.0) ** 2)
+
+    stages = [("coarse", 0.3, COORDINATE), ("real", 1.0, COORDINATE)]
+    result = optimise(ROVER, ROVER.defaults(), objective, max_steps=300, parameters=["chassis_length"],
+                      stages=stages)
+    assert result.values["chassis_length"] == pytest.approx(230.0, abs=0.5) and result.iou > 0.99
+
+
+def test_a_coarse_stage_changes_a_count_only_if_the_real_objective_agrees():
+    # The coarse residual prefers four wheels a side (noise in a blurred field); the real objective prefers three.
+    coarse_counts = []
+
+    def objective(values, stage):
+        if stage == "coarse":
+            coarse_counts.append(values["wheels_per_side"])
+        length_miss = (values["chassis_length"] - 250.0) / 320.0
+        if stage == "real":
+            return 1.0 - abs(length_miss) - 0.1 * abs(values["wheels_per_side"] - 3)
+        residuals = np.array([length_miss, 0.01 * (values["wheels_per_side"] - 4)], dtype=np.float32)
+        return {"iou": 1 / (1 + float(residuals @ residuals)), "residuals": residuals}
+
+    stages = [("coarse", 0.7, LEAST_SQUARES), ("real", 1.0, COORDINATE)]
+    result = optimise(ROVER, ROVER.defaults(), objective, max_steps=300,
+                      parameters=["chassis_length", "wheels_per_side"], stages=stages)
+    assert result.values["wheels_per_side"] == 3
+    assert result.values["chassis_length"] == pytest.approx(250.0, abs=0.5)
+    assert coarse_counts.count(4) == 1  # tried once and turned down: the descent went on with three
