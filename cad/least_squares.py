@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 DIFFERENCE_STEP = 0.01  # of each parameter's range
 MIN_DIFFERENCE_STEP = 1 / 1024
 MAX_MOVE = 0.05  # largest move of one parameter per iteration, of its range (a trust region)
+ROUND = 6  # Levenberg-Marquardt iterations between tries of the int parameters
+ROUND_PROGRESS = 1e-3  # relative drop of the squared residual over a round that is worth another round
+INT_REFIT_ITERATIONS = 3
+INT_REFIT_MOVE = 0.15  # of each range per refit iteration: a count change can move a spacing a long way
 MIN_IMPROVEMENT = 1e-4  # relative drop of the squared residual below which an iteration counts as stalled
 
 
@@ -125,3 +129,44 @@ def _damped_step(parameters, values, x, current, cost, jacobian, damping, residu
             return candidate, trial, max(damping / 3, 1e-7)
         damping *= 4
     return None, None, damping
+
+
+def fit_with_counts(floats: list, ints: list, values: dict, residuals: Callable[[dict], np.ndarray | None],
+                    position: Callable, value: Callable, *, on_accept: Callable[[dict], None],
+                    confirm: Callable[[dict, dict], bool]) -> dict:
+    """Rounds of ``levenberg_marquardt`` over ``floats``, with one-unit moves of each of ``ints`` between rounds,
+    until neither helps. A new count is compared with the floats refitted a little for it, and is taken only if
+    ``confirm(new values, current values)`` agrees as well (the caller's check under its real objective)."""
+
+    def cost(candidate: dict) -> float:
+        found = residuals(candidate)
+        return float(found @ found) if found is not None else float("inf")
+
+    while True:
+        # A few iterations at a time, then the counts: a stage that runs out of budget mid-descent would otherwise
+        # never try a count (three wheels against two).
+        round_start = cost(values)
+        values = levenberg_marquardt(floats, values, residuals, position, value, on_accept=on_accept,
+                                     max_iterations=ROUND)
+        best_cost = cost(values)
+        improved = best_cost < round_start * (1 - ROUND_PROGRESS)
+        for parameter in ints:
+            for sign in (1, -1):
+                candidate = dict(values)
+                candidate[parameter.name] = min(max(values[parameter.name] + sign, parameter.min), parameter.max)
+                if candidate == values:
+                    continue
+                # A count changes what the floats should be (three wheels vs two, a closer spacing): compare the
+                # new count with its floats refitted a little, not with the old floats.
+                candidate_cost = cost(candidate)
+                if candidate_cost >= best_cost:
+                    candidate = levenberg_marquardt(floats, candidate, residuals, position, value,
+                                                    max_iterations=INT_REFIT_ITERATIONS, max_move=INT_REFIT_MOVE)
+                    candidate_cost = cost(candidate)
+                # A coarse field can prefer a count on noise (eight narrow vents for five wide ones).
+                if candidate_cost < best_cost and confirm(candidate, values):
+                    values, best_cost, improved = candidate, candidate_cost, True
+                    on_accept(values)
+                    break
+        if not improved:
+            return values

@@ -13,46 +13,35 @@ deterministic objective.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
+from cad.parameter_moves import delta, done, pair_move, pairs, position, shifted, value
+
 log = logging.getLogger(__name__)
 
 INITIAL_STEP = 0.125  # of each parameter's range
 MAX_STEP = 0.5
-MIN_STEP = 1.0 / 1024
 SHRINK = 0.25
 GROW = 2.0
-PAIR_CANDIDATES = 5  # ridge escape: pairs among this many most constrained parameters
 FOLLOW_DOUBLINGS = 10  # how far a helpful joint move is pushed on, doubling each time
 ESCAPE_SCALES = (1 / 16, 1 / 64)  # of each range: the joint moves tried once the coordinate search has converged
 MAX_ESCAPES = 4
 ESCAPE_TRIGGER = 1 / 256  # every active step below this share of its range: the search has settled
 DEFAULT_MAX_STEPS = 300
 MAX_STEPS_LIMIT = 5000
-FLOAT_DECIMALS = 3
 RESIDUAL_CACHE = 8  # residual vectors kept per least-squares stage
 # Coarse-to-fine schedules for a voxel objective (cad.target.compare_model(method="mesh", **stage)): each stage is
-# (objective options, share of the budget, search). Volume profiles respond to a misplaced part even without
-# overlap; a blurred IoU or field lets thin walls that are a little apart still attract; the ray IoU comes last.
+# (objective options, share of the budget, search).
 COORDINATE, LEAST_SQUARES, SCAN = "coordinate", "least_squares", "scan"
-# Coordinate search on volume profiles, then a blurred IoU, then the ray IoU: steady on thin-walled parts.
-PROFILE_STAGES = [({"resolution": 48, "profile": True}, 0.3, COORDINATE),
-                  ({"resolution": 64, "blur": 1.5}, 0.25, COORDINATE),
-                  ({"resolution": 128, "rays": True}, 1.0, COORDINATE)]
 SCAN_POINTS = 5
 SCAN_SWEEPS = 2
 # A scan moves a parameter across its range only for a clear gain: the coarse field cannot see fine features
 # (a wall's thickness, a vent's width), and moving those on noise strands them far from the answer.
 SCAN_MIN_GAIN = 0.005
-INT_REFIT_ITERATIONS = 3
-LEAST_SQUARES_ROUND = 6  # Levenberg-Marquardt iterations between tries of the int parameters
-ROUND_PROGRESS = 1e-3  # relative drop of the squared residual over a round that is worth another round
-INT_REFIT_MOVE = 0.15  # of each range per refit iteration: a count change can move a spacing a long way
 # Least squares from coarse to fine: cumulative volume profiles first (they pull a part toward its place from
 # anywhere: a length 40 mm short, a lid lifted off), then occupancy fields less and less blurred, then the ray IoU.
 FIELD_STAGES = [({"field": {"resolution": 64, "cumulative": True}}, 0.2, LEAST_SQUARES),
@@ -60,10 +49,7 @@ FIELD_STAGES = [({"field": {"resolution": 64, "cumulative": True}}, 0.2, LEAST_S
                 ({"field": {"resolution": 64, "blur": 0.75}}, 0.15, LEAST_SQUARES),
                 ({"field": {"resolution": 96, "blur": 0.5}}, 0.25, LEAST_SQUARES),
                 ({"resolution": 128, "rays": True}, 1.0, COORDINATE)]
-# Global 1-D scans first: they find a yaw or a count that least squares cannot reach.
-SCAN_STAGES = [({"field": {"resolution": 32, "blur": 3.0}}, 0.2, SCAN)] + FIELD_STAGES
-# The default for a voxel objective.
-VOXEL_STAGES = [FIELD_STAGES]
+VOXEL_STAGES = FIELD_STAGES  # the default for a voxel objective
 
 
 @dataclass
@@ -128,9 +114,9 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
              stages: list[tuple[object, float]] = ((None, 1.0),), cancel=None) -> OptimiseResult:
     """Maximise ``objective(values, stage)`` (an IoU in 0..1) over the numeric parameters from ``start``.
 
-    ``stages`` is a coarse-to-fine schedule of ``(stage, share of the budget[, search])``: each stage searches from the best
-    state of the previous one with ``objective(values, stage)`` (e.g. a blurred IoU first); the last stage is the
-    real objective and gets whatever budget is left. ``start`` must be a complete valid state; ``parameters``
+    ``stages`` is a coarse-to-fine schedule of ``(stage, share of the budget[, search])``: each stage searches from
+    the best state of the previous one with ``objective(values, stage)`` (e.g. a blurred IoU first); the last stage
+    is the real objective, gets whatever budget is left and starts from the coarse result it scores best. ``start`` must be a complete valid state; ``parameters``
     optionally limits the search to some names. ``progress(step, best_iou, stage_index)`` is called after every
     evaluation. ``cancel`` (anything with ``is_set()``, e.g. a ``threading.Event``) stops the search before the next
     evaluation; the result is then the best state found so far, with ``stopped == "cancelled"``.
@@ -199,9 +185,9 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
         def pair_moves(values: dict, score: float, pinned: dict) -> tuple[dict, float]:
             """Keeps ``kept`` up to date on every improvement: the budget may run out in the middle."""
             by_name = {p.name: p for p in numeric}
-            for (first, second), signs in _pairs(pinned):
+            for (first, second), signs in pairs(pinned):
                 pair = (by_name[first], by_name[second])
-                candidate = _shifted(values, _pair_move(pair, signs, [steps[p.name] for p in pair]))
+                candidate = shifted(values, pair_move(pair, signs, [steps[p.name] for p in pair]))
                 if candidate == values:
                     continue
                 candidate_score = evaluate(candidate)
@@ -220,16 +206,16 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
                 losses = {}
                 for parameter in numeric:
                     for sign in (1, -1):
-                        candidate = _shifted(values, [(parameter, sign * _delta(parameter, scale))])
+                        candidate = shifted(values, [(parameter, sign * delta(parameter, scale))])
                         if candidate == values:
                             continue
                         candidate_score = evaluate(candidate)
                         if candidate_score > score + 1e-12:
                             return candidate, candidate_score
                         losses[parameter.name] = max(losses.get(parameter.name, 0.0), score - candidate_score)
-                for (first, second), signs in _pairs(losses):
+                for (first, second), signs in pairs(losses):
                     pair = (by_name[first], by_name[second])
-                    candidate = _shifted(values, _pair_move(pair, signs, [scale, scale]))
+                    candidate = shifted(values, pair_move(pair, signs, [scale, scale]))
                     if candidate == values:
                         continue
                     candidate_score = evaluate(candidate)
@@ -241,10 +227,10 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
             """Keep going, doubling, along a move of several parameters that helped (a pair move, or a whole sweep:
             Hooke-Jeeves' pattern move): they trade off along a valley (a box's height against its lid's lift and
             thickness) that single-parameter steps can only creep along."""
-            direction = [_position(p, values[p.name]) - _position(p, origin[p.name]) for p in pair]
+            direction = [position(p, values[p.name]) - position(p, origin[p.name]) for p in pair]
             for attempt in range(FOLLOW_DOUBLINGS):
                 direction = [d * (GROW if attempt else 1.0) for d in direction]
-                candidate = _shifted(values, list(zip(pair, direction)))
+                candidate = shifted(values, list(zip(pair, direction)))
                 if candidate == values:
                     break
                 candidate_score = evaluate(candidate)
@@ -264,17 +250,17 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
         if search == SCAN:
             return run_scan(best_values, best_score, evaluate, kept)
         if search == LEAST_SQUARES:
-            return run_least_squares(stage, best_values, best_score, evaluate, residual_cache, kept)
+            return run_least_squares(best_values, evaluate, residual_cache, kept)
         steps = {p.name: INITIAL_STEP / (2 ** index) for p in numeric}
         escapes = {"left": MAX_ESCAPES}
         direction = {p.name: 1 for p in numeric}
 
         def moved(values: dict, parameter, sign: int) -> dict:
-            return _shifted(values, [(parameter, sign * _delta(parameter, steps[parameter.name]))])
+            return shifted(values, [(parameter, sign * delta(parameter, steps[parameter.name]))])
 
         try:
             while best_score < target_iou:
-                active = [p for p in numeric if not _done(p, steps[p.name])]
+                active = [p for p in numeric if not done(p, steps[p.name])]
                 # Try escapes once the steps are small, not only at full convergence: a budget spent polishing
                 # the fifth decimal of a local optimum is better spent looking past its rim.
                 settled = all(steps[p.name] < ESCAPE_TRIGGER for p in active)
@@ -299,7 +285,7 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
                     tries = [(sign, 1) for sign in (direction[name], -direction[name])]
                     tries += [(sign, 2) for sign, _ in tries] if parameter.type == "int" else []
                     for sign, units in tries:
-                        candidate = moved(best_values, parameter, sign) if units == 1 else _shifted(
+                        candidate = moved(best_values, parameter, sign) if units == 1 else shifted(
                             best_values, [(parameter, units * sign / (parameter.max - parameter.min))])
                         if candidate[name] == best_values[name]:
                             continue
@@ -336,7 +322,7 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
             for _ in range(SCAN_SWEEPS):  # a second sweep: parameters scanned early saw the later ones unfitted
                 changed = False
                 for parameter in numeric:
-                    spots = {_value(parameter, i / (SCAN_POINTS - 1)) for i in range(SCAN_POINTS)}
+                    spots = {value(parameter, i / (SCAN_POINTS - 1)) for i in range(SCAN_POINTS)}
                     for spot in sorted(spots):
                         candidate = dict(values)
                         candidate[parameter.name] = spot
@@ -352,14 +338,11 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
             return kept["values"], kept["score"], False
         return values, score, True
 
-    def run_least_squares(stage, values, score, evaluate, residual_cache, kept) -> tuple[dict, float, bool]:
-        """Rounds of Levenberg-Marquardt over the floats and one-unit moves of the ints, until neither helps."""
+    def run_least_squares(values, evaluate, residual_cache, kept) -> tuple[dict, float, bool]:
+        """Levenberg-Marquardt over the floats in rounds, with one-unit moves of the ints between them."""
         import numpy as np  # here, not at import: the web process imports this module at start
 
-        from cad.least_squares import levenberg_marquardt
-
-        floats = [p for p in numeric if p.type == "float"]
-        ints = [p for p in numeric if p.type == "int"]
+        from cad.least_squares import fit_with_counts
 
         def residuals(candidate: dict):
             evaluate(candidate, want_residuals=True)
@@ -368,47 +351,16 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
             found = residual_cache[key]
             return None if found is None else np.asarray(found, dtype=np.float32)
 
-        def cost(candidate: dict) -> float:
-            found = residuals(candidate)
-            return float(found @ found) if found is not None else float("inf")
-
         def accept(candidate: dict) -> None:
             kept.update(values=candidate, score=evaluate(candidate))
 
         try:
-            while True:
-                # A few iterations at a time, then the counts: a stage that runs out of budget mid-descent would
-                # otherwise never try a count (three wheels against two).
-                round_start = cost(values)
-                values = levenberg_marquardt(floats, values, residuals, _position, _value, on_accept=accept,
-                                             max_iterations=LEAST_SQUARES_ROUND)
-                best_cost = cost(values)
-                improved = best_cost < round_start * (1 - ROUND_PROGRESS)
-                for parameter in ints:
-                    for sign in (1, -1):
-                        candidate = dict(values)
-                        candidate[parameter.name] = min(max(values[parameter.name] + sign, parameter.min),
-                                                        parameter.max)
-                        if candidate == values:
-                            continue
-                        # A count changes what the floats should be (three wheels vs two, a closer spacing):
-                        # compare the new count with its floats refitted a little, not with the old floats.
-                        candidate_cost = cost(candidate)
-                        if candidate_cost >= best_cost:
-                            candidate = levenberg_marquardt(floats, candidate, residuals, _position, _value,
-                                                            max_iterations=INT_REFIT_ITERATIONS,
-                                                            max_move=INT_REFIT_MOVE)
-                            candidate_cost = cost(candidate)
-                        # A coarse field can prefer a count on noise (eight narrow vents for five wide ones): the
-                        # new count must also score better under the last stage's objective.
-                        if candidate_cost < best_cost and judge(candidate) > judge(values):
-                            values, best_cost, improved = candidate, candidate_cost, True
-                            accept(values)
-                            break
-                if not improved:
-                    return values, evaluate(values), True
+            values = fit_with_counts([p for p in numeric if p.type == "float"],
+                                     [p for p in numeric if p.type == "int"], values, residuals, position, value,
+                                     on_accept=accept, confirm=lambda new, old: judge(new) > judge(old))
         except _Budget:
             return kept["values"], kept["score"], False
+        return values, evaluate(values), True
 
     final_stage = stages[final_index][0]
     start_iou = _score(objective(dict(start), final_stage))
@@ -443,59 +395,6 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
                           steps=counter["steps"], stopped=stopped, trace=trace)
 
 
-def _shifted(base: dict, moves) -> dict:
-    """``base`` with each ``(parameter, delta)`` of ``moves`` moved by ``delta`` of its range (clamped, rounded)."""
-    candidate = dict(base)
-    for parameter, delta in moves:
-        candidate[parameter.name] = _value(parameter, _position(parameter, base[parameter.name]) + delta)
-    return candidate
-
-
-def _pair_move(pair, signs, sizes) -> list:
-    """(parameter, delta) moves of a pair by ``sizes`` (shares of each range), with ``signs``.
-
-    Two floats in the same unit move by the same amount in that unit (the smaller of the two sizes): they often
-    add up to one position (a box's height plus its lid's lift place the lid), and equal shares of different
-    ranges would move that position and lose what the pair move was meant to gain."""
-    first, second = pair
-    if first.type == second.type == "float" and first.unit and first.unit == second.unit:
-        amount = min(size * (p.max - p.min) for p, size in zip(pair, sizes))
-        return [(p, sign * amount / (p.max - p.min)) for p, sign in zip(pair, signs)]
-    return [(p, sign * _delta(p, size)) for p, sign, size in zip(pair, signs, sizes)]
-
-
-def _pairs(losses: dict):
-    """((first, second), (sign, sign)) for every pair of the PAIR_CANDIDATES names that lost most moved alone."""
-    names = sorted(losses, key=lambda n: (-losses[n], n))[:PAIR_CANDIDATES]
-    for pair in itertools.combinations(names, 2):
-        for signs in itertools.product((1, -1), repeat=2):
-            yield pair, signs
-
-
 def _score(answer) -> float:
     """The objective answers an IoU, or a dict with ``iou`` (and ``residuals`` in a least-squares stage)."""
     return float(answer["iou"] if isinstance(answer, dict) else answer)
-
-
-def _value(parameter, u: float):
-    u = min(max(u, 0.0), 1.0)
-    raw = parameter.min + u * (parameter.max - parameter.min)
-    if parameter.type == "int":
-        return int(min(max(round(raw), parameter.min), parameter.max))
-    return float(min(max(round(raw, FLOAT_DECIMALS), parameter.min), parameter.max))
-
-
-def _position(parameter, value) -> float:
-    return (value - parameter.min) / (parameter.max - parameter.min)
-
-
-def _delta(parameter, step: float) -> float:
-    if parameter.type == "int":  # at least one whole unit
-        return max(step, 1.0 / (parameter.max - parameter.min))
-    return step
-
-
-def _done(parameter, step: float) -> bool:
-    if parameter.type == "int":
-        return step * (parameter.max - parameter.min) < 0.25  # a one-unit move failed at least twice
-    return step < MIN_STEP
