@@ -251,7 +251,9 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
             return run_scan(best_values, best_score, evaluate, kept)
         if search == LEAST_SQUARES:
             return run_least_squares(best_values, evaluate, residual_cache, kept)
-        steps = {p.name: INITIAL_STEP / (2 ** index) for p in numeric}
+        # Later stages start with finer steps, but an int starts at one unit: a smaller step would count as done.
+        steps = {p.name: INITIAL_STEP / (2 ** index) if p.type == "float" else
+                 max(INITIAL_STEP / (2 ** index), 1.0 / (p.max - p.min)) for p in numeric}
         escapes = {"left": MAX_ESCAPES}
         direction = {p.name: 1 for p in numeric}
 

@@ -186,3 +186,18 @@ def test_a_coarse_stage_changes_a_count_only_if_the_real_objective_agrees():
     assert result.values["wheels_per_side"] == 3
     assert result.values["chassis_length"] == pytest.approx(250.0, abs=0.5)
     assert coarse_counts.count(4) == 1  # tried once and turned down: the descent went on with three
+
+
+def test_a_late_stage_still_moves_the_counts():
+    # Later stages start with finer steps; an int's step must still be a whole unit, or it counts as done at once
+    # and waits for the escapes, which a busy search (here a length still climbing) does not reach in its budget.
+    def objective(values, stage):
+        if stage != "real":
+            return 0.5
+        return 1.0 - 0.1 * abs(values["wheels_per_side"] - 1) - 0.2 * abs(values["chassis_length"] - 400) / 320
+
+    stages = [("coarse", 0.05, COORDINATE), ("finer", 0.05, COORDINATE), ("finest", 0.05, COORDINATE),
+              ("real", 1.0, COORDINATE)]
+    result = optimise(ROVER, ROVER.defaults(), objective, max_steps=14,
+                      parameters=["chassis_length", "wheels_per_side"], stages=stages)
+    assert ROVER.defaults()["wheels_per_side"] == 3 and result.values["wheels_per_side"] == 1
