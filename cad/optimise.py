@@ -117,10 +117,11 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
 
     ``stages`` is a coarse-to-fine schedule of ``(stage, share of the budget[, search])``: each stage searches from
     the best state of the previous one with ``objective(values, stage)`` (e.g. a blurred IoU first); the last stage
-    is the real objective, gets whatever budget is left and starts from the coarse result it scores best. ``start`` must be a complete valid state; ``parameters``
-    optionally limits the search to some names. ``progress(step, best_iou, stage_index)`` is called after every
-    evaluation. ``cancel`` (anything with ``is_set()``, e.g. a ``threading.Event``) stops the search before the next
-    evaluation; the result is then the best state found so far, with ``stopped == "cancelled"``.
+    is the real objective, gets whatever budget is left and starts from the coarse result it scores best.
+    ``start`` must be a complete valid state; ``parameters`` optionally limits the search to some names.
+    ``progress(step, best_iou, stage_index)`` is called after every evaluation. ``cancel`` (anything with
+    ``is_set()``, e.g. a ``threading.Event``) stops the search before the next evaluation; the result is then the
+    best state found so far, with ``stopped == "cancelled"``.
     The result holds the best state under the last stage's objective (never worse than ``start``).
     Raises ValueError on a bad parameter name (``optimise`` checks the budget).
     """
@@ -136,13 +137,24 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
     counter = {"steps": 0, "limit": max_steps}
     trace: list[tuple[int, float]] = []
     final_index = len(stages) - 1
+    names = schema.names()
+
+    def state_key(values: dict) -> tuple:
+        return tuple(values[n] for n in names)
+
+    def check_budget() -> None:
+        """Raise _Budget before an evaluation the budget or a cancel does not allow."""
+        if counter["steps"] >= counter["limit"]:
+            raise _Budget
+        if cancel is not None and cancel.is_set():
+            counter["cancelled"] = True
+            raise _Budget
 
     def judge(candidate: dict) -> float:
         """The last stage's objective for ``candidate`` (each state once), to check a coarse stage's choice."""
-        key = tuple(candidate[n] for n in schema.names())
+        key = state_key(candidate)
         if key not in judged:
-            if counter["steps"] >= counter["limit"] or cancel is not None and cancel.is_set():
-                raise _Budget
+            check_budget()
             judged[key] = _score(objective(dict(candidate), final_stage))
             counter["steps"] += 1
         return judged[key]
@@ -158,21 +170,16 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
         counter["limit"] = limit
 
         def evaluate(candidate: dict, want_residuals: bool = False) -> float:
-            key = tuple(candidate[n] for n in schema.names())
+            key = state_key(candidate)
             if key in cache and not (want_residuals and key not in residual_cache):
                 return cache[key]
-            if counter["steps"] >= counter["limit"]:
-                raise _Budget
-            if cancel is not None and cancel.is_set():
-                counter["cancelled"] = True
-                raise _Budget
+            check_budget()
             answer = objective(dict(candidate), stage)
             if search == LEAST_SQUARES:
                 residual_cache[key] = answer.get("residuals") if isinstance(answer, dict) else None
                 while len(residual_cache) > RESIDUAL_CACHE:
                     residual_cache.popitem(last=False)
             score = _score(answer)
-            score = score if math.isfinite(score) else 0.0
             counter["steps"] += 1
             cache[key] = score
             if score > best["score"]:
@@ -349,7 +356,7 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
 
         def residuals(candidate: dict):
             evaluate(candidate, want_residuals=True)
-            key = tuple(candidate[n] for n in schema.names())
+            key = state_key(candidate)
             residual_cache.move_to_end(key)
             found = residual_cache[key]
             return None if found is None else np.asarray(found, dtype=np.float32)
@@ -368,7 +375,7 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
     final_stage = stages[final_index][0]
     start_iou = _score(objective(dict(start), final_stage))
     counter["steps"] = 1
-    judged = {tuple(start[n] for n in schema.names()): start_iou}
+    judged = {state_key(start): start_iou}
     trace.append((1, start_iou))
     values = dict(start)
     # The coarse stages' objectives only approximate the last one, and a later coarse stage can lose what an
@@ -399,5 +406,7 @@ def _pipeline(schema, start: dict, objective: Callable[[dict, object], float], *
 
 
 def _score(answer) -> float:
-    """The objective answers an IoU, or a dict with ``iou`` (and ``residuals`` in a least-squares stage)."""
-    return float(answer["iou"] if isinstance(answer, dict) else answer)
+    """The objective answers an IoU, or a dict with ``iou`` (and ``residuals`` in a least-squares stage); a score
+    that is not a finite number counts as 0."""
+    score = float(answer["iou"] if isinstance(answer, dict) else answer)
+    return score if math.isfinite(score) else 0.0

@@ -269,8 +269,9 @@ def occupancy_residuals(built, target: LoadedTarget, resolution: int = 64, blur:
     of the two blurred fields.
 
     ``cumulative=True`` answers cumulative volume profiles along X, Y and Z instead (the share of each shape's
-    volume below each plane, and one term for the log of the volume ratio): a residual that still pulls a wall, a
-    lid or a head toward its place when it is far from the target's and does not overlap it at all (a 1-D
+    volume below each plane), then one term for the log of the volume ratio and six for the bounding box's misfit
+    (``BOX_WEIGHT`` times the min and max differences as shares of the target's size): a residual that still pulls
+    a wall, a lid or a head toward its place when it is far from the target's and does not overlap it at all (a 1-D
     transport distance). ``iou`` is then ``1 / (1 + mean |residual|)``.
     """
     import numpy as np

@@ -1,9 +1,9 @@
 """The VLM step of ``POST /api/optimise``: ask the active model for parameter values that match the target better.
 
 The prompt is /api/vlm's (``vlm.prompts.build_prompt``) with the measured comparison as the request and two
-renders attached (the current state, then the target, from the same direction); the answer is read by ``vlm.proposals.parse_model_output`` like any proposal, so nothing
-the model writes is executed and every value is checked against the schema. The proposal is kept only when its IoU
-beats the current state's. A VLM that is not usable (fails to load, times out, answers nothing valid) becomes a
+renders attached (the current state, then the target, from the same direction); the answer is read by
+``vlm.proposals.parse_model_output`` like any proposal, so nothing the model writes is executed and every value is
+checked against the schema. The proposal is kept only when its IoU beats the current state's. A VLM that is not usable (fails to load, times out, answers nothing valid) becomes a
 ``vlm_note``; the caller's numeric refinement runs either way.
 """
 from __future__ import annotations
