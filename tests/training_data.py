@@ -1,5 +1,5 @@
 """A small, realistic training dataset for the fine-tuning tests: prompts from the real prompt builder, generated
-PNG "renders" and "photos", decisions as the UI logs them (applied, partly applied, rejected)."""
+PNG "renders" and "photos", decisions as the UI logs them (applied and rejected), with their values, targets and splits."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +7,7 @@ import io
 import threading
 from pathlib import Path
 
-from vlm.dataset import DatasetLog
+from vlm.dataset import DatasetLog, changes_between, make_target
 from vlm.prompts import build_prompt
 
 SCHEMA = [
@@ -33,6 +33,8 @@ def png(color, size=(48, 40)) -> bytes:
 
 
 def make_dataset(root: Path, count: int = 12) -> DatasetLog:
+    """`count` decisions as the UI logs them: applied ones (target: the applied change) and every fourth one
+    rejected (no target). Every sixth is in the validation split, the rest in train."""
     log = DatasetLog(root)
     values = {p["name"]: p["default"] for p in SCHEMA}
     for i in range(count):
@@ -43,13 +45,15 @@ def make_dataset(root: Path, count: int = 12) -> DatasetLog:
         images = [("render", png((20 * i % 256, 80, 160)))]
         if with_photo:
             images.append(("reference", png((200, 30 * i % 256, 40), size=(64, 48))))
-        accepted = {"wheel_diameter": 100 + 5 * i} if i % 4 != 3 else {}
-        rejected = ["chassis_length"] if i % 2 else []
-        log.record(outcome="applied" if accepted else "rejected", system=system, user=user,
-                   answer=f'{{"summary": "answer {i}", "changes": []}}', summary=f"Larger wheels ({i})",
-                   accepted=accepted, reasons={"wheel_diameter": "more ground clearance"}, rejected=rejected,
-                   images=images, request=request, cad_model="rover", backend="finetuned", model="tiny",
-                   adapter="runs/tiny", proposal_id=f"p{i}")
+        applied = i % 4 != 3
+        target_values = {**values, "wheel_diameter": 100 + 5 * i} if applied else None
+        target = make_target(f"Larger wheels ({i})", changes_between(values, target_values, {
+            "wheel_diameter": "more ground clearance"})) if applied else None
+        log.record(outcome="applied" if applied else "rejected", system=system, user=user,
+                   answer=f'{{"summary": "answer {i}", "changes": []}}', target=target, values=values,
+                   target_values=target_values, images=images, request=request, cad_model="rover",
+                   backend="finetuned", model="tiny", adapter="runs/tiny", proposal_id=f"p{i}",
+                   split="val" if i % 6 == 5 else "train")
     return log
 
 

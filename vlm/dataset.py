@@ -1,14 +1,26 @@
-"""Training examples from the UI: every proposal set a user applies (all or some) or rejects.
+"""Training examples: decisions logged by the UI, proposals judged inside Optimise, and synthetic pairs.
 
 Layout of a dataset folder (default `<data_dir>/dataset`):
-    examples.jsonl          one JSON object per decision, appended with a single os.write on an O_APPEND fd
+    examples.jsonl          one JSON object per example, appended with a single os.write on an O_APPEND fd
     images/<sha256>.png     the images the model saw, content-addressed (the same render is stored once)
 
-A line holds what the model saw (system + user prompt, images with their role: "render" or "reference"), what it
-said (raw answer, summary), what the user did (accepted parameter -> value, rejected names, reject reason) and the
-training `target`: `{"summary", "changes": [accepted changes with reasons]}`, or `{"changes": []}` when the user
-rejected everything. The log is append-only: a later decision on the same proposal set supersedes an earlier one
-when examples are loaded or exported.
+A line holds what the model saw (system + user prompt, images with their role "render" or "reference", the
+parameter `values` it was shown), what it said (`answer`), what happened (`outcome`) and the training `target`:
+`{"summary", "changes": [{"parameter", "value", "reason"}]}` or null.
+
+Outcomes and what they teach:
+    applied     the user applied changes, maybe after correcting values or adding parameters: the target is what
+                was applied (relative to the values the model saw), so even a wrong answer becomes a right example
+    no_change   the user said nothing should change: the target is an explicit empty change list
+    rejected    a rejected answer, kept for preference training (`answer` is the rejected side); target null.
+                A reject is never read as "no change" by itself.
+    optimise    a proposal judged inside Optimise: `raised_iou` says whether it moved the design toward the target;
+                the target is its changes when it did, null otherwise
+    synthetic   a generated pair (`vlm.synth`): the target is the change from `values` to `target_values`
+
+One label per request: `request_key` hashes what the model saw (model, prompt, images); when a request was decided
+more than once the latest decision wins and earlier ones are kept in the file but not trained on. Lines of schema 1
+(where a reject carried the target `{"changes": []}`) are read with a reject's target dropped.
 
 CLI: `python -m vlm.dataset export --data DIR --out OUT` writes a clean, self-contained copy and prints counts.
 """
@@ -28,12 +40,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vlm.units import tidy_number
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EXAMPLES_FILE = "examples.jsonl"
 IMAGES_DIR = "images"
 ROLES = ("render", "reference")
+OUTCOMES = ("applied", "no_change", "rejected", "optimise", "synthetic")
+SPLITS = ("train", "val", "test")
 MAX_REASON_CHARS = 1000
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _EXTENSIONS = {b"\x89PNG\r\n\x1a\n": ".png", b"\xff\xd8\xff": ".jpg"}
@@ -62,9 +78,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _append_line(path: Path, obj: dict) -> None:
-    """One whole line per write: concurrent writers (threads or processes) never interleave inside a line."""
-    data = (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+def _append_lines(path: Path, objs: list[dict]) -> None:
+    """Whole lines in one write: concurrent writers (threads or processes) never interleave inside a line."""
+    data = "".join(json.dumps(o, ensure_ascii=False, separators=(",", ":")) + "\n" for o in objs).encode("utf-8")
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -77,11 +93,37 @@ def _append_line(path: Path, obj: dict) -> None:
         raise OSError(f"only {written} of {len(data)} bytes of an example reached {path}")
 
 
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def request_key(cad_model: str | None, system: str, user: str, image_shas: list[str]) -> str:
+    """What the model saw, hashed: two decisions with the same key are two labels of one request."""
+    return hashlib.sha256(canonical_json([cad_model, system, user, image_shas]).encode()).hexdigest()
+
+
+def state_key(cad_model: str | None, values: dict) -> str:
+    return hashlib.sha256(canonical_json([cad_model, values]).encode()).hexdigest()
+
+
+def changes_between(values: dict, target_values: dict, reasons: dict[str, str] | None = None) -> list[dict]:
+    """The target's change list: every parameter whose value differs, in the order of target_values."""
+    reasons = reasons or {}
+    return [{"parameter": name, "value": tidy_number(value), "reason": reasons.get(name, "")}
+            for name, value in target_values.items() if name in values and not _same(values[name], value)]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)), abs(float(b)))
+    return a == b
+
+
 def make_target(summary: str, changes: list[dict]) -> dict:
-    """What the model should have answered: the accepted changes, or an explicit "no change"."""
-    if not changes:
-        return {"changes": []}
-    return {"summary": summary or "", "changes": changes}
+    """What the model should answer, in the shape vlm.prompts asks for (a summary even for "no change")."""
+    return {"summary": summary or "", "changes": list(changes)}
 
 
 class DatasetLog:
@@ -103,62 +145,94 @@ class DatasetLog:
             _atomic_write(path, data)
         return {"sha256": digest, "file": rel}
 
-    def record(self, *, outcome: str, system: str, user: str, answer: str, summary: str,
-               accepted: dict[str, Any], reasons: dict[str, str], rejected: list[str],
-               images: list[tuple[str, bytes]] = (), invalid: list[str] = (), reject_reason: str | None = None,
-               request: str | None = None, cad_model: str | None = None, backend: str | None = None,
-               model: str | None = None, adapter: str | None = None, proposal_id: str | None = None) -> dict:
-        """Append one example and return it. `images` are (role, bytes) pairs in the order the model saw them."""
-        if outcome not in ("applied", "rejected"):
-            raise DatasetError(f"outcome must be 'applied' or 'rejected', not {outcome!r}")
+    def make_example(self, *, outcome: str, system: str, user: str, images: list[tuple[str, bytes]] = (),
+                     answer: str = "", target: dict | None = None, values: dict | None = None,
+                     target_values: dict | None = None, cad_model: str | None = None, **extra: Any) -> dict:
+        """An example line (images stored). `images` are (role, bytes) pairs in the order the model saw them;
+        `extra` adds fields such as request, backend, model, adapter, proposal_id, split, style, raised_iou."""
+        if outcome not in OUTCOMES:
+            raise DatasetError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
         if not isinstance(system, str) or not isinstance(user, str) or not user:
             raise DatasetError("an example needs the system and user prompt the model saw")
+        if target is not None and not (isinstance(target, dict) and isinstance(target.get("changes"), list)):
+            raise DatasetError("a target is {\"summary\", \"changes\": [...]} or null")
+        if extra.get("split") not in (None, *SPLITS):
+            raise DatasetError(f"split must be one of {', '.join(SPLITS)}")
         self.root.mkdir(parents=True, exist_ok=True)
         stored = []
         for role, data in images:
             if role not in ROLES:
                 raise DatasetError(f"image role must be one of {ROLES}, not {role!r}")
             stored.append({"role": role, **self.store_image(bytes(data))})
-        changes = [{"parameter": name, "value": value, "reason": reasons.get(name, "")}
-                   for name, value in accepted.items()]
         now = time.time()
-        example = {
-            "schema": SCHEMA_VERSION, "id": uuid.uuid4().hex, "proposal_id": proposal_id,
+        reason = extra.pop("reject_reason", None)
+        return {
+            "schema": SCHEMA_VERSION, "id": uuid.uuid4().hex,
             "timestamp": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"), "time": now,
-            "outcome": outcome, "cad_model": cad_model, "backend": backend, "model": model, "adapter": adapter,
-            "request": request, "system": system, "user": user, "images": stored,
-            "answer": answer, "summary": summary, "accepted": dict(accepted), "rejected": list(rejected),
-            "invalid": list(invalid), "reject_reason": (reject_reason or None) and reject_reason[:MAX_REASON_CHARS],
-            "target": make_target(summary, changes),
+            "outcome": outcome, "cad_model": cad_model,
+            "request_key": request_key(cad_model, system, user, [s["sha256"] for s in stored]),
+            "system": system, "user": user, "images": stored, "answer": answer or "",
+            "values": dict(values) if values is not None else None,
+            "target_values": dict(target_values) if target_values is not None else None,
+            "target": target, "reject_reason": reason[:MAX_REASON_CHARS] if isinstance(reason, str) else None,
+            **extra,
         }
-        _append_line(self.examples_path, example)
-        log.info("dataset: recorded %s example %s (%d accepted, %d rejected)", outcome, example["id"],
-                 len(accepted), len(rejected))
+
+    def append(self, examples: list[dict]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _append_lines(self.examples_path, examples)
+
+    def record(self, **fields: Any) -> dict:
+        """Build (see make_example), append and return one example."""
+        example = self.make_example(**fields)
+        self.append([example])
+        log.info("dataset: recorded %s example %s (%s changes in the target)", example["outcome"], example["id"],
+                 len(example["target"]["changes"]) if example["target"] else "no")
         return example
 
-    def record_proposal_set(self, ps, outcome: str, accepted: dict[str, Any] | None = None,
-                            reject_reason: str | None = None) -> dict | None:
-        """Record a decision on a `vlm.proposals.ProposalSet` whose meta holds what the model saw (the web layer
-        stores `system`, `user`, `images`, `image_roles`, `text`, `backend`, `model`, `adapter` there).
-        Applying twice accumulates the accepted changes; a reject starts over. Returns None for a set without
-        the prompt (nothing to learn from)."""
+    def record_decision(self, ps, outcome: str, *, applied: dict[str, Any] | None = None,
+                        reject_reason: str | None = None, extra: dict | None = None) -> dict | None:
+        """Log a decision on a `vlm.proposals.ProposalSet` whose meta holds what the model saw (the web layer
+        stores `system`, `user`, `images`, `image_roles`, `text`, `values`, `backend`, `model`, `adapter`).
+
+        applied: the values the user applied (proposed, corrected or added). Applying twice accumulates; the
+        target is every applied value that differs from what the model saw. Returns None for a set without the
+        prompt (nothing to learn from)."""
         meta = ps.meta
         if not meta.get("user"):
             return None
+        values = meta.get("values") or {}
+        proposed = {p.parameter: p.value for p in ps.proposals if p.valid}
+        reasons = {p.parameter: p.reason for p in ps.proposals}
+        target = target_values = None
         if outcome == "applied":
-            accepted = {**meta.get("accepted_so_far", {}), **(accepted or {})}
+            applied = {**meta.get("applied_so_far", {}), **(applied or {})}
+            meta["applied_so_far"] = dict(applied)
+            target_values = {**values, **applied}
+            target = make_target(ps.summary, changes_between(values, target_values, reasons))
+        elif outcome == "no_change":
+            target_values = dict(values)
+            target = make_target("Nothing needs to change.", [])
+        elif outcome == "optimise":
+            applied = dict(applied or {})
+            if (extra or {}).get("raised_iou"):
+                target_values = {**values, **applied}
+                target = make_target(ps.summary, changes_between(values, target_values, reasons))
         else:
-            accepted = {}
-        meta["accepted_so_far"] = dict(accepted)
-        images = list(zip(meta.get("image_roles") or [], meta.get("images") or []))
-        invalid = [p.parameter for p in ps.proposals if not p.valid]
-        rejected = [p.parameter for p in ps.proposals if p.parameter not in accepted]
+            applied = {}
+            meta.pop("applied_so_far", None)
+        applied = applied or {}
+        corrected = {n: {"proposed": proposed[n], "applied": v} for n, v in applied.items()
+                     if n in proposed and not _same(proposed[n], v)}
         return self.record(
-            outcome=outcome, system=meta.get("system") or "", user=meta["user"], answer=meta.get("text") or "",
-            summary=ps.summary or "", accepted=accepted, reasons={p.parameter: p.reason for p in ps.proposals},
-            rejected=rejected, invalid=invalid, images=images, reject_reason=reject_reason,
-            request=meta.get("prompt"), cad_model=ps.model_name, backend=meta.get("backend"),
-            model=meta.get("model"), adapter=meta.get("adapter"), proposal_id=ps.id)
+            outcome=outcome, system=meta.get("system") or "", user=meta["user"],
+            images=list(zip(meta.get("image_roles") or [], meta.get("images") or [])), answer=meta.get("text") or "",
+            target=target, values=values or None, target_values=target_values, cad_model=ps.model_name,
+            source="optimise" if outcome == "optimise" else "ui", proposal_id=ps.id, request=meta.get("prompt"),
+            summary=ps.summary or "", applied=applied, corrected=corrected,
+            added=sorted(n for n in applied if n not in {p.parameter for p in ps.proposals}),
+            invalid=[p.parameter for p in ps.proposals if not p.valid], reject_reason=reject_reason,
+            backend=meta.get("backend"), model=meta.get("model"), adapter=meta.get("adapter"), **(extra or {}))
 
     def export(self, out_dir: Path | str) -> dict:
         return export(self.root, out_dir)
@@ -185,14 +259,26 @@ def image_path(root: Path, image: dict) -> Path:
     return root / IMAGES_DIR / name
 
 
-def _valid(example: Any) -> bool:
-    return (isinstance(example, dict) and isinstance(example.get("user"), str) and example["user"]
-            and isinstance(example.get("system"), str) and isinstance(example.get("target"), dict)
-            and isinstance(example.get("images", []), list))
+def _upgrade(example: Any) -> dict | None:
+    """A well-formed example in the current schema, or None."""
+    if not (isinstance(example, dict) and isinstance(example.get("user"), str) and example["user"]
+            and isinstance(example.get("system"), str) and isinstance(example.get("images", []), list)):
+        return None
+    target = example.get("target")
+    if target is not None and not (isinstance(target, dict) and isinstance(target.get("changes"), list)):
+        return None
+    if example.get("schema", 1) < 2:
+        if example.get("outcome") == "rejected":
+            example["target"] = None  # schema 1 taught "no change" from every reject
+        example.setdefault("request_key", request_key(example.get("cad_model"), example["system"], example["user"],
+                                                      [str(i.get("sha256")) for i in example.get("images") or []]))
+        example.setdefault("values", None)
+        example.setdefault("target_values", None)
+    return example
 
 
 def read_examples(root: Path) -> tuple[list[dict], dict]:
-    """Every well-formed example line with its images present, the latest decision per proposal set; and counts."""
+    """Every well-formed example with its images present, the latest decision per request; and counts."""
     counts = {"lines": 0, "malformed": 0, "missing_images": 0, "superseded": 0}
     by_key: dict[str, dict] = {}
     with open(root / EXAMPLES_FILE, "rb") as fh:
@@ -201,11 +287,10 @@ def read_examples(root: Path) -> tuple[list[dict], dict]:
                 continue
             counts["lines"] += 1
             try:
-                example = json.loads(raw)
+                example = _upgrade(json.loads(raw))
             except ValueError:
-                counts["malformed"] += 1
-                continue
-            if not _valid(example):
+                example = None
+            if example is None:
                 counts["malformed"] += 1
                 continue
             try:
@@ -215,7 +300,7 @@ def read_examples(root: Path) -> tuple[list[dict], dict]:
             if not ok:
                 counts["missing_images"] += 1
                 continue
-            key = example.get("proposal_id") or example.get("id") or str(counts["lines"])
+            key = example.get("request_key") or example.get("proposal_id") or example.get("id") or str(counts["lines"])
             if key in by_key:
                 counts["superseded"] += 1
                 del by_key[key]  # keep file order of the latest decision
@@ -223,21 +308,57 @@ def read_examples(root: Path) -> tuple[list[dict], dict]:
     return list(by_key.values()), counts
 
 
-def load_examples(path: Path | str) -> list[dict]:
-    """Examples ready for training (see read_examples); each gains `image_paths` (absolute) in model order."""
+def group_key(example: dict) -> str:
+    """Examples that share a target state share a split (so no target is seen in training and in testing)."""
+    if isinstance(example.get("target_values"), dict):
+        return state_key(example.get("cad_model"), example["target_values"])
+    return str(example.get("request_key") or example.get("id"))
+
+
+def hashed_split(key: str, seed: int = 0, val: float = 0.1, test: float = 0.1) -> str:
+    """A split for an example that has none (UI-logged data): a fixed function of its group key and the seed."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    share = int.from_bytes(digest[:8], "big") / 2**64
+    return "test" if share < test else "val" if share < test + val else "train"
+
+
+def split_of(example: dict, seed: int = 0) -> str:
+    return example.get("split") or hashed_split(group_key(example), seed)
+
+
+def load_examples(path: Path | str, *, split: str | None = None, trainable: bool = True,
+                  seed: int = 0) -> list[dict]:
+    """Examples for training or evaluation (see read_examples), each with `image_paths` (absolute, model order)
+    and `split`. trainable: only examples with a target. split: only that split (see split_of)."""
     root = resolve_dataset_dir(path)
     examples, counts = read_examples(root)
     skipped = counts["malformed"] + counts["missing_images"]
     if skipped:
         log.warning("dataset %s: skipped %d malformed lines and %d examples with missing images", root,
                     counts["malformed"], counts["missing_images"])
+    chosen = []
     for example in examples:
+        if trainable and example.get("target") is None:
+            continue
+        example["split"] = split_of(example, seed)
+        if split is not None and example["split"] != split:
+            continue
         example["image_paths"] = [str(image_path(root, img)) for img in example.get("images") or []]
-    return examples
+        chosen.append(example)
+    return chosen
+
+
+def summarise(examples: list[dict]) -> dict:
+    outcomes = {o: sum(1 for e in examples if e.get("outcome") == o) for o in OUTCOMES}
+    return {"examples": len(examples), **outcomes,
+            "trainable": sum(1 for e in examples if e.get("target") is not None),
+            "corrected": sum(1 for e in examples if e.get("corrected")),
+            "with_images": sum(1 for e in examples if e.get("images")),
+            **{f"split_{s}": sum(1 for e in examples if split_of(e) == s) for s in SPLITS}}
 
 
 def export(src: Path | str, out_dir: Path | str) -> dict:
-    """Copy the usable examples (latest decision per proposal set) and only their images to out_dir."""
+    """Copy the usable examples (latest decision per request) and only their images to out_dir."""
     root = resolve_dataset_dir(src)
     out = Path(out_dir)
     if out.resolve() == root.resolve():
@@ -253,38 +374,35 @@ def export(src: Path | str, out_dir: Path | str) -> dict:
             images.add(dest.name)
     lines = "".join(json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n" for e in examples)
     _atomic_write(out / EXAMPLES_FILE, lines.encode("utf-8"))
-    applied = [e for e in examples if e.get("outcome") == "applied"]
-    return {
-        "examples": len(examples),
-        "applied_all": sum(1 for e in applied if not [n for n in e.get("rejected", [])
-                                                      if n not in e.get("invalid", [])]),
-        "applied_partial": sum(1 for e in applied if [n for n in e.get("rejected", [])
-                                                      if n not in e.get("invalid", [])]),
-        "rejected": sum(1 for e in examples if e.get("outcome") == "rejected"),
-        "with_images": sum(1 for e in examples if e.get("images")),
-        "images": len(images),
-        **{f"skipped_{k}": v for k, v in counts.items() if k != "lines"},
-        "lines": counts["lines"],
-    }
+    return {**summarise(examples), "images": len(images),
+            **{f"skipped_{k}": v for k, v in counts.items() if k != "lines"}, "lines": counts["lines"]}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vlm.dataset", description="Training examples logged by the UI.")
+    parser = argparse.ArgumentParser(prog="python -m vlm.dataset", description="Training examples.")
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="write a clean, self-contained copy of a dataset and print counts")
     exp.add_argument("--data", required=True, type=Path, help="dataset folder, or the server's data dir")
     exp.add_argument("--out", required=True, type=Path, help="output folder")
+    stats = sub.add_parser("stats", help="print counts by outcome and split")
+    stats.add_argument("--data", required=True, type=Path, help="dataset folder, or the server's data dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        counts = export(args.data, args.out)
+        if args.command == "export":
+            counts = export(args.data, args.out)
+        else:
+            root = resolve_dataset_dir(args.data)
+            examples, read_counts = read_examples(root)
+            counts = {**summarise(examples), **{f"skipped_{k}": v for k, v in read_counts.items() if k != "lines"}}
     except (DatasetError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     width = max(len(k) for k in counts)
     for key, value in counts.items():
         print(f"{key:<{width}}  {value}")
-    print(f"written to {args.out}")
+    if args.command == "export":
+        print(f"written to {args.out}")
     return 0
 
 

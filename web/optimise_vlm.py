@@ -9,6 +9,7 @@ checked against the schema. The proposal is kept only when its IoU beats the cur
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 
@@ -16,7 +17,7 @@ from cad.errors import BuildError, ParameterError
 from cad.target import TargetError
 from vlm.backend import BackendError, GenerateRequest
 from vlm.prompts import build_prompt, proposal_json_schema
-from vlm.proposals import parse_model_output
+from vlm.proposals import ProposalSet, parse_model_output
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,21 @@ def _generate(manager, request: GenerateRequest, cancel) -> str | None:
     return box["text"]
 
 
+def _record(svc, model, request: GenerateRequest, text: str, parsed, values: dict, proposed: dict,
+            iou_before: float, iou_proposal: float | None) -> None:
+    """Log the proposal as a training example labelled by whether it raised the IoU (vlm.dataset, "optimise")."""
+    status = svc.manager.status()
+    meta = {"system": request.system, "user": request.prompt, "images": list(request.images),
+            "image_roles": ["render", "reference"][:len(request.images)], "text": text, "values": dict(values),
+            "prompt": "optimise toward the target", "backend": status.get("backend"), "model": status.get("model"),
+            "adapter": status.get("adapter")}
+    ps = ProposalSet("optimise-" + secrets.token_hex(6), model.name, -1, list(parsed.proposals), parsed.summary,
+                     time.time(), meta)
+    raised = iou_proposal is not None and iou_proposal > iou_before
+    svc.record_decision(ps, "optimise", applied=proposed,
+                        extra={"raised_iou": raised, "iou_before": iou_before, "iou_proposal": iou_proposal})
+
+
 def ask_vlm(svc, model, target_path, values: dict, comparison: dict, cancel=None) -> tuple[dict, dict | None]:
     """(report, comparison of the accepted proposal or None). ``report`` holds ``vlm_used`` (the model answered),
     ``vlm_proposed`` (name -> value, the valid changes), ``vlm_iou`` (their IoU, or None), ``vlm_accepted``,
@@ -113,8 +129,10 @@ def ask_vlm(svc, model, target_path, values: dict, comparison: dict, cancel=None
         candidate = model.schema.complete({**values, **proposed})
         found = svc.builder.compare(model, candidate, target_path)
     except (BuildError, ParameterError) as exc:  # a timeout too: the proposal is at fault, not the design
+        _record(svc, model, request, text, parsed, values, proposed, comparison["iou"], None)
         return {**report, "vlm_note": f"the VLM's proposal does not build: {exc}"}, None
     report["vlm_iou"] = found["iou"]
+    _record(svc, model, request, text, parsed, values, proposed, comparison["iou"], found["iou"])
     log.info("optimise: VLM proposal %s has IoU %.4f (current %.4f), %.1f s", proposed, found["iou"],
              comparison["iou"], time.perf_counter() - started)
     if found["iou"] <= comparison["iou"]:

@@ -14,6 +14,7 @@ from cad.registry import ModelRegistry
 from cad.session import SessionStore
 from vlm.backend import Backend
 from vlm.cache import ResponseCache
+from vlm.dataset import DatasetLog
 from vlm.lifecycle import ModelManager
 from vlm.proposals import ProposalStore
 
@@ -56,6 +57,17 @@ class Services:
         self._warmup_started = False
         self.shutdown_hooks: list = []  # called first on shutdown, e.g. to cancel running optimisations
         self.shut_down = False
+
+    def record_decision(self, ps, outcome: str, **fields) -> None:
+        """Log a decision on a proposal set as a training example (`vlm.dataset`). The user's action has already
+        succeeded: a logging failure is only logged."""
+        if not self.config.record_dataset:
+            return
+        try:
+            DatasetLog(self.config.dataset_dir or self.config.data_dir / "dataset").record_decision(ps, outcome,
+                                                                                                    **fields)
+        except Exception:  # noqa: BLE001
+            log.exception("could not record proposal set %s in the training dataset", ps.id)
 
     def start_background_work(self) -> None:
         """Called once the server listens: CAD warm-up and the optional model preload."""

@@ -9,7 +9,8 @@ import time
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from vlm.backend import BackendError, GenerateRequest
-from vlm.dataset import MAX_REASON_CHARS, DatasetLog
+from vlm.dataset import MAX_REASON_CHARS
+from vlm.decisions import chosen_values, overwritten_edits
 from vlm.images import MAX_IMAGES, ImageError, decode_base64_image, normalise_image
 from vlm.prompts import build_prompt, proposal_json_schema
 from vlm.proposals import ProposalSelectionError, parse_model_output
@@ -113,11 +114,12 @@ def _cache_key(ctx) -> str:
                              max_new_tokens=gen.max_new_tokens, temperature=gen.temperature)
 
 
-def _answer(ctx, text: str, *, model: str | None, timings: dict, cached: bool) -> dict:
+def _answer(ctx, text: str, *, model: str | None, timings: dict, cached: bool, finish_reason: str | None) -> dict:
     svc = services()
     snap = ctx["snapshot"]
     t0 = time.perf_counter()
-    parsed = parse_model_output(text, ctx["schema"], snap["values"])
+    parsed = parse_model_output(text, ctx["schema"], snap["values"],
+                                cut_off_at=ctx["request"].max_new_tokens if finish_reason == "length" else None)
     timings = {**timings, "parse_s": round(time.perf_counter() - t0, 4)}
     status = svc.manager.status()
     gen = ctx["request"]
@@ -125,13 +127,14 @@ def _answer(ctx, text: str, *, model: str | None, timings: dict, cached: bool) -
     renders = 1 if ctx["include_render"] else 0  # the render is the first image (vlm.prompts' contract)
     roles = ["render"] * renders + ["reference"] * (len(gen.images) - renders)
     meta = {"prompt": ctx["prompt"], "system": gen.system, "user": gen.prompt, "images": list(gen.images),
-            "image_roles": roles, "text": text, "backend": status.get("backend"),
+            "image_roles": roles, "text": text, "values": dict(snap["values"]), "backend": status.get("backend"),
             "model": model or status.get("model"), "adapter": status.get("adapter")}
     proposal_id = svc.proposals.add(ctx["model"].name, snap["version"], parsed, meta)
     return {"id": proposal_id, "backend": status.get("backend"), "model": model or status.get("model"),
             "adapter": status.get("adapter"), "cad_model": ctx["model"].name, "base_version": snap["version"],
             "text": text, "summary": parsed.summary, "parse_error": parsed.parse_error, "warnings": parsed.warnings,
-            "proposals": [p.to_json() for p in parsed.proposals], "timings": timings, "cached": cached}
+            "proposals": [p.to_json() for p in parsed.proposals], "timings": timings, "cached": cached,
+            "finish_reason": finish_reason}
 
 
 def _run(ctx, on_token=None) -> dict:
@@ -142,13 +145,15 @@ def _run(ctx, on_token=None) -> dict:
     if hit is not None:
         if on_token:
             on_token(hit["text"])
-        return _answer(ctx, hit["text"], model=hit["model"], timings={"total_s": 0.0}, cached=True)
+        return _answer(ctx, hit["text"], model=hit["model"], timings={"total_s": 0.0}, cached=True,
+                       finish_reason=hit.get("finish_reason"))
     t0 = time.perf_counter()
     result = svc.manager.generate(gen, on_token=on_token)
     timings = {**result.timings, "total_s": round(time.perf_counter() - t0, 4)}
     if key and _cache_key(ctx) == key:  # not when the adapter was switched meanwhile
-        svc.responses.put(key, {"text": result.text, "model": result.model})
-    return _answer(ctx, result.text, model=result.model, timings=timings, cached=False)
+        svc.responses.put(key, {"text": result.text, "model": result.model, "finish_reason": result.finish_reason})
+    return _answer(ctx, result.text, model=result.model, timings=timings, cached=False,
+                   finish_reason=result.finish_reason)
 
 
 @bp.post("/vlm")
@@ -211,49 +216,55 @@ def vlm_unload():
     return jsonify(manager.status())
 
 
-@bp.post("/proposals/<proposal_id>/apply")
-def apply_proposals(proposal_id: str):
-    svc = services()
-    body = json_body(required=False)
-    ps = svc.proposals.get(proposal_id)
+def _proposal_set(proposal_id: str):
+    ps = services().proposals.get(proposal_id)
     if ps is None:
         raise ApiError(404, "unknown_proposal", f"no proposal set {proposal_id!r} (it may have expired; ask again)")
-    names = body.get("parameters")
+    return ps
+
+
+@bp.post("/proposals/<proposal_id>/apply")
+def apply_proposals(proposal_id: str):
+    """Apply proposed values, the designer's corrections and additions (`values`) as one undoable entry; what was
+    applied is logged as the example's target. Applying values already in place changes and records nothing."""
+    svc = services()
+    body = json_body(required=False)
+    ps = _proposal_set(proposal_id)
+    names, values = body.get("parameters"), body.get("values")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise ApiError(400, "bad_parameters", "parameters must be a list of parameter names")
+    if values is not None and not isinstance(values, dict):
+        raise ApiError(400, "bad_values", "values must be an object of parameter name: value (your corrections)")
+    overwrite = _flag(body.get("overwrite", False))
+    session = svc.sessions.get(ps.model_name)
     try:
-        values = svc.proposals.select(ps, names)
+        chosen = chosen_values(ps, svc.registry.get(ps.model_name).schema, parameters=names, values=values)
     except ProposalSelectionError as exc:
         raise ApiError(422, "bad_selection", str(exc)) from None
-    if not values:
-        raise ApiError(422, "nothing_to_apply", "this proposal set has no valid changes to apply")
-    entry = svc.sessions.get(ps.model_name).apply(
-        values, source={"kind": "vlm", "proposal_id": proposal_id}, expected_version=expected_version(body),
-        summary=(ps.summary or "")[:200] or None)
-    _record_decision(ps, "applied", values)
-    return jsonify(state_json(ps.model_name, entry=entry_json(ps.model_name, entry)))
+    with session.lock:
+        stale = overwritten_edits(ps, session.values, chosen)
+        if stale and not overwrite:
+            raise ApiError(409, "stale_proposal", f"{', '.join(stale)} changed after the model answered; applying "
+                           "would replace your newer edit. Ask again, or send \"overwrite\": true to apply anyway",
+                           parameters=stale, current_version=session.version)
+        entry = session.apply(chosen, source={"kind": "vlm", "proposal_id": proposal_id},
+                              expected_version=expected_version(body), summary=(ps.summary or "")[:200] or None)
+        snapshot = session.snapshot()
+    if entry is not None:  # a no-op apply teaches nothing and is not logged
+        svc.record_decision(ps, "applied", applied=chosen)
+    return jsonify(state_json(ps.model_name, snapshot=snapshot, entry=entry_json(ps.model_name, entry),
+                              applied={n: c["to"] for n, c in (entry.changes.items() if entry else [])}))
 
 
 @bp.post("/proposals/<proposal_id>/reject")
 def reject_proposals(proposal_id: str):
+    """Keep the answer as a rejected one (preference data). Only with `nothing_should_change` does it also become
+    a "no change" training target."""
     body = json_body(required=False)
-    ps = services().proposals.get(proposal_id)
-    if ps is None:
-        raise ApiError(404, "unknown_proposal", f"no proposal set {proposal_id!r} (it may have expired; ask again)")
+    ps = _proposal_set(proposal_id)
     reason = body.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
         raise ApiError(400, "bad_reason", f"reason must be a string of at most {MAX_REASON_CHARS} characters")
-    _record_decision(ps, "rejected", reject_reason=reason)
-    return jsonify({"id": proposal_id, "rejected": True})
-
-
-def _record_decision(ps, outcome: str, accepted: dict | None = None, reject_reason: str | None = None) -> None:
-    """Log the decision as a training example. The user's action has succeeded: a logging failure only logs."""
-    config = services().config
-    if not config.record_dataset:
-        return
-    try:
-        folder = config.dataset_dir or config.data_dir / "dataset"
-        DatasetLog(folder).record_proposal_set(ps, outcome, accepted, reject_reason)
-    except Exception:  # noqa: BLE001
-        log.exception("could not record proposal set %s in the training dataset", ps.id)
+    outcome = "no_change" if _flag(body.get("nothing_should_change", False)) else "rejected"
+    services().record_decision(ps, outcome, reject_reason=reason)
+    return jsonify({"id": proposal_id, "rejected": True, "recorded_as": outcome})
