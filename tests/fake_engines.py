@@ -13,6 +13,8 @@ Behaviours (attribute `behaviour`, read on every request, so a test may switch i
   "error_mid_stream"  two chunks, then an error object in the stream
   "error"             chat/generate answer HTTP 500 with an error body
   "reject_response_format" (OpenAI only) 400 when the request carries response_format
+`responder`: when set, a function of the request body returning the answer text (an engine that answers each
+request on its own: the proposal benchmark runs against it); otherwise every answer is `text`.
 `gate`: a threading.Event; when set on the fake, a stream waits for it after its first chunk (proves the client
 relays tokens before the stream ends). Pytest fixtures `fake_ollama`, `fake_openai` yield started fakes.
 """
@@ -167,6 +169,7 @@ class _FakeEngine:
         self.stall_s = stall_s  # "slow"/"stall" waits at most this long; stop() ends the wait at once
         self.chunks = chunks
         self.gate: threading.Event | None = None
+        self.responder = None
         self.requests: list[RecordedRequest] = []
         self.lock = threading.Lock()
         self.released = threading.Event()
@@ -212,6 +215,9 @@ class _FakeEngine:
 
     def __exit__(self, *exc):
         self.stop()
+
+    def answer_for(self, body: dict) -> str:
+        return self.responder(body) if self.responder is not None else self.text
 
     def posts(self, path: str) -> list[dict]:
         with self.lock:
@@ -268,7 +274,8 @@ class _OllamaHandler(_Handler):
             self.send_json(500, {"error": "llama runner process has terminated: exit status 2"})
             return
         fake.loaded.add(name)
-        pieces = proposal_chunks(fake.text, fake.chunks)
+        text = fake.answer_for(body)
+        pieces = proposal_chunks(text, fake.chunks)
 
         def piece(content: str, done: bool) -> dict:
             obj = {"model": model, "created_at": "2024-01-01T00:00:00Z", "done": done}
@@ -280,7 +287,7 @@ class _OllamaHandler(_Handler):
             return obj
 
         if body.get("stream", True) is False:
-            self.send_json(200, piece(fake.text, True))
+            self.send_json(200, piece(text, True))
             return
         self.start_stream("application/x-ndjson")
         lines = [json.dumps(piece(p, False)).encode() + b"\n" for p in pieces]
@@ -348,12 +355,13 @@ class _OpenAIHandler(_Handler):
         if fake.behaviour == "error":
             self.send_json(500, fake.error_body("CUDA out of memory", "InternalServerError", 500))
             return
-        pieces = proposal_chunks(fake.text, fake.chunks)
+        text = fake.answer_for(body)
+        pieces = proposal_chunks(text, fake.chunks)
         usage = {"prompt_tokens": fake.prompt_tokens, "completion_tokens": len(pieces),
                  "total_tokens": fake.prompt_tokens + len(pieces)}
         if not body.get("stream"):
             self.send_json(200, {"id": "chatcmpl-1", "object": "chat.completion", "model": model, "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": fake.text}, "finish_reason": "stop"}],
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                 "usage": usage})
             return
 

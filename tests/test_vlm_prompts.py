@@ -85,14 +85,25 @@ def test_empty_request_or_schema_is_refused():
         build_prompt([], {}, "x", model_title="Rover", has_images=False, has_render=False)
 
 
-def test_json_schema_lists_parameter_names_and_required_fields():
+def test_json_schema_constrains_each_change_to_a_real_parameter_of_its_type_and_range():
+    from jsonschema import Draft202012Validator
+
     schema = proposal_json_schema(SCHEMA)
     json.dumps(schema)  # must be serialisable as-is for an engine's `format` field
-    item = schema["properties"]["changes"]["items"]
-    assert item["properties"]["parameter"]["enum"] == ["wheel_diameter", "wheel_count", "head_tilt",
-                                                       "camera_enabled"]
-    assert set(item["required"]) == {"parameter", "value", "reason"}
-    assert set(schema["required"]) == {"summary", "changes"}
+    Draft202012Validator.check_schema(schema)
+    valid = Draft202012Validator(schema).is_valid
+
+    def answer(*changes):
+        return {"summary": "s", "changes": [{"parameter": n, "value": v, "reason": "r"} for n, v in changes]}
+
+    assert valid(answer(("wheel_diameter", 160), ("wheel_count", 3), ("head_tilt", -12.5), ("camera_enabled", True)))
+    assert valid(answer())
+    assert not valid(answer(("wheel_diameter", 250)))  # above its maximum
+    assert not valid(answer(("wheel_count", 2.5)))  # an integer parameter
+    assert not valid(answer(("camera_enabled", 1)))  # a bool parameter
+    assert not valid(answer(("wheel_size", 100)))  # not a parameter
+    assert not valid({"changes": []}) and not valid({**answer(), "extra": 1})
+    assert not valid({"summary": "s", "changes": [{"parameter": "wheel_diameter", "value": 100}]})  # no reason
 
 
 def test_an_answer_in_the_requested_format_parses_cleanly():

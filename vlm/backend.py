@@ -50,6 +50,11 @@ class GenerateResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     timings: dict = field(default_factory=dict)  # seconds: e.g. {"generate": 1.2, "first_token": 0.3}
+    finish_reason: str | None = None  # "stop", or "length" when max_new_tokens cut the answer off
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
 
 
 class Backend(abc.ABC):

@@ -200,7 +200,8 @@ class FinetunedBackend(Backend):
             return GenerateResult(text=event.get("text") or "", model=self._model_label(),
                                   prompt_tokens=event.get("prompt_tokens"),
                                   completion_tokens=event.get("completion_tokens"),
-                                  timings=dict(event.get("timings") or {}))
+                                  timings=dict(event.get("timings") or {}),
+                                  finish_reason=event.get("finish_reason"))
         elif kind == "error":
             if event.get("code") == "cancelled":
                 raise GenerationCancelled()

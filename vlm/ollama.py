@@ -167,7 +167,8 @@ class OllamaBackend(Backend):
             if value is not None:
                 timings[name] = value
         return GenerateResult(text=text, model=self.model, prompt_tokens=final.get("prompt_eval_count"),
-                              completion_tokens=final.get("eval_count"), timings=timings)
+                              completion_tokens=final.get("eval_count"), timings=timings,
+                              finish_reason=final.get("done_reason"))
 
     def unload(self) -> None:
         """Ask Ollama to drop the model now (documented: no messages, keep_alive 0). Idempotent."""

@@ -95,8 +95,8 @@ class OpenAICompatBackend(Backend):
         if stream:
             body["stream_options"] = {"include_usage": True}
         if with_format and request.json_schema:
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "proposal", "schema": request.json_schema}}
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "proposal", "schema": request.json_schema, "strict": True}}
         return body
 
     def generate(self, request: GenerateRequest, on_token: TokenCallback | None = None) -> GenerateResult:
@@ -119,6 +119,7 @@ class OpenAICompatBackend(Backend):
         self._check(resp, "chat completion (POST /chat/completions)")
         usage: dict = {}
         first_token_s = None
+        finish_reason = None
         if stream:
             pieces: list[str] = []
             for line in self.http.lines(resp, deadline, read_timeout):
@@ -134,6 +135,7 @@ class OpenAICompatBackend(Backend):
                 if isinstance(chunk.get("usage"), dict):
                     usage = chunk["usage"]
                 for choice in chunk.get("choices") or []:
+                    finish_reason = choice.get("finish_reason") or finish_reason
                     piece = (choice.get("delta") or {}).get("content") or ""
                     if piece:
                         if first_token_s is None:
@@ -150,12 +152,14 @@ class OpenAICompatBackend(Backend):
             if not choices:
                 raise BackendError(f"{self.url} answered without choices", code="engine_error", status=502)
             text = (choices[0].get("message") or {}).get("content") or ""
+            finish_reason = choices[0].get("finish_reason")
             usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         timings = {"generate": round(time.monotonic() - started, 6)}
         if first_token_s is not None:
             timings["first_token"] = first_token_s
         return GenerateResult(text=text, model=self.model, prompt_tokens=usage.get("prompt_tokens"),
-                              completion_tokens=usage.get("completion_tokens"), timings=timings)
+                              completion_tokens=usage.get("completion_tokens"), timings=timings,
+                              finish_reason=finish_reason)
 
     def unload(self) -> None:
         """Nothing is held on this side: the remote engine keeps its model loaded as it sees fit."""

@@ -12,7 +12,7 @@ MAX_DESCRIPTION_CHARS = 90
 ANSWER_FORMAT = ('{"summary": "<one or two sentences>", "changes": [{"parameter": "<name from the table>", '
                  '"value": <number, or true/false>, "reason": "<short reason>"}]}')
 
-_SYSTEM = """You are a CAD design assistant for the parametric model "{title}". You suggest changes to its \
+SYSTEM_TEMPLATE = """You are a CAD design assistant for the parametric model "{title}". You suggest changes to its \
 parameters; you never write code.
 Answer with ONLY one JSON object, no other text and no code fences:
 {fmt}
@@ -62,7 +62,7 @@ def build_prompt(schema: list[dict], values: dict, request: str, *, model_title:
         raise ValueError("the request is empty: say what you want to change")
     if not schema:
         raise ValueError("the model has no parameters to change")
-    system = _SYSTEM.format(title=_one_line(model_title, 80), fmt=ANSWER_FORMAT)
+    system = SYSTEM_TEMPLATE.format(title=_one_line(model_title, 80), fmt=ANSWER_FORMAT)
     parts = [f"Parameters of {_one_line(model_title, 80)}:", parameter_table(schema, values)]
     images = _images_text(has_images, has_render)
     if images:
@@ -72,29 +72,33 @@ def build_prompt(schema: list[dict], values: dict, request: str, *, model_title:
     return system, "\n\n".join(parts)
 
 
+def _value_schema(param: dict) -> dict:
+    kind = param.get("type", "float")
+    if kind == "bool":
+        return {"type": "boolean"}
+    out: dict = {"type": "integer" if kind == "int" else "number"}
+    if param.get("min") is not None:
+        out["minimum"] = param["min"]
+    if param.get("max") is not None:
+        out["maximum"] = param["max"]
+    return out
+
+
 def proposal_json_schema(schema: list[dict]) -> dict:
-    """JSON Schema of the answer, for engines with structured output (Ollama's `format`, OpenAI's
-    `response_format`). Ranges are checked by `vlm.proposals`, not here: a schema cannot tie a value's range to
-    the parameter named next to it without one branch per parameter, which small engines handle poorly."""
-    names = [p["name"] for p in schema]
+    """JSON Schema of the answer, for engines that constrain decoding to it (Ollama's `format`, OpenAI's
+    `response_format` with strict): one branch per parameter, so a change names a real parameter and its value has
+    the parameter's type and range. `vlm.proposals` still validates every answer (not every engine enforces
+    every keyword: llama.cpp's grammar ignores float bounds, for one)."""
+    branches = [{
+        "type": "object",
+        "properties": {"parameter": {"type": "string", "enum": [p["name"]]}, "value": _value_schema(p),
+                       "reason": {"type": "string"}},
+        "required": ["parameter", "value", "reason"],
+        "additionalProperties": False,
+    } for p in schema]
     return {
         "type": "object",
-        "properties": {
-            "summary": {"type": "string"},
-            "changes": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "parameter": {"type": "string", "enum": names},
-                        "value": {"type": ["number", "boolean"]},
-                        "reason": {"type": "string"},
-                    },
-                    "required": ["parameter", "value", "reason"],
-                    "additionalProperties": False,
-                },
-            },
-        },
+        "properties": {"summary": {"type": "string"}, "changes": {"type": "array", "items": {"anyOf": branches}}},
         "required": ["summary", "changes"],
         "additionalProperties": False,
     }

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlm.answer_text import choose_blocks, flat_map_items, markdown_items, prose_items, split_reasoning
 from vlm.tolerant_json import find_json_values
 from vlm.units import BadValue, coerce_value, format_quantity
 
@@ -143,22 +144,41 @@ def _is_template(container: dict) -> bool:
     return bool(names) and all(isinstance(n, str) and n.strip().startswith("<") for n in names)
 
 
-def _pick_answer(values: list[Any]) -> tuple[str, Any] | None:
-    """(summary, changes) from the JSON values found, preferring the last object with a non-empty changes list."""
-    containers = [d for v in values for d in _walk_dicts(v)
-                  if isinstance(_first_key(d, _CHANGES_KEYS), (list, dict))]
-    if containers:
-        containers = [d for d in containers if not _is_template(d)] or containers
-        non_empty = [d for d in containers if _first_key(d, _CHANGES_KEYS)]
-        chosen = (non_empty or containers)[-1]
-        summary = _first_key(chosen, _SUMMARY_KEYS)
-        return (summary if isinstance(summary, str) else ""), _first_key(chosen, _CHANGES_KEYS)
+def _containers(value: Any) -> list[dict]:
+    """Answer objects (with a changes key) inside one JSON value, outermost first, echoes of the format left out
+    unless nothing else is there."""
+    found = [d for d in _walk_dicts(value) if isinstance(_first_key(d, _CHANGES_KEYS), (list, dict))]
+    return [d for d in found if not _is_template(d)] or found
+
+
+def _structured(text: str, blobs: list, schema: list[dict], warnings: list[str]) -> tuple[str, list] | None:
+    """(summary, items) from the JSON in the answer (see vlm.answer_text), or None when it holds no changes."""
+    blocks = []
+    for blob in blobs:
+        containers = _containers(blob.value)
+        if containers:
+            blocks.append((blob.start, blob.end, containers[0]))
+    blocks = [b for b in blocks if not _is_template(b[2])] or blocks  # an echo of the format is not an answer
+    if blocks:
+        with_changes = [b for b in blocks if _first_key(b[2], _CHANGES_KEYS)] or blocks[-1:]
+        chosen, dropped = choose_blocks(text, with_changes)
+        if dropped:
+            warnings.append("an earlier draft in the answer was ignored; only its final changes were read")
+        summaries = [s for s in (_first_key(c, _SUMMARY_KEYS) for c in chosen) if isinstance(s, str) and s.strip()]
+        items = [item for c in chosen for item in _change_items(_first_key(c, _CHANGES_KEYS))]
+        return (summaries[-1] if summaries else ""), items
+    values = [b.value for b in blobs]
     lists = [v for v in values if isinstance(v, list) and v and any(_looks_like_change(i) for i in v)]
     if lists:
-        return "", lists[-1]
+        return "", _change_items(lists[-1])
     singles = [v for v in values if _looks_like_change(v)]
     if singles:
-        return "", singles
+        return "", _change_items(singles)
+    resolve = lambda name: resolve_parameter(name, schema)[0]  # noqa: E731
+    flat = [item for v in values for item in flat_map_items(v, resolve, _SUMMARY_KEYS)]
+    if flat:
+        summaries = [v.get(k) for v in values if isinstance(v, dict) for k in v if str(k).lower() in _SUMMARY_KEYS]
+        return next((x for x in reversed(summaries) if isinstance(x, str)), ""), flat
     return None
 
 
@@ -216,26 +236,49 @@ def _validate(name: Any, raw_value: Any, has_value: bool, reason: Any,
     return Proposal(canonical, value, current, reason_text, True)
 
 
-def parse_model_output(text: str, schema: list[dict], values: dict) -> ParsedAnswer:
-    """Read the model's answer into proposals. Never raises on any text; see the module docstring."""
+def _read_items(text: str, schema: list[dict], warnings: list[str]) -> tuple[str, list] | str:
+    """(summary, items), or the reason no change list could be read."""
+    visible, had_reasoning = split_reasoning(text)
+    blobs = find_json_values(visible)
+    found = _structured(visible, blobs, schema, warnings)
+    if found is None and (table := markdown_items(visible)):
+        warnings.append("the changes were read from a markdown table")
+        found = ("", table)
+    if found is None and (prose := prose_items(visible, schema)):
+        warnings.append("the values were read from the answer's prose, not JSON: check them before applying")
+        found = ("", prose)
+    if found is not None:
+        if any(b.truncated for b in blobs):
+            warnings.append("the answer was cut off before its JSON ended; only complete changes were read")
+        return found
+    if had_reasoning and find_json_values(text):
+        return ("the answer's JSON is only inside its <think> reasoning, which is a draft, not the answer; "
+                f"expected {EXPECTED_FORMAT} after it")
+    if not blobs:
+        return f"the model's answer contains no JSON; expected {EXPECTED_FORMAT}"
+    return f"the model's answer has JSON but no list of changes; expected {EXPECTED_FORMAT}"
+
+
+def parse_model_output(text: str, schema: list[dict], values: dict, *, cut_off_at: int | None = None) -> ParsedAnswer:
+    """Read the model's answer into proposals. Never raises on any text; see the module docstring.
+    cut_off_at: the max_new_tokens that ended the answer early (finish reason "length"), when it did."""
     if not isinstance(text, str):
         return ParsedAnswer("", [], "the model returned no text")
     warnings: list[str] = []
+    if cut_off_at:
+        warnings.append(f"the answer was cut off at max_new_tokens ({cut_off_at}); raise max_new_tokens for a "
+                        "complete answer")
     if len(text) > MAX_TEXT_CHARS:
         warnings.append(f"the answer was longer than {MAX_TEXT_CHARS} characters; only its start was read")
         text = text[:MAX_TEXT_CHARS]
-    blobs = find_json_values(text)
-    if not blobs:
-        return ParsedAnswer("", [], f"the model's answer contains no JSON; expected {EXPECTED_FORMAT}", warnings)
-    picked = _pick_answer([b.value for b in blobs])
-    if picked is None:
-        return ParsedAnswer("", [], "the model's answer has JSON but no list of changes; "
-                                    f"expected {EXPECTED_FORMAT}", warnings)
-    summary, changes = picked
-    if any(b.truncated for b in blobs):
-        warnings.append("the answer was cut off before its JSON ended; only complete changes were read")
+    found = _read_items(text, schema, warnings)
+    if isinstance(found, str):
+        if cut_off_at:
+            found += f" (the answer was cut off at max_new_tokens={cut_off_at}: raise max_new_tokens)"
+        return ParsedAnswer("", [], found, warnings)
+    summary, items = found
     by_name = {p["name"]: p for p in schema}
-    proposals = [_validate(n, v, has, r, by_name, schema, values) for n, v, has, r in _change_items(changes)]
+    proposals = [_validate(n, v, has, r, by_name, schema, values) for n, v, has, r in items]
     # Several changes to one parameter: the last one wins, the earlier ones are shown as rejected.
     last_index: dict[str, int] = {}
     for i, p in enumerate(proposals):

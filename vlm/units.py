@@ -67,6 +67,13 @@ def format_number(v: Any) -> str:
     return str(v)
 
 
+def tidy_number(value: Any) -> Any:
+    """Whole floats as integers (300, not 300.0), as the prompt's parameter table writes them."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
+        return int(value)
+    return value
+
+
 def format_quantity(v: Any, unit: str) -> str:
     if not unit:
         return format_number(v)
@@ -109,10 +116,20 @@ def _needs_current(current: Any, text: str) -> float:
     return float(current)
 
 
+_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+
+
+def _commas(s: str) -> str:
+    """Thousands separators go ("1,200" is 1200); any other comma between digits is a decimal comma ("12,5")."""
+    if _THOUSANDS.search(s):
+        return _THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), s)
+    return re.sub(r"(?<=\d),(?=\d)", ".", s)
+
+
 def _parse_numeric_text(text: str, param: dict, current: Any) -> float:
     unit = str(param.get("unit") or "")
-    s = text.strip().lower().replace(",", "")
-    s = re.sub(r"^(?:~|≈|about|approx\.?|approximately|around)\s*", "", s)
+    s = _commas(text.strip().lower())
+    s = re.sub(r"^(?:~|≈|about|approx\.?|approximately|around|roughly|circa|ca\.)\s*", "", s)
     s = re.sub(r"\s+", " ", s)
     if m := _PCT_SUFFIX_RE.match(s):
         pct = _num(m.group(1), m.group(2))

@@ -9,7 +9,7 @@ parent -> worker: {"op": "load", "base", "adapter", "dtype", "device_map", "defa
                   {"op": "cancel", "id"} | {"op": "status"} | {"op": "shutdown"}
 worker -> parent: {"event": "progress", "fraction", "phase"} | {"event": "ready", "info": {...}}
                   {"event": "token", "id", "text"} | {"event": "done", "id", "text", "prompt_tokens",
-                  "completion_tokens", "timings"} | {"event": "error", "id", "message", "code"}
+                  "completion_tokens", "timings", "finish_reason"} | {"event": "error", "id", "message", "code"}
                   {"event": "status", "rss_bytes", "gpu_bytes", "busy"} | {"event": "adapter_set", "id", "info"}
 Exiting the process is how every byte of RAM and GPU memory (CUDA context included) goes back.
 """
@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from vlm.adapter_slots import AdapterError, AdapterSlots, same_base
+from vlm.train_data import chat_messages
 
 log = logging.getLogger("vlm.worker")
 
@@ -245,11 +246,7 @@ class Engine:
         req_id = msg.get("id")
         t0 = time.perf_counter()
         images = [_decode_image(b) for b in msg.get("images") or []]
-        messages = []
-        if msg.get("system"):
-            messages.append({"role": "system", "content": [{"type": "text", "text": msg["system"]}]})
-        parts = [{"type": "image"} for _ in images] + [{"type": "text", "text": msg.get("prompt") or ""}]
-        messages.append({"role": "user", "content": parts})
+        messages = chat_messages(msg.get("system") or "", msg.get("prompt") or "", len(images))
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = self.processor(text=text, images=images or None, return_tensors="pt")
         device, dtype = self.model.device, self.model.dtype
@@ -292,23 +289,27 @@ class Engine:
                 return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
         temperature = float(msg.get("temperature") or 0.0)
+        max_new_tokens = int(msg.get("max_new_tokens") or 512)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         streamer = Stream()
         with torch.inference_mode():
             output = self.model.generate(
-                **inputs, max_new_tokens=int(msg.get("max_new_tokens") or 512), streamer=streamer,
+                **inputs, max_new_tokens=max_new_tokens, streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([Cancelled()]), pad_token_id=tokenizer.pad_token_id,
                 **sampling)
         if cancel.is_set():
             raise WorkerError("generation was cancelled", "cancelled")
         new_ids = output[0, prompt_len:].tolist()
         final = tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        finish = "stop" if (new_ids and new_ids[-1] in eos_ids) or len(new_ids) < max_new_tokens else "length"
         end = time.perf_counter()
         timings = {"generate": round(end - t0, 4)}
         if first_token:
             timings["first_token"] = round(first_token[0] - t0, 4)
         self.channel.send("done", id=req_id, text=final, prompt_tokens=prompt_len,
-                          completion_tokens=len(new_ids), timings=timings)
+                          completion_tokens=len(new_ids), timings=timings, finish_reason=finish)
 
     def status(self) -> dict:
         import psutil
