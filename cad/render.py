@@ -17,8 +17,6 @@ _MARGIN = 0.06
 _CHUNK_PIXELS = 1_500_000  # candidate pixels per vectorised batch: bounds peak memory at large sizes
 
 
-
-
 def _camera(view: str) -> tuple[np.ndarray, np.ndarray]:
     """(direction from the model towards the camera, up hint)."""
     z_up = np.array([0.0, 0.0, 1.0])
@@ -43,14 +41,20 @@ def render_png(meshes: list[PartMesh], view: str = "iso", size: int = 384) -> by
     return buffer.getvalue()
 
 
-def render_array(meshes: list[PartMesh], view: str, size: int) -> np.ndarray:
-    """RGB uint8 image (size, size, 3)."""
+def render_array(meshes: list[PartMesh], view: str, size: int, *, direction=None,
+                 background=None) -> np.ndarray:
+    """RGB uint8 image (size, size, 3). ``direction`` (from the model towards the camera) overrides the view's own,
+    keeping its up hint, e.g. for a slightly jittered camera; ``background`` is an RGB triple in 0..255."""
     towards_camera, up_hint = _camera(view)
+    if direction is not None:
+        towards_camera = np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
+        if abs(float(towards_camera @ up_hint)) > 0.98:  # looking along the up hint: take another one
+            up_hint = np.array([1.0, 0.0, 0.0])
     right = np.cross(-towards_camera, up_hint)
     right /= np.linalg.norm(right)
     up = np.cross(right, -towards_camera)
     image = np.empty((size, size, 3), dtype=np.float32)
-    image[:] = BACKGROUND
+    image[:] = BACKGROUND if background is None else np.asarray(background, dtype=np.float32)
     meshes = [m for m in meshes if len(m.triangles)]
     if not meshes:
         return image.astype(np.uint8)

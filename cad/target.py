@@ -315,6 +315,42 @@ def occupancy_residuals(built, target: LoadedTarget, resolution: int = 64, blur:
             "residuals": (mine - goal).ravel()}
 
 
+def exact_iou(solid, other) -> float:
+    """Volumetric IoU of two solids by B-rep booleans. Raises ValueError when OCC's answer cannot be trusted."""
+    if not solid.isValid():
+        raise ValueError("the model's parts do not fuse into a valid solid")
+    volume, other_volume = solid.Volume(), other.Volume()
+    common = solid.intersect(other).Volume()
+    if not -1e-6 <= common <= min(volume, other_volume) * (1 + 1e-6) + 1e-6:
+        raise ValueError(f"the boolean gave an impossible intersection volume {common:g}")
+    union = volume + other_volume - common
+    # OCC's booleans can go wrong without an error where faces coincide (a wall exactly as thick as the
+    # target's): the intersection and the union must agree, or neither is trusted.
+    fused = solid.fuse(other).Volume()
+    if abs(fused - union) > EXACT_TOLERANCE * max(fused, union):
+        raise ValueError(f"the booleans disagree (intersection implies a union of {union:.6g} mm^3, the "
+                         f"union measures {fused:.6g} mm^3)")
+    return common / union if union > 0 else 1.0
+
+
+def state_iou(script_path: str, values: dict, target_values: dict) -> dict:
+    """IoU of one model built with two parameter states: exact B-rep where possible, else along rays (mesh).
+    ``{"iou", "method"}``; identical states are 1.0 without building."""
+    from cad.build import build_model
+    from cad.voxel import DEFAULT_RESOLUTION, mesh_iou
+
+    if values == target_values:
+        return {"iou": 1.0, "method": "identical"}
+    built, goal = build_model(script_path, values), build_model(script_path, target_values)
+    try:
+        return {"iou": float(min(max(exact_iou(_fused_model(built), _fused_model(goal)), 0.0), 1.0)),
+                "method": "exact"}
+    except Exception as exc:  # noqa: BLE001 - OCC booleans can fail on awkward geometry
+        log.info("exact IoU between states not possible (%s); using the mesh estimate", exc)
+    voxel = mesh_iou(_model_mesh(built), _model_mesh(goal), DEFAULT_RESOLUTION, rays=True)
+    return {"iou": float(min(max(voxel["iou"], 0.0), 1.0)), "method": "mesh"}
+
+
 def compare_model(script_path: str, values: dict, target_path: str, method: str = "auto",
                   resolution: int | None = None, blur: float = 0.0, profile: bool = False,
                   rays: bool = False, detail: bool = True, field: dict | None = None) -> dict:
@@ -340,20 +376,7 @@ def compare_model(script_path: str, values: dict, target_path: str, method: str 
     if method != "mesh" and target.solid is not None:
         try:
             model_solid = _fused_model(built)
-            if not model_solid.isValid():
-                raise ValueError("the model's parts do not fuse into a valid solid")
-            model_volume, target_volume = model_solid.Volume(), target.solid.Volume()
-            common = model_solid.intersect(target.solid).Volume()
-            if not -1e-6 <= common <= min(model_volume, target_volume) * (1 + 1e-6) + 1e-6:
-                raise ValueError(f"the boolean gave an impossible intersection volume {common:g}")
-            union = model_volume + target_volume - common
-            # OCC's booleans can go wrong without an error where faces coincide (a wall exactly as thick as the
-            # target's): the intersection and the union must agree, or neither is trusted.
-            fused = model_solid.fuse(target.solid).Volume()
-            if abs(fused - union) > EXACT_TOLERANCE * max(fused, union):
-                raise ValueError(f"the booleans disagree (intersection implies a union of {union:.6g} mm^3, the "
-                                 f"union measures {fused:.6g} mm^3)")
-            result = {"iou": common / union if union > 0 else 1.0, "method": "exact"}
+            result = {"iou": exact_iou(model_solid, target.solid), "method": "exact"}
         except Exception as exc:  # OCC booleans can fail on awkward geometry; the mesh estimate still works
             log.info("exact IoU not possible (%s); using the mesh estimate", exc)
             result = {"fallback_reason": str(exc)}
