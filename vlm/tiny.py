@@ -22,6 +22,8 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<vi
 IMAGE_SIDE = 56
 PATCH = 14
 PINPOINTS = [[56, 56], [56, 112], [112, 56], [112, 112]]
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
 NUM_IMAGE_TOKENS = (IMAGE_SIDE // PATCH) ** 2
 
 # ChatML like LLaVA-OneVision's own template; accepts plain-string or list-of-parts content.
@@ -44,19 +46,42 @@ _CORPUS = [
     "You are a CAD optimisation assistant. Answer with JSON proposals only.",
     "0123456789 mm cm deg % + - * / = ( ) [ ] { } : ; , . ! ?",
 ]
+# Everyday English of mechanical design, so the tokenizer compresses text roughly as a real one does (a real
+# LLaVA-OneVision tokenizer knows every English word; 512 byte pairs learnt from the lines above alone split most
+# words into letters, which makes prompts 50% longer than they need to be).
+_ENGLISH = (
+    "the a an of to in on at by for with from and or not no is are be should would could make set change keep "
+    "use add take off increase decrease reduce raise lower larger smaller bigger longer shorter wider narrower "
+    "thicker thinner higher more less about around roughly please need want like looks right this that it as "
+    "each every all both one two three four number count parameter parameters value values current range unit "
+    "units description name model design part parts shape reference photo image images render view match "
+    "length width height depth thickness diameter radius size distance spacing offset position angle rotation "
+    "centre center top bottom front back side left right inner outer edge corner face hole holes slot slots "
+    "wall floor lid lip base leg legs arm arms plate body box frame mount bracket shaft bearing housing bolt "
+    "screw boss vent gusset fillet chamfer wheel wheels axle head fork sensor chassis mast pan tilt show hide "
+    "include remove true false integer summary changes reason requested answer request"
+)
 
 
-def _train_tokenizer(vocab_size: int = 512):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _train_tokenizer(vocab_size: int = 2048):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
+    from vlm.prompts import ANSWER_FORMAT, SYSTEM_TEMPLATE
+
     raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Qwen2's own pre-tokenizer (single digits), which Qwen2TokenizerFast also applies when it encodes
+    raw.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     raw.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
-    raw.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    words = _ENGLISH.split()
+    # as the words appear in prompts: after a space, capitalised, and inside snake_case names ("_length")
+    corpus = _CORPUS + [SYSTEM_TEMPLATE, ANSWER_FORMAT, " ".join(words), " ".join(w.capitalize() for w in words),
+                        " ".join("_" + w for w in words)]
+    raw.train_from_iterator(corpus * 4, trainer=trainer)
     data = json.loads(raw.to_str())
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["model"]["merges"]]
     tokenizer = Qwen2TokenizerFast(vocab=data["model"]["vocab"], merges=merges)

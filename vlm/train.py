@@ -1,46 +1,57 @@
-"""Train a LoRA adapter for LLaVA-OneVision on the examples the UI logged (`vlm.dataset`).
+"""Train a LoRA adapter for LLaVA-OneVision on a dataset of examples (`vlm.dataset`: UI decisions, `vlm.synth`).
 
-    python -m vlm.train --data data/dataset --base llava-hf/llava-onevision-qwen2-7b-ov-hf --out runs/my-lora
-    python -m vlm.train ... --resume          # continue from the latest out/checkpoints/step-N
+    python -m vlm.train --data data/synth --base llava-hf/llava-onevision-qwen2-7b-ov-hf --out runs/my-lora
+    python -m vlm.train ... --resume                      # continue from the latest out/checkpoints/step-N
+    python -m vlm.train ... --init-adapter runs/old-lora  # start from an existing adapter (a new run)
 
-Writes out/adapter_config.json + adapter_model.safetensors (PEFT's save_pretrained: the server and
-`POST /api/vlm/adapter` load it), out/training_summary.json and out/loss_curve.png. Checkpoints (adapter, optimizer,
-scheduler, RNG state) go to out/checkpoints/step-N every --save-every optimizer steps. The example order is a
-function of --seed and the epoch, so a resumed run sees the same examples it would have seen without the stop.
-Runs in its own process (torch is imported here, never by the web server).
+Trains on the dataset's train split and validates on its val split (or --val-data): the validation loss and the
+proposal benchmark's task metrics (`vlm.metrics`: answers that parse, valid proposals, precision/recall of the
+changed parameters, parameter error before/after) every --eval-every steps and at the end. The adapter of the
+best validation (lowest parameter error after applying, else lowest loss) is kept in out/best and published as the
+run's adapter in out/ (adapter_config.json + adapter_model.safetensors, what the server loads), with
+training_summary.json (loss curve, validation history, best step, example counts; the UI's adapter picker shows
+it) and loss_curve.png. Without --epochs/--grad-accum the schedule is sized from the dataset (see
+`plan_schedule`). Checkpoints go to out/checkpoints/step-N; the example order is a function of --seed and the
+epoch, so a resumed run sees the examples it would have seen without the stop. Runs in its own process (torch is
+imported here, never by the web server).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
 import random
-import re
 import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 
+from vlm.train_io import BEST, CHECKPOINTS, atomic_json, latest_checkpoint, plot_losses, publish_adapter, restore, \
+    save_best, save_checkpoint
+
 log = logging.getLogger("vlm.train")
 
 DEFAULT_BASE = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
 # The language model's attention projections only: SigLIP's layers also have q_proj/k_proj/v_proj.
 DEFAULT_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"
+MIN_STEPS = 200  # the automatic schedule aims for at least this many optimizer steps ...
+MIN_EPOCHS, MAX_EPOCHS = 3, 30  # ... within these bounds on the epochs
+EVALS_PER_RUN = 8  # automatic --eval-every
+MAX_LOSS_EXAMPLES = 64  # validation loss over at most this many examples (it runs at every evaluation)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m vlm.train", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, type=Path, help="dataset folder (or server data dir) or an export")
+    p.add_argument("--val-data", type=Path, help="validation dataset (default: the val split of --data)")
+    p.add_argument("--split-seed", type=int, default=0, help="split of examples that carry none (UI logs)")
     p.add_argument("--base", default=DEFAULT_BASE, help="base model: local folder or Hugging Face name")
     p.add_argument("--out", required=True, type=Path, help="run folder, e.g. runs/NAME")
-    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--epochs", type=float, default=0, help="0: sized from the dataset")
     p.add_argument("--max-steps", type=int, default=0, help="optimizer steps; overrides --epochs when > 0")
-    p.add_argument("--grad-accum", type=int, default=8, help="examples per optimizer step")
+    p.add_argument("--grad-accum", type=int, default=0, help="examples per optimizer step (0: sized from the data)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--warmup-steps", type=int, default=-1, help="-1: 5%% of the steps")
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -49,7 +60,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=int, default=32)
     p.add_argument("--dropout", type=float, default=0.05)
     p.add_argument("--target-modules", default=DEFAULT_TARGET, help="regex over module names")
+    p.add_argument("--init-adapter", type=Path, help="start from this adapter's weights instead of a new LoRA")
     p.add_argument("--max-length", type=int, default=8192, help="longer examples are skipped")
+    p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: about 8 times, -1: only "
+                                                               "at the end)")
+    p.add_argument("--eval-examples", type=int, default=16, help="validation answers generated for the task "
+                                                                  "metrics (0: loss only)")
+    p.add_argument("--eval-max-new-tokens", type=int, default=256)
+    p.add_argument("--select-by", choices=["auto", "error_after", "eval_loss"], default="auto",
+                   help="what makes a checkpoint the best (auto: error_after when task metrics run)")
+    p.add_argument("--models-dir", action="append", type=Path, default=[], help="extra folder of model scripts")
     p.add_argument("--save-every", type=int, default=50, help="checkpoint every N optimizer steps (0: only at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=3)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out/checkpoints")
@@ -61,27 +81,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs a line per step instead)")
     args = p.parse_args(argv)
-    for name in ("grad_accum", "r", "alpha", "max_length"):
+    for name in ("r", "alpha", "max_length"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.epochs <= 0 and args.max_steps <= 0:
-        p.error("give --epochs > 0 or --max-steps > 0")
+    if args.epochs < 0 or args.grad_accum < 0 or args.max_steps < 0:
+        p.error("--epochs, --grad-accum and --max-steps cannot be negative")
+    if args.resume and args.init_adapter:
+        p.error("--resume continues a checkpoint; --init-adapter starts a new run: give one of them")
     return args
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    found = []
-    for folder in (out / CHECKPOINTS).glob("step-*"):
-        match = re.fullmatch(r"step-(\d+)", folder.name)
-        if match and (folder / STATE_FILE).is_file():
-            found.append((int(match.group(1)), folder))
-    return max(found)[1] if found else None
+def plan_schedule(n: int, args) -> tuple[int, float, int]:
+    """(grad_accum, epochs, optimizer steps). Without explicit values: up to 8 examples per step (fewer on a small
+    dataset, so it still takes many steps), and enough epochs for about MIN_STEPS steps within 3..30 epochs."""
+    grad_accum = args.grad_accum or min(8, max(1, n // 32))
+    epochs = args.epochs or float(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_STEPS * grad_accum / n))))
+    total = args.max_steps if args.max_steps > 0 else max(1, math.ceil(n * epochs / grad_accum))
+    return grad_accum, epochs, total
 
 
 def _pick_device_dtype(args):
@@ -100,7 +116,8 @@ def _base_ref(base: str) -> str:
     return str(path.resolve()) if path.is_dir() else base
 
 
-def build_model(args, checkpoint: Path | None, device, dtype):
+def build_model(args, start_from: Path | None, device, dtype):
+    """The base model with a trainable LoRA: a new one, or the weights of `start_from` (checkpoint or adapter)."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
 
@@ -115,8 +132,8 @@ def build_model(args, checkpoint: Path | None, device, dtype):
         model.enable_input_require_grads()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft calls a transformers API deprecated in v5
-        if checkpoint is not None:
-            model = PeftModel.from_pretrained(model, str(checkpoint), is_trainable=True)
+        if start_from is not None:
+            model = PeftModel.from_pretrained(model, str(start_from), is_trainable=True)
         else:
             lora = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout,
                               target_modules=args.target_modules, bias="none")
@@ -136,80 +153,62 @@ def _lr_lambda(total: int, warmup: int):
     return factor
 
 
-def save_checkpoint(out: Path, model, optimizer, scheduler, state: dict, keep: int) -> Path:
-    import torch
+def load_splits(args) -> tuple[list[dict], list[dict]]:
+    from vlm.dataset import load_examples
 
-    root = out / CHECKPOINTS
-    final = root / f"step-{state['step']}"
-    tmp = root / f".step-{state['step']}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, save_embedding_layers=False)  # LoRA weights only, never a full base layer
-    rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
-               tmp / "optimizer.pt")
-    _atomic_json(tmp / STATE_FILE, state)  # written last: a folder without it is incomplete
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    steps = sorted((int(p.name[5:]), p) for p in root.glob("step-*") if p.name[5:].isdigit())
-    for _, old in steps[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    train = load_examples(args.data, split="train", seed=args.split_seed)
+    if args.val_data:
+        val = load_examples(args.val_data, split="val", seed=args.split_seed) or load_examples(args.val_data)
+    else:
+        val = load_examples(args.data, split="val", seed=args.split_seed)
+    if not train:
+        raise SystemExit(f"no usable training examples in {args.data} (examples need a target; rejected answers "
+                         "have none)")
+    if not val:
+        log.warning("no validation examples: the adapter of the last step is kept, without validation figures")
+    return train, val
 
 
-def _restore(checkpoint: Path, optimizer, scheduler) -> dict:
-    import torch
+class Validator:
+    """Validation loss and task metrics at a step; tracks the best record and saves its adapter."""
 
-    blob = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)  # never unpickle code
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    random.setstate(blob["rng"]["python"])
-    torch.set_rng_state(blob["rng"]["torch"])
-    if "cuda" in blob["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
-    return json.loads((checkpoint / STATE_FILE).read_text())
+    def __init__(self, args, model, processor, encoder, val: list[dict], device, dtype, state: dict):
+        from cad.registry import ModelRegistry
+        from vlm.eval import evaluation_items
 
+        self.args, self.model, self.processor, self.encoder = args, model, processor, encoder
+        self.val, self.device, self.dtype, self.state = val, device, dtype, state
+        items, _ = evaluation_items(val, ModelRegistry(extra_dirs=args.models_dir)) if val else ([], None)
+        self.items = items[:max(0, args.eval_examples)]
+        self.metric = ("error_after" if self.items and args.select_by != "eval_loss" else "eval_loss")
 
-def save_final(out: Path, model) -> None:
-    """Adapter files replace the previous ones only once complete (the server may be listing runs/)."""
-    tmp = out / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, save_embedding_layers=False)  # LoRA weights only, never a full base layer
-    for item in tmp.iterdir():
-        os.replace(item, out / item.name)
-    tmp.rmdir()
+    def run(self, step: int) -> dict | None:
+        from vlm.train_eval import task_metrics, validation_loss
 
-
-def plot_losses(path: Path, losses: list[float], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    steps = list(range(1, len(losses) + 1))
-    ax.plot(steps, losses, lw=1, alpha=0.5, label="loss per step")
-    window = max(1, len(losses) // 20)
-    if window > 1:
-        smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
-                  for i in range(len(losses))]
-        ax.plot(steps, smooth, lw=2, label=f"mean of {window}")
-    ax.set(xlabel="optimizer step", ylabel="loss", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+        if not self.val:
+            return None
+        started = time.perf_counter()
+        record = {"step": step, "eval_loss": validation_loss(self.model, self.encoder, self.val[:MAX_LOSS_EXAMPLES],
+                                                             self.device, self.dtype)}
+        if self.items:
+            record.update(task_metrics(self.model, self.processor, self.items, self.args.eval_max_new_tokens,
+                                       self.device, self.dtype))
+        record["eval_s"] = round(time.perf_counter() - started, 3)
+        self.state["evals"].append(record)
+        best = self.state.get("best")
+        value = record.get(self.metric)
+        if value is not None and (best is None or best.get(self.metric) is None or value < best[self.metric]):
+            self.state["best"] = {**record, "metric": self.metric}
+            save_best(self.args.out, self.model, self.state["best"])
+        log.info("validation at step %d: %s", step, {k: (round(v, 4) if isinstance(v, float) else v)
+                                                     for k, v in record.items()})
+        return record
 
 
 def train(args: argparse.Namespace) -> dict:
     import torch
     from tqdm import tqdm
 
-    from vlm.dataset import load_examples
     from vlm.train_data import ExampleEncoder, to_device
 
     out: Path = args.out
@@ -220,28 +219,31 @@ def train(args: argparse.Namespace) -> dict:
         raise SystemExit(f"{out} already has checkpoints: pass --resume to continue or --overwrite to start again")
     if args.overwrite and not args.resume:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    examples = load_examples(args.data)
-    if not examples:
-        raise SystemExit(f"no usable training examples in {args.data}")
+        shutil.rmtree(out / BEST, ignore_errors=True)
+    examples, val = load_splits(args)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     device, dtype, dtype_name = _pick_device_dtype(args)
-    model, processor, trainable = build_model(args, checkpoint, device, dtype)
+    model, processor, trainable = build_model(args, checkpoint or args.init_adapter, device, dtype)
     encoder = ExampleEncoder(processor, max_length=args.max_length)
     n = len(examples)
-    total = args.max_steps if args.max_steps > 0 else max(1, math.ceil(n * args.epochs / args.grad_accum))
+    grad_accum, epochs, total = plan_schedule(n, args)
+    eval_every = args.eval_every if args.eval_every else max(1, total // EVALS_PER_RUN)
     warmup = args.warmup_steps if args.warmup_steps >= 0 else max(1, round(total * 0.05))
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
-    state = {"step": 0, "losses": [], "lrs": [], "elapsed_s": 0.0, "skipped": 0, "base": _base_ref(args.base)}
+    state = {"step": 0, "losses": [], "lrs": [], "elapsed_s": 0.0, "skipped": 0, "base": _base_ref(args.base),
+             "evals": [], "best": None}
     if checkpoint is not None:
-        state = _restore(checkpoint, optimizer, scheduler)
+        state = {"evals": [], "best": None, **restore(checkpoint, optimizer, scheduler)}
         if state.get("base") != _base_ref(args.base):
             raise SystemExit(f"checkpoint {checkpoint} was trained on {state.get('base')}, not {args.base}")
         log.info("resuming from %s (step %d of %d)", checkpoint, state["step"], total)
     out.mkdir(parents=True, exist_ok=True)
-    log.info("%d examples, %d optimizer steps of %d examples, %d trainable parameters, %s on %s", n, total,
-             args.grad_accum, sum(p.numel() for p in trainable), dtype_name, device)
+    log.info("%d training and %d validation examples; %d optimizer steps of %d examples (%g epochs); %d trainable "
+             "parameters, %s on %s", n, len(val), total, grad_accum, epochs, sum(p.numel() for p in trainable),
+             dtype_name, device)
+    validator = Validator(args, model, processor, encoder, val, device, dtype, state)
 
     def example_at(micro: int) -> dict:  # the order depends only on the seed and the epoch: resumable
         epoch, pos = divmod(micro, n)
@@ -256,13 +258,13 @@ def train(args: argparse.Namespace) -> dict:
     while state["step"] < total:
         step = state["step"]
         micro_losses = []
-        for k in range(args.grad_accum):
-            batch = encoder.encode(example_at(step * args.grad_accum + k))
+        for k in range(grad_accum):
+            batch = encoder.encode(example_at(step * grad_accum + k))
             if batch is None:
                 state["skipped"] += 1
                 continue
             loss = model(**to_device(batch, device, dtype)).loss
-            (loss / args.grad_accum).backward()
+            (loss / grad_accum).backward()
             micro_losses.append(float(loss.detach()))
         if args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
@@ -273,34 +275,49 @@ def train(args: argparse.Namespace) -> dict:
         step_loss = sum(micro_losses) / len(micro_losses) if micro_losses else float("nan")
         state["losses"].append(round(step_loss, 6))
         state["step"] = step + 1
-        state["elapsed_s"] = time.perf_counter() - started
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{state['lrs'][-1]:.2e}")
         if args.no_progress:
             log.info("step %d/%d loss %.4f", state["step"], total, step_loss)
+        if state["step"] == total or (eval_every > 0 and state["step"] % eval_every == 0):
+            validator.run(state["step"])
+        state["elapsed_s"] = time.perf_counter() - started
         if (args.save_every > 0 and state["step"] % args.save_every == 0) or state["step"] == total:
             save_checkpoint(out, model, optimizer, scheduler, {**state, "args": _args_json(args)},
                             args.keep_checkpoints)
     bar.close()
-    save_final(out, model)
-    finite = [x for x in state["losses"] if math.isfinite(x)]
-    summary = {
-        "base": _base_ref(args.base), "examples": n, "steps": state["step"],
-        "epochs": round(state["step"] * args.grad_accum / n, 4),
-        "final_loss": finite[-1] if finite else None,
-        "mean_loss": round(sum(finite) / len(finite), 6) if finite else None,
-        "loss_per_step": state["losses"], "lr_per_step": state["lrs"], "skipped_examples": state["skipped"],
-        "time_s": round(state["elapsed_s"], 3), "dtype": dtype_name, "device": str(device),
-        "trainable_params": sum(p.numel() for p in trainable), "resumed_from": str(checkpoint) if checkpoint else None,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": _args_json(args),
-    }
-    _atomic_json(out / "training_summary.json", summary)
-    plot_losses(out / "loss_curve.png", state["losses"], f"LoRA on {Path(args.base).name}: {n} examples")
+    best = state.get("best")
+    publish_adapter(out, out / BEST if best and (out / BEST).is_dir() else None, model)
+    summary = _summary(args, state, checkpoint, n, len(val), grad_accum, epochs, dtype_name, device, trainable,
+                       validator.metric)
+    atomic_json(out / "training_summary.json", summary)
+    plot_losses(out / "loss_curve.png", state["losses"], state["evals"],
+                f"LoRA on {Path(args.base).name}: {n} examples")
     return summary
 
 
+def _summary(args, state, checkpoint, n, n_val, grad_accum, epochs, dtype_name, device, trainable, metric) -> dict:
+    finite = [x for x in state["losses"] if math.isfinite(x)]
+    evals = state["evals"]
+    return {
+        "base": _base_ref(args.base), "examples": n, "val_examples": n_val, "steps": state["step"],
+        "grad_accum": grad_accum, "epochs_planned": epochs, "epochs": round(state["step"] * grad_accum / n, 4),
+        "final_loss": finite[-1] if finite else None,
+        "mean_loss": round(sum(finite) / len(finite), 6) if finite else None,
+        "loss_per_step": state["losses"], "lr_per_step": state["lrs"], "skipped_examples": state["skipped"],
+        "evals": evals, "final_eval": evals[-1] if evals and evals[-1]["step"] == state["step"] else None,
+        "best": state.get("best"), "selected_by": metric,
+        "adapter_step": (state.get("best") or {}).get("step", state["step"]),
+        "time_s": round(state["elapsed_s"], 3), "dtype": dtype_name, "device": str(device),
+        "trainable_params": sum(p.numel() for p in trainable), "resumed_from": str(checkpoint) if checkpoint else None,
+        "init_adapter": str(args.init_adapter) if args.init_adapter else None,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": _args_json(args),
+    }
+
+
 def _args_json(args: argparse.Namespace) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
+            for k, v in vars(args).items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,8 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
     summary = train(args)
-    print(f"trained {summary['steps']} steps ({summary['epochs']} epochs) in {summary['time_s']} s: "
-          f"final loss {summary['final_loss']}, mean {summary['mean_loss']}")
+    best = summary.get("best")
+    print(f"trained {summary['steps']} steps ({summary['epochs']} epochs) on {summary['examples']} examples in "
+          f"{summary['time_s']} s: final loss {summary['final_loss']}")
+    if best:
+        shown = {k: round(v, 4) for k, v in best.items() if isinstance(v, float)}
+        print(f"best validation at step {best['step']} (by {summary['selected_by']}): {shown}")
     print(f"adapter: {args.out}")
     return 0
 

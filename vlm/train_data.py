@@ -19,11 +19,12 @@ def target_text(example: dict) -> str:
     return json.dumps(example["target"], ensure_ascii=False)
 
 
-def chat_messages(example: dict, n_images: int) -> list[dict]:
+def chat_messages(system: str, user: str, n_images: int) -> list[dict]:
+    """The chat the model sees, as the serving worker and training both build it: images before the text."""
     messages = []
-    if example.get("system"):
-        messages.append({"role": "system", "content": [{"type": "text", "text": example["system"]}]})
-    parts = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": example["user"]}]
+    if system:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+    parts = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": user}]
     messages.append({"role": "user", "content": parts})
     return messages
 
@@ -35,7 +36,8 @@ class ExampleEncoder:
         self.processor = processor
         self.max_length = max_length
 
-    def _images(self, example: dict) -> list:
+    @staticmethod
+    def _images(example: dict) -> list:
         from PIL import Image
 
         images = []
@@ -48,7 +50,7 @@ class ExampleEncoder:
         """Tensors for the model's forward (with `labels`), or None when the example is longer than max_length
         (cutting it could split the image tokens, which the model refuses)."""
         images = self._images(example)
-        prompt_messages = chat_messages(example, len(images))
+        prompt_messages = chat_messages(example.get("system") or "", example["user"], len(images))
         full_messages = prompt_messages + [
             {"role": "assistant", "content": [{"type": "text", "text": target_text(example)}]}]
         prompt = self.processor.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=False)
