@@ -7,6 +7,7 @@ local engine always proposes the same changes, so the proposals table and its ma
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -230,6 +231,13 @@ def _fmt(value) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def wait_text(page, testid: str, pattern: str, timeout: float = 30_000) -> str:
+    page.wait_for_function("([id, re]) => new RegExp(re).test("
+                           "document.querySelector(`[data-testid=${id}]`).textContent)", arg=[testid, pattern],
+                           timeout=timeout)
+    return page.text_content(f"[data-testid={testid}]")
+
+
 def wait_value(page, name: str, value) -> None:
     """Wait until the parameter's number input shows `value`."""
     page.wait_for_function("([id, v]) => document.getElementById(id).value === v", arg=[f"param-{name}", _fmt(value)])
@@ -338,9 +346,9 @@ def test_assistant_proposals_apply_and_undo(live_server_scripted, page):
     verdicts = {r.get_attribute("data-valid") for r in rows.all()}
     assert verdicts == {"true", "false"}
     rejected = page.locator("[data-testid=proposal-row][data-valid=false]")
-    assert rejected.locator("input").is_disabled()
+    assert not rejected.locator("[data-testid=proposal-check]").is_checked()  # never ticked for the user
     assert "rejected" in rejected.locator("[data-testid=proposal-verdict]").text_content()
-    assert "9999" in rejected.text_content()
+    assert rejected.locator("[data-testid=proposal-value]").input_value() == "9999"
 
     # Markup in the model's text is shown as text and never becomes an element.
     assert page.evaluate("() => window.__xss") is None
@@ -369,6 +377,34 @@ def test_assistant_proposals_apply_and_undo(live_server_scripted, page):
     wait_value(page, "pan_tilt_z", before["pan_tilt_z"])
     assert server_values(server)["wheel_diameter"] == 120
     page.shot("undone")
+
+
+def test_a_corrected_and_an_added_value_are_applied_and_logged(live_server_scripted, page):
+    server = live_server_scripted
+    open_app(page, server)
+    page.fill("[data-testid=vlm-prompt]", "wheels of 125 mm and a longer chassis")
+    page.uncheck("[data-testid=vlm-include-render]")
+    page.click("[data-testid=vlm-send]")
+    page.locator("[data-testid=proposals]").wait_for(state="visible")
+    wheel = page.locator("[data-testid=proposal-row]", has=page.locator("[data-parameter=wheel_diameter]"))
+    wheel.locator("[data-testid=proposal-value]").fill("125,5")  # a decimal comma means 125.5
+    assert "your value" in wheel.locator("[data-testid=proposal-verdict]").text_content()
+    chassis = page.locator("[data-testid=proposal-row]", has=page.locator("[data-parameter=chassis_length]"))
+    chassis.locator("[data-testid=proposal-value]").fill("300")  # the model's 9999 was out of range
+    page.uncheck("[data-testid=proposal-check][data-parameter=pan_tilt_z]")
+    page.select_option("[data-testid=add-proposal-parameter]", "wheel_width")
+    page.click("[data-testid=add-proposal]")
+    added = page.locator("[data-testid=proposal-row][data-added=true]")
+    added.locator("[data-testid=proposal-value]").fill("44")
+    page.click("[data-testid=apply-selected]")
+    wait_value(page, "wheel_width", 44)
+    assert "Applied 3 changes" in wait_text(page, "proposals-status", "Applied")
+    values = server_values(server)
+    assert (values["wheel_diameter"], values["chassis_length"], values["wheel_width"]) == (125.5, 300, 44)
+    example = json.loads((server.data_dir / "dataset" / "examples.jsonl").read_text().splitlines()[-1])
+    assert {c["parameter"]: c["value"] for c in example["target"]["changes"]} == \
+        {"wheel_diameter": 125.5, "chassis_length": 300, "wheel_width": 44}
+    page.shot("corrected")
 
 
 def test_too_large_photo_is_refused_in_the_page(live_server_scripted, page):

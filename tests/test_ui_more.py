@@ -11,19 +11,12 @@ import pytest
 
 from tests.test_ui import (  # noqa: F401  (browser, page and playwright are fixtures used by name)
     ARTIFACTS, browser, history_count, model_pixel_share, open_app, page, playwright, wait_current_model_shown,
-    wait_history_count, wait_value,
+    wait_history_count, wait_text, wait_value,
 )
 
 pytestmark = pytest.mark.browser
 
 TARGET_VALUES = {"base_length": 70.0, "upright_height": 75.0}  # the bracket's defaults are 80 and 60
-
-
-def wait_text(page, testid: str, pattern: str, timeout: float = 30_000) -> str:
-    page.wait_for_function("([id, re]) => new RegExp(re).test("
-                           "document.querySelector(`[data-testid=${id}]`).textContent)", arg=[testid, pattern],
-                           timeout=timeout)
-    return page.text_content(f"[data-testid={testid}]")
 
 
 def wait_model(page, name: str) -> None:
@@ -107,6 +100,17 @@ def test_reject_records_and_disables_apply(live_server_scripted, page):
     examples = (server.data_dir / "dataset" / "examples.jsonl").read_text().splitlines()
     last = json.loads(examples[-1])
     assert last["outcome"] == "rejected" and last["request"] == "a lower head please"
+    assert last["target"] is None  # a rejected answer, not a "no change" example
+
+    # "nothing should change" is what makes a reject teach "no change"
+    page.fill("[data-testid=vlm-prompt]", "is the head fine as it is?")
+    page.click("[data-testid=vlm-send]")
+    page.wait_for_function("() => document.querySelector('[data-testid=reject-proposals]').textContent === 'Reject'")
+    page.check("[data-testid=reject-no-change]")
+    page.click("[data-testid=reject-proposals]")
+    assert "nothing should change" in wait_text(page, "proposals-status", "nothing should change")
+    last = json.loads((server.data_dir / "dataset" / "examples.jsonl").read_text().splitlines()[-1])
+    assert last["outcome"] == "no_change" and last["target"]["changes"] == []
     after = server.api("GET", "/api/params").json()
     assert after["values"] == before["values"] and after["version"] == before["version"]
 

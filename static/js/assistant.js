@@ -1,8 +1,9 @@
 // Assistant panel: request text + optional reference photo + "include current view"; the answer streams in
-// (POST /api/vlm with stream: true); proposals show as a reviewable table and are applied through
-// POST /api/proposals/<id>/apply, which makes an ordinary, undoable history entry.
+// (POST /api/vlm with stream: true); proposals show as a reviewable, correctable table (proposals.js) and are
+// applied through POST /api/proposals/<id>/apply, which makes an ordinary, undoable history entry.
 import { api, postEventStream } from './api.js';
-import { $, el, formatNumber, toast } from './dom.js';
+import { $, toast } from './dom.js';
+import { ProposalTable } from './proposals.js';
 
 const IMAGE_TYPES = ['image/png', 'image/jpeg', 'image/webp'];
 
@@ -35,9 +36,7 @@ export class AssistantPanel {
       const file = e.dataTransfer && e.dataTransfer.files[0];
       if (file) this.attach(file);
     });
-    $('apply-selected').addEventListener('click', () => this.apply(this.selectedNames()));
-    $('apply-all').addEventListener('click', () => this.apply(this.remainingNames()));
-    $('reject-proposals').addEventListener('click', () => this.reject());
+    this.table = new ProposalTable({ getContext, onApplied, onCommitError });
   }
 
   // Forget the answer on screen (its proposals belong to the model that was shown when it was asked).
@@ -46,7 +45,7 @@ export class AssistantPanel {
     this.response = null;
     $('vlm-answer').textContent = '';
     $('vlm-summary').textContent = '';
-    $('proposals').hidden = true;
+    this.table.hide();
     this.requestStatus('');
     this.showError('');
   }
@@ -110,7 +109,7 @@ export class AssistantPanel {
     const answer = $('vlm-answer');
     answer.textContent = '';
     $('vlm-summary').textContent = '';
-    $('proposals').hidden = true;
+    this.table.hide();
     this.response = null;
     this.abort = new AbortController();
     this.setRunning(true);
@@ -162,120 +161,12 @@ export class AssistantPanel {
     this.response = response;
     $('vlm-answer').textContent = response.text || '';
     $('vlm-summary').textContent = response.summary || '';
-    const seconds = response.timings && (response.timings.total ?? response.timings.generate);
-    this.requestStatus(typeof seconds === 'number' ? `Answered in ${seconds.toFixed(1)} s.` : 'Answered.');
-    this.renderProposals();
-  }
-
-  renderProposals() {
-    const proposals = (this.response && this.response.proposals) || [];
-    const section = $('proposals');
-    const tbody = $('proposals-table').querySelector('tbody');
-    $('proposals-status').textContent = '';
-    if (!proposals.length) {
-      section.hidden = true;
-      if (this.response) this.requestStatus(`${$('vlm-request-status').textContent} No parameter changes proposed.`);
-      return;
-    }
-    const schema = new Map((this.getContext().schema || []).map((p) => [p.name, p]));
-    const rows = proposals.map((p, i) => {
-      const param = schema.get(p.parameter);
-      const unit = param && param.unit ? ` ${param.unit}` : '';
-      const step = param ? param.step : undefined;
-      const valid = p.valid === true;
-      const box = el('input', {
-        type: 'checkbox', checked: valid, disabled: !valid,
-        dataset: { testid: 'proposal-check', parameter: String(p.parameter) },
-        'aria-label': `apply ${p.parameter}`,
-      });
-      return el('tr', { className: valid ? 'valid' : 'rejected', dataset: { testid: 'proposal-row', index: String(i), valid: String(valid) } },
-        el('td', {}, box),
-        el('td', { title: String(p.parameter) },
-          el('div', { className: 'param-name', text: param ? param.label : String(p.parameter) }),
-          el('div', { className: 'nowrap' },
-            el('span', { className: 'muted', text: formatNumber(p.current, step) }), ' → ',
-            el('strong', { text: `${formatNumber(p.value, step)}${unit}` }))),
-        el('td', { className: 'reason', text: p.reason || '' }),
-        el('td', { className: valid ? 'ok' : 'bad', dataset: { testid: 'proposal-verdict' } },
-          el('span', { text: valid ? '✓ valid' : `✗ rejected: ${p.error || 'invalid'}` })));
-    });
-    tbody.replaceChildren(...rows);
-    const anyValid = proposals.some((p) => p.valid === true);
-    $('apply-selected').disabled = !anyValid;
-    $('apply-all').disabled = !anyValid;
-    const reject = $('reject-proposals');
-    reject.disabled = false;
-    reject.textContent = 'Reject';
-    section.dataset.decision = '';
-    section.hidden = false;
-  }
-
-  // Turn the whole set down: the server logs it as a training example; nothing in the design changes.
-  async reject() {
-    if (!this.response || this.response.rejected) return;
-    const reject = $('reject-proposals');
-    reject.disabled = true;
-    try {
-      await api('POST', `/api/proposals/${encodeURIComponent(this.response.id)}/reject`, {});
-      this.response.rejected = true;
-      for (const box of $('proposals-table').querySelectorAll('input[data-testid="proposal-check"]')) {
-        box.checked = false;
-        box.disabled = true;
-      }
-      $('apply-selected').disabled = true;
-      $('apply-all').disabled = true;
-      reject.textContent = 'Rejected';
-      $('proposals').dataset.decision = 'rejected';
-      $('proposals-status').textContent = 'Rejection recorded (kept as a training example); nothing was changed.';
-      $('proposals-status').scrollIntoView({ block: 'nearest' });
-    } catch (err) {
-      reject.disabled = false;
-      $('proposals-status').textContent = err.message;
-      toast(err.message, 'error');
-    }
-  }
-
-  selectedNames() {
-    return [...$('proposals-table').querySelectorAll('input[data-testid="proposal-check"]:checked:not(:disabled)')]
-      .map((box) => box.dataset.parameter);
-  }
-
-  remainingNames() {
-    return [...$('proposals-table').querySelectorAll('input[data-testid="proposal-check"]:not(:disabled)')]
-      .map((box) => box.dataset.parameter);
-  }
-
-  async apply(names) {
-    if (!this.response || this.response.rejected) return;
-    if (!names.length) {
-      $('proposals-status').textContent = 'Select at least one change.';
-      return;
-    }
-    const ctx = this.getContext();
-    const body = { version: ctx.version, parameters: names };
-    $('apply-selected').disabled = true;
-    $('apply-all').disabled = true;
-    try {
-      const state = await api('POST', `/api/proposals/${encodeURIComponent(this.response.id)}/apply?model=${encodeURIComponent(ctx.model)}`, body);
-      const applied = names;
-      for (const row of $('proposals-table').querySelectorAll('tr[data-testid="proposal-row"]')) {
-        const box = row.querySelector('input');
-        if (applied.includes(box.dataset.parameter)) {
-          row.classList.add('applied');
-          box.checked = false;
-          box.disabled = true;
-        }
-      }
-      $('proposals-status').textContent = `Applied ${applied.length} change${applied.length === 1 ? '' : 's'}; undo reverts them.`;
-      this.onApplied(state);
-    } catch (err) {
-      if (!this.onCommitError(err)) $('proposals-status').textContent = err.message;
-      toast(err.message, 'error');
-    } finally {
-      const left = this.response && !this.response.rejected
-        ? $('proposals-table').querySelectorAll('input[data-testid="proposal-check"]:not(:disabled)').length : 0;
-      $('apply-selected').disabled = !left;
-      $('apply-all').disabled = !left;
-    }
+    const timings = response.timings || {};
+    const seconds = timings.total_s ?? timings.total ?? timings.generate;
+    const took = response.cached ? 'Answered from the cache.'
+      : (typeof seconds === 'number' ? `Answered in ${seconds.toFixed(1)} s.` : 'Answered.');
+    const proposed = (response.proposals || []).length;
+    this.requestStatus(proposed ? took : `${took} No parameter changes proposed: you can add your own below.`);
+    this.table.show(response);
   }
 }
