@@ -9,6 +9,7 @@ crashed or timed-out worker is replaced).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import resource
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -17,7 +18,7 @@ from pebble import ProcessExpired, ProcessPool
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MEMORY_BYTES = 4 << 30
+DEFAULT_MEMORY_BYTES = 8 << 30  # of address space: cadquery with VTK maps about 2-3 GB before building anything
 DEFAULT_TIMEOUT_S = 120.0
 
 
@@ -37,7 +38,10 @@ class CadPool:
                  memory_bytes: int = DEFAULT_MEMORY_BYTES):
         self.workers = workers or os.cpu_count() or 1
         self.timeout_s = timeout_s
-        self._pool = ProcessPool(max_workers=self.workers, initializer=_limit_memory, initargs=(memory_bytes,))
+        # spawned, not forked: a caller that has imported torch would hand every worker its mappings (and the
+        # address-space limit would then be spent before the first build)
+        self._pool = ProcessPool(max_workers=self.workers, initializer=_limit_memory, initargs=(memory_bytes,),
+                                 context=multiprocessing.get_context("spawn"))
 
     def submit(self, fn, *args, **kwargs):
         return self._pool.schedule(fn, args=args, kwargs=kwargs, timeout=self.timeout_s)

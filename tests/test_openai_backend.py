@@ -53,7 +53,8 @@ def test_streamed_generation_sends_parts_and_relays_sse_tokens_in_order(fake_ope
             {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(JPEG).decode()}},
         ]}]
     assert (body["max_tokens"], body["temperature"], body["stream"]) == (128, 0.2, True)
-    assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "proposal", "schema": SCHEMA}}
+    assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "proposal", "schema": SCHEMA,
+                                                                           "strict": True}}
     assert "authorization" not in fake_openai.requests[-1].headers
 
     assert tokens == proposal_chunks() and len(tokens) > 1

@@ -69,7 +69,8 @@ def test_a_proposal_nearer_the_target_is_kept_and_refined_as_one_undoable_entry(
     current, target = (base64.b64decode(image) for image in chat["messages"][1]["images"])
     assert current[:8] == target[:8] == b"\x89PNG\r\n\x1a\n" and current != target
     assert "FIRST image is the current CAD render" in user and "second image is a render of the target" in user
-    assert chat["format"]["properties"]["changes"]["items"]["properties"]["parameter"]["enum"][0] == "base_length"
+    branches = chat["format"]["properties"]["changes"]["items"]["anyOf"]  # one per parameter, with its range
+    assert branches[0]["properties"]["parameter"]["enum"] == ["base_length"]
 
 
 @pytest.mark.parametrize("text, note", [
