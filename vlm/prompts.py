@@ -8,6 +8,8 @@ from __future__ import annotations
 from vlm.units import format_number
 
 MAX_DESCRIPTION_CHARS = 90
+# Bounds on the answer's free text in the schema: a constrained model cannot ramble past them.
+MAX_SUMMARY_CHARS, MAX_REASON_CHARS = 300, 120
 
 ANSWER_FORMAT = ('{"summary": "<one or two sentences>", "changes": [{"parameter": "<name from the table>", '
                  '"value": <number, or true/false>, "reason": "<short reason>"}]}')
@@ -92,13 +94,14 @@ def proposal_json_schema(schema: list[dict]) -> dict:
     branches = [{
         "type": "object",
         "properties": {"parameter": {"type": "string", "enum": [p["name"]]}, "value": _value_schema(p),
-                       "reason": {"type": "string"}},
+                       "reason": {"type": "string", "maxLength": MAX_REASON_CHARS}},
         "required": ["parameter", "value", "reason"],
         "additionalProperties": False,
     } for p in schema]
     return {
         "type": "object",
-        "properties": {"summary": {"type": "string"}, "changes": {"type": "array", "items": {"anyOf": branches}}},
+        "properties": {"summary": {"type": "string", "maxLength": MAX_SUMMARY_CHARS},
+                       "changes": {"type": "array", "items": {"anyOf": branches}, "maxItems": len(schema)}},
         "required": ["summary", "changes"],
         "additionalProperties": False,
     }

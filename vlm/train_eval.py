@@ -32,8 +32,9 @@ def validation_loss(model, encoder, examples: list[dict], device, dtype) -> floa
     return sum(finite) / len(finite) if finite else None
 
 
-def generate_answer(model, processor, example: dict, max_new_tokens: int, device, dtype) -> tuple[str, str]:
-    """(text, finish_reason) for one example, greedy."""
+def generate_answer(model, processor, example: dict, max_new_tokens: int, device, dtype,
+                    constrain=None) -> tuple[str, str]:
+    """(text, finish_reason) for one example, greedy; `constrain` is a logits processor (vlm.constrained)."""
     import torch
 
     from vlm.train_data import ExampleEncoder
@@ -45,7 +46,8 @@ def generate_answer(model, processor, example: dict, max_new_tokens: int, device
     tokenizer = processor.tokenizer
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                pad_token_id=tokenizer.pad_token_id)
+                                pad_token_id=tokenizer.pad_token_id,
+                                logits_processor=[constrain] if constrain is not None else None)
     new_ids = output[0, inputs["input_ids"].shape[1]:].tolist()
     eos = model.generation_config.eos_token_id
     finish = "stop" if len(new_ids) < max_new_tokens or new_ids[-1] in (eos if isinstance(eos, list) else [eos]) \
@@ -55,12 +57,17 @@ def generate_answer(model, processor, example: dict, max_new_tokens: int, device
 
 def task_metrics(model, processor, items, max_new_tokens: int, device, dtype) -> dict:
     """The benchmark's parameter metrics on `items` (`vlm.eval.Item`s) answered by `model`."""
+    from vlm.constrained import make_constraint
+    from vlm.prompts import proposal_json_schema
+
     was_training = model.training
     model.eval()
     scores = []
+    constraint = make_constraint(model, processor.tokenizer)  # as the worker serves it
     try:
         for item in items:
-            text, finish = generate_answer(model, processor, item.example, max_new_tokens, device, dtype)
+            constrain = constraint.processor(proposal_json_schema(item.schema)) if constraint else None
+            text, finish = generate_answer(model, processor, item.example, max_new_tokens, device, dtype, constrain)
             scores.append(score_answer(text, item.schema, item.values, item.target_values,
                                        truncated=finish == "length"))
     finally:

@@ -4,7 +4,8 @@ Started as `python -m vlm.worker`. JSON lines on stdin/stdout; the real stdout f
 (sys.stdout and fd 1 are pointed at stderr, so library prints cannot corrupt it); logs go to stderr.
 
 parent -> worker: {"op": "load", "base", "adapter", "dtype", "device_map", "default_base"}
-                  {"op": "generate", "id", "system", "prompt", "images": [base64], "max_new_tokens", "temperature"}
+                  {"op": "generate", "id", "system", "prompt", "images": [base64], "max_new_tokens", "temperature",
+                   "json_schema"?}  (the answer is constrained to the schema: vlm.constrained)
                   {"op": "set_adapter", "id", "adapter"}  (another LoRA adapter; the base model stays loaded)
                   {"op": "cancel", "id"} | {"op": "status"} | {"op": "shutdown"}
 worker -> parent: {"event": "progress", "fraction", "phase"} | {"event": "ready", "info": {...}}
@@ -132,6 +133,7 @@ class Engine:
         self.loading = False
         self.base_override: str | None = None  # the operator named the base (VLM_BASE_MODEL): no base check
         self.adapters = AdapterSlots()
+        self.constraint = None  # vlm.constrained.SchemaConstraint of the loaded model's tokenizer
 
     def progress(self, fraction: float, phase: str) -> None:
         self.channel.send("progress", fraction=round(min(max(fraction, 0.0), 1.0), 4), phase=phase)
@@ -184,6 +186,9 @@ class Engine:
                 raise WorkerError(f"adapter {adapter_dir} could not be loaded: {_reason(exc)}", "bad_adapter") from None
         model.eval()
         self.model, self.processor = model, processor
+        from vlm.constrained import make_constraint
+
+        self.constraint = make_constraint(model, processor.tokenizer)
         self.base_override = msg.get("base") or None
         self.adapters.reset(adapter_dir)
         self.info = {
@@ -237,12 +242,12 @@ class Engine:
 
     # ------------------------------------------------------------ generation
     def generate(self, msg: dict) -> None:
+        if self.model is None:  # before the imports: answering this must not wait seconds for torch
+            raise WorkerError("no model is loaded", "not_loaded")
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        if self.model is None:
-            raise WorkerError("no model is loaded", "not_loaded")
         req_id = msg.get("id")
         t0 = time.perf_counter()
         images = [_decode_image(b) for b in msg.get("images") or []]
@@ -292,11 +297,13 @@ class Engine:
         max_new_tokens = int(msg.get("max_new_tokens") or 512)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         streamer = Stream()
+        schema = msg.get("json_schema")
+        constrain = [self.constraint.processor(schema)] if schema and self.constraint is not None else []
         with torch.inference_mode():
             output = self.model.generate(
                 **inputs, max_new_tokens=max_new_tokens, streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([Cancelled()]), pad_token_id=tokenizer.pad_token_id,
-                **sampling)
+                logits_processor=constrain or None, **sampling)
         if cancel.is_set():
             raise WorkerError("generation was cancelled", "cancelled")
         new_ids = output[0, prompt_len:].tolist()
