@@ -156,3 +156,26 @@ def test_web_side_modules_do_not_import_torch():
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_untrained_model_answers_in_the_schema_when_constrained(loaded):
+    """Decoding constrained to the answer schema (vlm.constrained): even random weights give a proposal that parses
+    and names real parameters in range, so a designer can correct it and apply it."""
+    import jsonschema
+
+    from cad.registry import ModelRegistry
+    from vlm.proposals import parse_model_output
+    from vlm.prompts import proposal_json_schema
+
+    schema = ModelRegistry().get("bracket").schema.to_json()
+    answer_schema = proposal_json_schema(schema)
+    free = loaded.generate(_request(max_new_tokens=200)).text
+    with pytest.raises(ValueError):
+        json.loads(free)  # random weights, unconstrained: not an answer
+    result = loaded.generate(_request(max_new_tokens=400, json_schema=answer_schema))
+    answer = json.loads(result.text)
+    jsonschema.validate(answer, answer_schema)
+    assert result.finish_reason == "stop"
+    values = {p["name"]: p["default"] for p in schema}
+    parsed = parse_model_output(result.text, schema, values)
+    assert parsed.parse_error is None and all(p.valid for p in parsed.proposals), parsed

@@ -32,6 +32,7 @@ class SchemaConstraint:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
         self._compiler = xgr.GrammarCompiler(info)
         self._grammars: OrderedDict[str, object] = OrderedDict()
+        self._control_ids = control_character_tokens(tokenizer, vocab_size)
 
     def processor(self, schema: dict):
         key = json.dumps(schema, sort_keys=True)
@@ -46,7 +47,29 @@ class SchemaConstraint:
                 self._grammars.popitem(last=False)
         else:
             self._grammars.move_to_end(key)
-        return self._xgr.contrib.hf.LogitsProcessor(grammar)
+        return _Masked(self._xgr.contrib.hf.LogitsProcessor(grammar), self._control_ids)
+
+
+def control_character_tokens(tokenizer, vocab_size: int) -> list[int]:
+    """Ids of tokens that decode to a raw control character. xgrammar's JSON strings admit them (a random model
+    wrote NUL bytes into a summary), but JSON forbids them unescaped and a compact answer never needs them."""
+    count = min(vocab_size, len(tokenizer))
+    texts = tokenizer.batch_decode([[i] for i in range(count)])  # one call: ~1 s for a 150k vocabulary
+    special = set(tokenizer.all_special_ids)
+    return [i for i, text in enumerate(texts) if i not in special and any(ord(ch) < 0x20 for ch in text)]
+
+
+class _Masked:
+    """The grammar's logits processor, then the control-character tokens masked out."""
+
+    def __init__(self, grammar_processor, masked_ids: list[int]):
+        self._grammar, self._masked = grammar_processor, masked_ids
+
+    def __call__(self, input_ids, scores):
+        scores = self._grammar(input_ids, scores)
+        if self._masked:
+            scores[:, self._masked] = float("-inf")
+        return scores
 
 
 def make_constraint(model, tokenizer) -> SchemaConstraint | None:
