@@ -42,7 +42,8 @@ def run(tiny_vlm, tmp_path_factory):
 
 def test_training_lowers_the_loss_and_writes_an_adapter(run):
     s = run.summary
-    assert s["steps"] == 16 and len(s["loss_per_step"]) == 16 and s["examples"] == 12
+    # 12 logged decisions: 3 rejected (no target), 1 of the rest in the validation split
+    assert s["steps"] == 16 and len(s["loss_per_step"]) == 16 and s["examples"] == 8 and s["val_examples"] == 1
     losses = s["loss_per_step"]
     assert sum(losses[-4:]) / 4 < losses[0] - 1.0, losses
     assert s["final_loss"] == losses[-1] and s["time_s"] > 0 and s["args"]["lr"] == 2e-2
@@ -57,6 +58,28 @@ def test_training_lowers_the_loss_and_writes_an_adapter(run):
         assert img.format == "PNG" and img.size == (700, 400)
     steps = sorted(p.name for p in (run.out / "checkpoints").iterdir())
     assert steps == ["step-12", "step-16", "step-8"]  # the 3 latest are kept
+
+
+def test_validation_keeps_the_best_checkpoint_as_the_adapter(run):
+    s = run.summary
+    evals = s["evals"]
+    assert [e["step"] for e in evals] == [2, 4, 6, 8, 10, 12, 14, 16]  # about 8 validations, and the last step
+    assert all(e["eval_loss"] > 0 for e in evals) and s["selected_by"] == "eval_loss"
+    best = min(evals, key=lambda e: e["eval_loss"])
+    assert s["best"]["step"] == best["step"] == s["adapter_step"]
+    assert (run.out / "best" / "adapter_model.safetensors").read_bytes() == \
+        (run.out / "adapter_model.safetensors").read_bytes()
+
+
+def test_the_schedule_is_sized_from_the_dataset():
+    from vlm.train import parse_args, plan_schedule
+
+    args = parse_args(["--data", "d", "--out", "o"])
+    assert plan_schedule(6, args) == (1, 30.0, 180)  # a handful of examples: many epochs, one per step
+    assert plan_schedule(100, args) == (3, 6.0, 200)
+    assert plan_schedule(5000, args) == (8, 3.0, 1875)  # a large set: 3 epochs of 8 examples per step
+    explicit = parse_args(["--data", "d", "--out", "o", "--epochs", "2", "--grad-accum", "4"])
+    assert plan_schedule(100, explicit) == (4, 2.0, 50)
 
 
 def test_default_targets_are_the_language_model_attention_only(tiny_vlm):
@@ -80,11 +103,39 @@ def test_resume_continues_exactly_where_the_run_stopped(run, tmp_path):
     assert resumed["loss_per_step"][8:] == pytest.approx(run.summary["loss_per_step"][8:], abs=1e-4)
 
 
+def test_training_can_start_from_an_existing_adapter(run, tmp_path):
+    out = tmp_path / "continued"
+    assert train_main(train_args(run.data, run.base, out, "--init-adapter", str(run.out), "--max-steps", "2")) == 0
+    continued = json.loads((out / "training_summary.json").read_text())
+    assert continued["init_adapter"] == str(run.out)
+    # it starts where the first run ended, not from a fresh adapter's loss
+    assert continued["loss_per_step"][0] < run.summary["loss_per_step"][0] - 1.0
+
+
+def test_task_metrics_are_measured_on_generated_validation_answers(tmp_path, tiny_vlm):
+    from vlm.synth import SynthConfig, synthesise
+
+    data = tmp_path / "synth"
+    synthesise(SynthConfig(models=["bracket"], count=30, seed=1, size=64, styles={"absolute": 1}, render_share=0,
+                           check_text_builds=False, val=0.2, test=0.0, no_change=0), data, progress=False)
+    out = tmp_path / "run"
+    assert train_main(train_args(data, tiny_vlm.base_dir, out, "--max-steps", "4", "--eval-every", "2",
+                                 "--eval-examples", "3", "--eval-max-new-tokens", "24")) == 0
+    s = json.loads((out / "training_summary.json").read_text())
+    assert [e["step"] for e in s["evals"]] == [2, 4] and s["selected_by"] == "error_after"
+    for e in s["evals"]:
+        assert e["examples"] == 3 and 0 <= e["parse_rate"] <= 1 and e["error_before"] > 0
+        assert e["error_after"] is not None
+    assert s["best"]["metric"] == "error_after"
+
+
 def test_resume_and_restart_mistakes_fail_clearly(run, tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint"):
         train_main(train_args(run.data, run.base, tmp_path / "fresh", "--resume"))
     with pytest.raises(SystemExit, match="--resume to continue or --overwrite"):
         train_main(train_args(run.data, run.base, run.out))
+    with pytest.raises(SystemExit, match="--resume continues a checkpoint"):
+        train_main(train_args(run.data, run.base, tmp_path / "x", "--resume", "--init-adapter", str(run.out)))
     with pytest.raises(SystemExit, match="no usable training examples"):
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "examples.jsonl").write_text("")

@@ -22,6 +22,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<vi
 IMAGE_SIDE = 56
 PATCH = 14
 PINPOINTS = [[56, 56], [56, 112], [112, 56], [112, 112]]
+# Qwen2's pre-tokenizer (numbers as single digits), which Qwen2TokenizerFast also applies when it encodes.
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 NUM_IMAGE_TOKENS = (IMAGE_SIDE // PATCH) ** 2
@@ -70,7 +71,6 @@ def _train_tokenizer(vocab_size: int = 2048):
     from vlm.prompts import ANSWER_FORMAT, SYSTEM_TEMPLATE
 
     raw = Tokenizer(models.BPE())
-    # Qwen2's own pre-tokenizer (single digits), which Qwen2TokenizerFast also applies when it encodes
     raw.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     raw.decoder = decoders.ByteLevel()
@@ -148,8 +148,11 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0, perturb_lora: bool = True)
     processor = _processor(tokenizer)
     config, eos = _config(
         tokenizer,
+        # Tied embeddings as in Qwen2-0.5B (copying a token then needs no learnt output map), and weights drawn at
+        # about 1/sqrt(hidden): at the usual 0.02 a 64-wide random model's attention is uniform and LoRA on it
+        # learns the answers' format but never where in the prompt to look.
         text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, tie_word_embeddings=False),
+                  num_key_value_heads=2, tie_word_embeddings=True, initializer_range=0.1),
         vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
     )
     model = LlavaOnevisionForConditionalGeneration(config).eval()

@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=int, default=32)
     p.add_argument("--dropout", type=float, default=0.05)
     p.add_argument("--target-modules", default=DEFAULT_TARGET, help="regex over module names")
+    p.add_argument("--prompt-loss-weight", type=float, default=0.0,
+                   help="also learn to predict the prompt's text, at this weight (0: the answer only)")
     p.add_argument("--init-adapter", type=Path, help="start from this adapter's weights instead of a new LoRA")
     p.add_argument("--max-length", type=int, default=8192, help="longer examples are skipped")
     p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: about 8 times, -1: only "
@@ -86,8 +88,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.epochs < 0 or args.grad_accum < 0 or args.max_steps < 0:
         p.error("--epochs, --grad-accum and --max-steps cannot be negative")
-    if args.resume and args.init_adapter:
-        p.error("--resume continues a checkpoint; --init-adapter starts a new run: give one of them")
     return args
 
 
@@ -182,6 +182,14 @@ class Validator:
         self.items = items[:max(0, args.eval_examples)]
         self.metric = ("error_after" if self.items and args.select_by != "eval_loss" else "eval_loss")
 
+    def _rank(self, record: dict) -> tuple:
+        """Lower is better: the metric, then (on a tie, e.g. two checkpoints that change nothing) more answers
+        that parse, then the validation loss."""
+        value = record.get(self.metric)
+        loss = record.get("eval_loss")
+        return (math.inf if value is None else round(value, 9), -(record.get("parse_rate") or 0.0),
+                math.inf if loss is None else loss)
+
     def run(self, step: int) -> dict | None:
         from vlm.train_eval import task_metrics, validation_loss
 
@@ -196,8 +204,7 @@ class Validator:
         record["eval_s"] = round(time.perf_counter() - started, 3)
         self.state["evals"].append(record)
         best = self.state.get("best")
-        value = record.get(self.metric)
-        if value is not None and (best is None or best.get(self.metric) is None or value < best[self.metric]):
+        if record.get(self.metric) is not None and (best is None or self._rank(record) < self._rank(best)):
             self.state["best"] = {**record, "metric": self.metric}
             save_best(self.args.out, self.model, self.state["best"])
         log.info("validation at step %d: %s", step, {k: (round(v, 4) if isinstance(v, float) else v)
@@ -209,9 +216,11 @@ def train(args: argparse.Namespace) -> dict:
     import torch
     from tqdm import tqdm
 
-    from vlm.train_data import ExampleEncoder, to_device
+    from vlm.train_data import ExampleEncoder, to_device, training_loss
 
     out: Path = args.out
+    if args.resume and args.init_adapter:
+        raise SystemExit("--resume continues a checkpoint; --init-adapter starts a new run: give one of them")
     checkpoint = latest_checkpoint(out) if args.resume else None
     if args.resume and checkpoint is None:
         raise SystemExit(f"--resume: no checkpoint under {out / CHECKPOINTS} to continue from")
@@ -226,6 +235,7 @@ def train(args: argparse.Namespace) -> dict:
     device, dtype, dtype_name = _pick_device_dtype(args)
     model, processor, trainable = build_model(args, checkpoint or args.init_adapter, device, dtype)
     encoder = ExampleEncoder(processor, max_length=args.max_length)
+    image_token = getattr(model.config, "image_token_index", None) or getattr(model.config, "image_token_id", None)
     n = len(examples)
     grad_accum, epochs, total = plan_schedule(n, args)
     eval_every = args.eval_every if args.eval_every else max(1, total // EVALS_PER_RUN)
@@ -263,7 +273,7 @@ def train(args: argparse.Namespace) -> dict:
             if batch is None:
                 state["skipped"] += 1
                 continue
-            loss = model(**to_device(batch, device, dtype)).loss
+            loss = training_loss(model, to_device(batch, device, dtype), args.prompt_loss_weight, image_token)
             (loss / grad_accum).backward()
             micro_losses.append(float(loss.detach()))
         if args.max_grad_norm > 0:

@@ -76,6 +76,29 @@ class ExampleEncoder:
         return batch
 
 
+def training_loss(model, batch: dict, prompt_weight: float = 0.0, image_token_id: int | None = None):
+    """The answer's mean token loss (the model's own loss), plus `prompt_weight` times the language-model loss
+    on the prompt's text tokens (never on image placeholders): OpenAI's old `prompt_loss_weight`. Predicting the
+    prompt, with its repeated names and numbers, is where a model learns to look back and copy."""
+    if prompt_weight <= 0:
+        return model(**batch).loss
+    import torch
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    answer = labels[:, 1:] != IGNORE_INDEX
+    prompt = ~answer & (batch["attention_mask"][:, 1:] > 0)
+    if image_token_id is not None:
+        prompt &= targets != image_token_id
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    nll = nll.view(targets.shape)
+    answer_loss = nll[answer].mean()
+    prompt_loss = nll[prompt].mean() if bool(prompt.any()) else torch.zeros((), device=nll.device)
+    return answer_loss + prompt_weight * prompt_loss
+
+
 def to_device(batch: dict, device, dtype) -> dict:
     """Floating tensors (pixel values) take the model's dtype; ids and masks keep theirs."""
     import torch
