@@ -316,7 +316,7 @@ def group_key(example: dict) -> str:
 
 
 def hashed_split(key: str, seed: int = 0, val: float = 0.1, test: float = 0.1) -> str:
-    """A split for an example that has none (UI-logged data): a fixed function of its group key and the seed."""
+    """The split of a group key (a target state, see group_key): a fixed function of the key and the seed."""
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     share = int.from_bytes(digest[:8], "big") / 2**64
     return "test" if share < test else "val" if share < test + val else "train"

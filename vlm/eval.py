@@ -17,6 +17,7 @@ request shows only where a system beats both. Output: a table on stdout, and eve
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -326,7 +327,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m vlm.eval", description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, type=Path, help="dataset folder (vlm.synth output or a UI log)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
-    p.add_argument("--limit", type=int, default=0, help="at most this many examples (0: all)")
+    p.add_argument("--limit", type=int, default=0, help="at most this many examples, a fixed sample (0: all)")
     p.add_argument("--backend", choices=["none", "finetuned", "ollama", "openai", "replay"], default="none")
     p.add_argument("--adapter", help="LoRA adapter folder (finetuned)")
     p.add_argument("--compare", nargs="+", metavar="ADAPTER", help="several adapters side by side (finetuned)")
@@ -354,8 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     registry = ModelRegistry(extra_dirs=args.models_dir)
     split = None if args.split == "all" else args.split
     items, skipped = evaluation_items(load_examples(args.data, split=split, seed=args.seed), registry)
-    if args.limit > 0:
-        items = items[:args.limit]
+    if 0 < args.limit < len(items):  # a fixed sample across the whole split, not its first lines
+        keep = set(sorted(range(len(items)), key=lambda i: hashlib.sha256(
+            f"{args.seed}:{items[i].example.get('id')}".encode()).hexdigest())[:args.limit])
+        items = [item for i, item in enumerate(items) if i in keep]
     train, _ = evaluation_items(load_examples(args.data, split="train", seed=args.seed), registry)
     if not items:
         raise SystemExit(f"no example of split {args.split!r} in {args.data} can be scored"

@@ -11,8 +11,8 @@ optionally with photo-like background, light, colour, camera jitter and crop: `v
 JSON change from A to B. Examples are written in the dataset format the UI logs (`vlm.dataset`, outcome
 `synthetic`) with `values` (A), `target_values` (B), `style` and `split`.
 
-Splits: examples are grouped by target state; groups are ordered by a hash of the seed and the state and cut into
-test, val and train, so no target state appears in two splits. Everything is a function of --seed: the same
+Splits: an example's split is a hash of the seed and its target state (`vlm.dataset.hashed_split`, as for UI
+logs), so no target state appears in two splits. Everything is a function of --seed: the same
 arguments write the same file, whatever --workers is. CAD builds run in a process pool (`--workers`).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from cad.pool import CadPool, JobFailed
 from cad.registry import CadModel, ModelRegistry
-from vlm.dataset import DatasetLog, changes_between, make_target, state_key
+from vlm.dataset import DatasetLog, changes_between, hashed_split, make_target, state_key
 from vlm.photo import PhotoLook, apply_look, draw_look, jittered_direction, png_bytes
 from vlm.prompts import build_prompt
 from vlm.synth_text import STYLES, reason_text, request_text, summary_text
@@ -57,6 +57,7 @@ class SynthConfig:
     val: float = 0.1
     test: float = 0.1
     workers: int = 0  # 0: one per CPU
+    check_text_builds: bool = True  # False: training text requests without images skip the CAD build (fast)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Plan:
     request: str
     include_render: bool
     shots: list[tuple[str, dict | None, int]]  # (view, look or None, noise seed) of each reference image
+    split: str = "train"
 
 
 # ---------------------------------------------------------------- drawing states
@@ -134,7 +136,8 @@ def plan_example(model: CadModel, cfg: SynthConfig, index: int, attempt: int) ->
         for view in cfg.views:
             look = draw_look(rng, cfg.photo_like).to_json() if cfg.photo_like > 0 else None
             shots.append((view, look, rng.randrange(2**31)))
-    return Plan(model.name, index, values, target_values, changed, style, request, include_render, shots)
+    split = hashed_split(state_key(model.name, target_values), cfg.seed, cfg.val, cfg.test)
+    return Plan(model.name, index, values, target_values, changed, style, request, include_render, shots, split)
 
 
 # ---------------------------------------------------------------- rendering (in the pool's processes)
@@ -169,22 +172,7 @@ def png_bytes_array(array) -> bytes:
 
 
 # ---------------------------------------------------------------- assembling examples
-def assign_splits(plans: list[Plan], cfg: SynthConfig) -> dict[int, str]:
-    """index -> split, per model: groups of one target state, ordered by a seeded hash, cut test/val/train."""
-    groups: dict[str, list[int]] = {}
-    for i, plan in enumerate(plans):
-        groups.setdefault(state_key(plan.model, plan.target_values), []).append(i)
-    keys = sorted(groups, key=lambda k: hashlib.sha256(f"{cfg.seed}:{k}".encode()).hexdigest())
-    n_test, n_val = round(cfg.test * len(keys)), round(cfg.val * len(keys))
-    splits = {}
-    for rank, key in enumerate(keys):
-        split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-        for i in groups[key]:
-            splits[i] = split
-    return splits
-
-
-def make_example(log_: DatasetLog, model: CadModel, plan: Plan, images: list[bytes], split: str, seed: int) -> dict:
+def make_example(log_: DatasetLog, model: CadModel, plan: Plan, images: list[bytes], seed: int) -> dict:
     params = model.schema.to_json()
     by_name = {p["name"]: p for p in params}
     references = len(plan.shots)
@@ -199,7 +187,7 @@ def make_example(log_: DatasetLog, model: CadModel, plan: Plan, images: list[byt
         outcome="synthetic", system=system, user=user, images=list(zip(roles, images)),
         answer=json.dumps(target, ensure_ascii=False), target=target, values=plan.values,
         target_values=plan.target_values, cad_model=plan.model, id=example_id, time=0.0, timestamp=None,
-        source="synthetic", request=plan.request, style=plan.style, split=split, changed=plan.changed,
+        source="synthetic", request=plan.request, style=plan.style, split=plan.split, changed=plan.changed,
         looks=[look for _, look, _ in plan.shots])
 
 
@@ -222,6 +210,10 @@ def synthesise(cfg: SynthConfig, out: Path, *, registry: ModelRegistry | None = 
         pending = {}
         for name, i in jobs:
             plan = plan_example(models[name], cfg, i, 0)
+            if not cfg.check_text_builds and not plan.include_render and not plan.shots and plan.split == "train":
+                results[(name, i)] = (plan, [])  # nothing to render and no build asked for
+                bar.update(1)
+                continue
             pending[pool.submit(render_plan, str(models[name].path), plan, cfg.size)] = (plan, 0)
         while pending:
             future = next(iter(pending))  # in submission order: the pool keeps every worker busy meanwhile
@@ -243,12 +235,7 @@ def synthesise(cfg: SynthConfig, out: Path, *, registry: ModelRegistry | None = 
     bar.close()
     ordered = [results[job] for job in jobs]
     counts: dict = {"examples": len(ordered), "states_that_did_not_build": failures}
-    examples = []
-    for name in models:
-        plans = [(p, imgs) for p, imgs in ordered if p.model == name]
-        splits = assign_splits([p for p, _ in plans], cfg)
-        examples += [make_example(dataset, models[name], p, imgs, splits[i], cfg.seed)
-                     for i, (p, imgs) in enumerate(plans)]
+    examples = [make_example(dataset, models[p.model], p, imgs, cfg.seed) for p, imgs in ordered]
     dataset.append(examples)
     for key, values in (("split", ("train", "val", "test")), ("style", (*STYLES, "no_change"))):
         for value in values:
@@ -296,6 +283,9 @@ def parse_args(argv: list[str] | None) -> tuple[SynthConfig, Path, bool, ModelRe
     p.add_argument("--val", type=float, default=0.1)
     p.add_argument("--test", type=float, default=0.1)
     p.add_argument("--workers", type=int, default=0, help="build processes (0: one per CPU)")
+    p.add_argument("--no-text-build-check", action="store_true",
+                   help="training text requests without images are not built (much faster; their states may not "
+                        "build); validation and test examples always are")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     views = tuple(v.strip() for v in a.views.split(",") if v.strip())
@@ -311,7 +301,8 @@ def parse_args(argv: list[str] | None) -> tuple[SynthConfig, Path, bool, ModelRe
         p.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(registry.names())}")
     cfg = SynthConfig(models=models, count=a.count, seed=a.seed, changes=a.changes, no_change=a.no_change,
                       styles=a.styles, views=views, size=a.size, photo_like=a.photo_like,
-                      render_share=a.render_share, val=a.val, test=a.test, workers=a.workers)
+                      render_share=a.render_share, val=a.val, test=a.test, workers=a.workers,
+                      check_text_builds=not a.no_text_build_check)
     return cfg, a.out, not a.no_progress, registry
 
 
