@@ -475,3 +475,68 @@ def test_store_evicts_oldest_sets_past_its_byte_budget():
     assert len(store) == 3
     assert store.get(ids[0]) is None and store.get(ids[1]) is None
     assert all(store.get(i) is not None for i in ids[2:])
+
+
+# ---------------------------------------------------------------- real models' habits
+HABITS = [
+    ("values in prose, with units and hedges",
+     "I'd set the wheel diameter to about 16 cm and the chassis length to roughly 400 mm. The wheel width is 30 mm "
+     "now, which is fine.",
+     [("wheel_diameter", 160.0, True), ("chassis_length", 400.0, True)], "prose"),
+    ("a markdown table with an arrow in the value column",
+     "| Parameter | Current | Proposed | Reason |\n|---|---|---|---|\n| wheel_diameter | 120 | 150 mm | clearance |\n"
+     "| Chassis length | 300 | 300 → 350 | longer |\n",
+     [("wheel_diameter", 150.0, True), ("chassis_length", 350.0, True)], "markdown table"),
+    ("a flat map of names to values", 'Changes: {"wheel_diameter": 150, "wheel_count": 3}',
+     [("wheel_diameter", 150.0, True), ("wheel_count", 3, True)], None),
+    ("two complementary blocks are merged",
+     '{"changes": [{"parameter": "wheel_diameter", "value": 150}]}\nAnd for the pose:\n'
+     '{"changes": [{"parameter": "rover_yaw", "value": 90}]}',
+     [("wheel_diameter", 150.0, True), ("rover_yaw", 90.0, True)], None),
+    ("the same parameter twice: the later value wins, the earlier is flagged",
+     '{"changes": [{"parameter": "wheel_diameter", "value": 150}]} {"changes": [{"parameter": "wheel_diameter", '
+     '"value": 160}]}',
+     [("wheel_diameter", 150.0, False), ("wheel_diameter", 160.0, True)], None),
+    ("a draft then a corrected final answer: only the final counts",
+     'First attempt: {"changes": [{"parameter": "wheel_diameter", "value": 190}, {"parameter": "rover_yaw", '
+     '"value": 45}]}\nActually that is too big. Final answer: {"changes": [{"parameter": "wheel_diameter", '
+     '"value": 150}]}',
+     [("wheel_diameter", 150.0, True)], "draft"),
+    ("JSON in the reasoning is a draft; the answer after it counts",
+     '<think>maybe {"changes": [{"parameter": "wheel_diameter", "value": 190}]}</think>\n'
+     '{"summary": "s", "changes": [{"parameter": "wheel_width", "value": 40}]}',
+     [("wheel_width", 40.0, True)], None),
+    ("a decimal comma", '{"changes": [{"parameter": "wheel_width", "value": "12,5"}]}',
+     [("wheel_width", 12.5, True)], None),
+    ("a thousands separator is not a decimal comma", '{"changes": [{"parameter": "rover_yaw", "value": "1,200"}]}',
+     [("rover_yaw", 1200.0, False)], None),
+]
+
+
+@pytest.mark.parametrize("text,expected,warning", [h[1:] for h in HABITS], ids=[h[0] for h in HABITS])
+def test_real_models_habits_are_read_without_a_wrong_value(text, expected, warning):
+    answer = parse(text)
+    assert answer.parse_error is None, answer.parse_error
+    assert [(p.parameter, p.value, p.valid) for p in answer.proposals] == expected
+    if warning:
+        assert any(warning in w for w in answer.warnings), answer.warnings
+
+
+def test_json_only_inside_the_reasoning_is_not_an_answer():
+    answer = parse('<think>{"changes": [{"parameter": "wheel_diameter", "value": 190}]}</think> Done.')
+    assert answer.proposals == [] and "reasoning" in answer.parse_error
+
+
+def test_prose_without_a_stated_value_proposes_nothing():
+    for text in ("The wheels look a bit small, maybe make them larger.", "The wheel diameter is 120 mm now."):
+        answer = parse(text)
+        assert answer.proposals == [] and answer.parse_error
+
+
+def test_an_answer_cut_off_by_max_new_tokens_says_to_raise_it():
+    cut = parse_model_output('{"summary": "s", "changes": [{"parameter": "wheel_diameter", "value": 150}, {"param',
+                             SCHEMA, VALUES, cut_off_at=64)
+    assert [(p.parameter, p.value) for p in cut.proposals] == [("wheel_diameter", 150.0)]
+    assert any("raise max_new_tokens" in w for w in cut.warnings)
+    nothing = parse_model_output("Let me think about the wheels", SCHEMA, VALUES, cut_off_at=16)
+    assert "raise max_new_tokens" in nothing.parse_error
