@@ -107,7 +107,13 @@ SCHEMAS: dict = {
         "proposals": {"type": "array", "items": _ref("Proposal")},
         "timings": {"type": "object", "additionalProperties": {"type": "number"}}, "cached": {"type": "boolean"}}},
     "ApplyRequest": {"type": "object", "properties": {
-        "version": {"type": "integer"}, "parameters": {"type": "array", "items": {"type": "string"}}}},
+        "version": {"type": "integer"},
+        "parameters": {"type": "array", "items": {"type": "string"},
+                       "description": "proposals to apply as proposed (default: every valid one not in values)"},
+        "values": {"type": "object", "additionalProperties": {},
+                   "description": "your own values: corrections of proposed ones or parameters the model did not "
+                                  "mention; validated like an edit, and logged as the example's target"},
+        "overwrite": {"type": "boolean", "description": "apply even over parameters edited since the answer"}}},
 }
 
 
@@ -175,15 +181,18 @@ PATHS: dict = {
         "summary": "apply a proposal set (or a subset) as one undoable entry",
         "parameters": [{"name": "proposal_id", "in": "path", "required": True, "schema": {"type": "string"}}],
         "requestBody": {"required": False, **_json(_ref("ApplyRequest"))},
-        "responses": {"200": _ok("state with the new entry", _ref("State")), **WRITE_ERRORS,
-                      "404": _error("unknown or expired proposal set")}}},
+        "responses": {"200": _ok("state with the new entry (null when nothing changed) and `applied`",
+                                 _ref("State")), **WRITE_ERRORS,
+                      "404": _error("unknown or expired proposal set"),
+                      "409": _error("stale version, or stale_proposal: parameters edited since the answer")}}},
     "/api/proposals/{proposal_id}/reject": {"post": {
-        "summary": "reject a proposal set (logged as a training example)",
+        "summary": "reject a proposal set (logged as a rejected answer; as 'no change' only with nothing_should_change)",
         "parameters": [{"name": "proposal_id", "in": "path", "required": True, "schema": {"type": "string"}}],
         "requestBody": {"required": False, **_json({"type": "object", "properties": {
-            "reason": {"type": "string", "maxLength": 2000}}})},
+            "reason": {"type": "string", "maxLength": 1000}, "nothing_should_change": {"type": "boolean"}}})},
         "responses": {"200": _ok("rejected", {"type": "object", "required": ["id", "rejected"], "properties": {
-            "id": {"type": "string"}, "rejected": {"type": "boolean"}}}), **COMMON_ERRORS,
+            "id": {"type": "string"}, "rejected": {"type": "boolean"},
+            "recorded_as": {"type": "string", "enum": ["rejected", "no_change"]}}}), **COMMON_ERRORS,
             "404": _error("unknown or expired proposal set")}}},
     "/api/vlm/adapters": {"get": {"summary": "LoRA adapters under runs/", "responses": {"200": _ok("adapters", {
         "type": "object", "required": ["adapters"], "properties": {

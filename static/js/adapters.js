@@ -9,6 +9,32 @@ function baseName(path) {
   return parts[parts.length - 1] || String(path);
 }
 
+const pct = (x) => `${(100 * x).toFixed(0)}%`;
+const num = (x) => (typeof x === 'number' ? x.toFixed(4) : '-');
+
+// What vlm.train measured on the validation split (training_summary.json), short for the picker and long for
+// its tooltip: examples, steps, the loss, and the task metrics of the kept (best) checkpoint.
+export function trainingText(training) {
+  if (!training) return { short: '', long: 'no training summary' };
+  const best = training.best || training.final_eval || {};
+  const parts = [`${training.examples} examples`];
+  if (typeof best.error_after === 'number') {
+    parts.push(`val error ${num(best.error_before)}→${num(best.error_after)}`);
+    if (typeof best.parse_rate === 'number') parts.push(`parses ${pct(best.parse_rate)}`);
+  } else if (typeof best.eval_loss === 'number') {
+    parts.push(`val loss ${best.eval_loss.toFixed(3)}`);
+  }
+  const long = [
+    `trained on ${training.examples} examples (${training.val_examples ?? 0} for validation), ${training.steps} steps`,
+    typeof training.final_loss === 'number' ? `final training loss ${training.final_loss.toFixed(4)}` : '',
+    best.step ? `kept the checkpoint of step ${best.step}${training.selected_by ? ` (best ${training.selected_by})` : ''}` : '',
+    typeof best.error_after === 'number'
+      ? `validation: parameter error ${num(best.error_before)} before, ${num(best.error_after)} after; answers that parse ${pct(best.parse_rate || 0)}; precision ${best.precision == null ? '-' : pct(best.precision)}, recall ${best.recall == null ? '-' : pct(best.recall)}`
+      : '',
+  ];
+  return { short: parts.join(', '), long: long.filter(Boolean).join('\n') };
+}
+
 export class AdapterPicker {
   constructor({ onSwitched = () => {} } = {}) {
     this.onSwitched = onSwitched; // (answer) => void: lets the status badge refresh at once
@@ -43,13 +69,19 @@ export class AdapterPicker {
     const select = $('adapter-select');
     const adapters = listing.adapters || [];
     const options = adapters.map((a) => {
+      const trained = trainingText(a.training);
       const details = [a.base_model && `base: ${baseName(a.base_model)}`, a.r && `r=${a.r}`,
-        a.size_bytes && formatBytes(a.size_bytes), a.created && `created ${a.created}`, a.error && `problem: ${a.error}`];
+        a.size_bytes && formatBytes(a.size_bytes), a.created && `created ${a.created}`, trained.long,
+        a.error && `problem: ${a.error}`];
       return el('option', {
-        value: a.name, text: a.error ? `${a.name} (unusable)` : a.name, disabled: Boolean(a.error),
-        title: details.filter(Boolean).join('\n'),
+        value: a.name, text: a.error ? `${a.name} (unusable)` : `${a.name}${trained.short ? ` · ${trained.short}` : ''}`,
+        disabled: Boolean(a.error), title: details.filter(Boolean).join('\n'),
       });
     });
+    const active = adapters.find((a) => a.active);
+    const summary = $('adapter-training');
+    summary.textContent = active ? trainingText(active.training).short : '';
+    summary.title = active ? trainingText(active.training).long : '';
     // The active adapter may live outside runs/ (FINETUNED_MODEL_PATH): show it, not selectable by name.
     let activeName = listing.active;
     if (!activeName && listing.active_path) {
