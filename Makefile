@@ -45,6 +45,7 @@ bench: $(PY_STAMP)
 	$(PY) bench/adapter_switch.py
 	$(PY) bench/latency.py
 	$(PY) bench/fit.py
+	$(PY) bench/proposals.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
