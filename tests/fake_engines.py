@@ -17,11 +17,15 @@ Behaviours (attribute `behaviour`, read on every request, so a test may switch i
 request on its own: the proposal benchmark runs against it); otherwise every answer is `text`.
 `gate`: a threading.Event; when set on the fake, a stream waits for it after its first chunk (proves the client
 relays tokens before the stream ends). Pytest fixtures `fake_ollama`, `fake_openai` yield started fakes.
+A client that closes its connection before the answer is complete (a cancel) is recorded in `closes` (path and
+`time.monotonic()`); `wait_for_close(timeout)` waits for the next one. While stalling or between chunks the fake
+watches its socket, as a real engine does, so a close is seen at once and the answer abandoned.
 """
 from __future__ import annotations
 
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -50,6 +54,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class ClientClosed(Exception):
+    """The client went away before the answer was complete."""
 
 
 @dataclass
@@ -118,8 +126,35 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def send_chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
+        try:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+        except OSError:  # broken pipe, reset: the client hung up
+            self.client_closed()
+
+    def client_gone(self) -> bool:
+        """The client closed its end (EOF readable on a connection that sends nothing more)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def client_closed(self):
+        self.fake.record_close(self.path)
+        self.close_connection = True
+        raise ClientClosed()
+
+    def wait(self, event: threading.Event | None, timeout: float) -> None:
+        """Wait up to `timeout` (until `event` is set, when given), watching for the client to go away."""
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            if event is not None and event.wait(min(left, 0.02)):
+                return
+            if event is None:
+                time.sleep(min(left, 0.02))
+            if self.client_gone():
+                self.client_closed()
 
     def end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
@@ -130,12 +165,12 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         for i, payload in enumerate(payloads):
             if i > 0 and fake.delay_s:
-                time.sleep(fake.delay_s)
+                self.wait(None, fake.delay_s)
             self.send_chunk(payload)
             if i == 0 and fake.gate is not None:
-                fake.gate.wait(fake.stall_s)
+                self.wait(fake.gate, fake.stall_s)
             if i == 0 and fake.behaviour == "stall_mid_stream":
-                fake.released.wait(fake.stall_s)
+                self.wait(fake.released, fake.stall_s)
             if i == 1 and error_payload is not None:
                 self.send_chunk(error_payload)
                 break
@@ -143,7 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def stall_if_slow(self) -> None:
         if self.fake.behaviour == "slow":
-            self.fake.released.wait(self.fake.stall_s)
+            self.wait(self.fake.released, self.fake.stall_s)
 
     def do_GET(self):
         self._record()
@@ -154,7 +189,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(rec.body, dict):
             self.send_json(400, self.fake.error_body("invalid JSON body"))
             return
-        self.route_post(rec.body)
+        try:
+            self.route_post(rec.body)
+        except ClientClosed:
+            log.debug("fake engine: the client closed %s before the answer was complete", self.path)
 
 
 class _FakeEngine:
@@ -171,7 +209,9 @@ class _FakeEngine:
         self.gate: threading.Event | None = None
         self.responder = None
         self.requests: list[RecordedRequest] = []
+        self.closes: list[tuple[str, float]] = []  # (path, time.monotonic()) of each request the client cut short
         self.lock = threading.Lock()
+        self._close_seen = threading.Condition(self.lock)
         self.released = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -215,6 +255,17 @@ class _FakeEngine:
 
     def __exit__(self, *exc):
         self.stop()
+
+    def record_close(self, path: str) -> None:
+        with self._close_seen:
+            self.closes.append((path, time.monotonic()))
+            self._close_seen.notify_all()
+
+    def wait_for_close(self, timeout: float, already: int = 0) -> float | None:
+        """The time of close number `already + 1` once it is recorded, or None after `timeout` seconds."""
+        with self._close_seen:
+            self._close_seen.wait_for(lambda: len(self.closes) > already, timeout)
+            return self.closes[already][1] if len(self.closes) > already else None
 
     def answer_for(self, body: dict) -> str:
         return self.responder(body) if self.responder is not None else self.text

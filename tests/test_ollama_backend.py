@@ -77,10 +77,10 @@ def test_tokens_reach_the_caller_before_the_stream_ends(fake_ollama):
     assert "".join(tokens) == PROPOSAL_TEXT
 
 
-def test_without_on_token_one_non_streamed_answer(fake_ollama):
+def test_without_on_token_the_answer_is_still_streamed_from_the_engine(fake_ollama):
     result = backend(fake_ollama.url).generate(request(prompt="hi"))
     body = fake_ollama.posts("/api/chat")[-1]
-    assert body["stream"] is False and "format" not in body and "images" not in body["messages"][-1]
+    assert body["stream"] is True and "format" not in body and "images" not in body["messages"][-1]
     assert result.text == PROPOSAL_TEXT and result.completion_tokens is not None
 
 

@@ -78,10 +78,10 @@ def test_tokens_reach_the_caller_before_the_stream_ends(fake_openai):
     assert "".join(tokens) == PROPOSAL_TEXT
 
 
-def test_non_streamed_answer(fake_openai):
+def test_without_on_token_the_answer_is_still_streamed_from_the_engine(fake_openai):
     result = backend(fake_openai.base_url).generate(request())
     [body] = chat_posts(fake_openai)
-    assert body["stream"] is False and "response_format" not in body
+    assert body["stream"] is True and "response_format" not in body
     assert body["messages"][-1]["content"] == [{"type": "text", "text": "Make the rover climb better."}]
     assert result.text == PROPOSAL_TEXT and result.prompt_tokens == FakeOpenAI.prompt_tokens
 

@@ -1,21 +1,26 @@
 """Shared plumbing for the HTTP backends (Ollama, OpenAI-compatible): timeouts, error mapping, cancel.
 
+Generations always stream from the engine, so a slow answer is bounded by the generation deadline and only the
+silence between chunks by the read timeout; a cancel closes the upstream connection, which engines take as stop.
+
 Every network failure becomes a `BackendError` with a code the web layer can show:
 `engine_unreachable` (503), `engine_timeout` (504), `engine_error` (502/503), plus the per-engine ones.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import socket
 import threading
-import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import requests
+import requests.adapters
 from urllib3.exceptions import ReadTimeoutError
 
-from vlm.backend import BackendError, GenerationCancelled
+from vlm.backend import BackendError, CancelToken, GenerationCancelled
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +97,33 @@ def error_from_json(body) -> str | None:
     return None
 
 
-class HttpEngine:
-    """One engine endpoint: builds timeouts, maps exceptions, tracks the streamed response so cancel() can cut it.
+class _SocketTrackingAdapter(requests.adapters.HTTPAdapter):
+    """Hands every socket it connects to `on_socket`, so a cancel can cut a request still waiting for its first
+    byte (an engine evaluating a long prompt sends no headers yet; there is no response object to close)."""
 
-    A fresh connection per call (no shared Session): status() may run on the web thread while generate() streams.
+    def __init__(self, on_socket: Callable[[socket.socket], None]):
+        self._on_socket = on_socket
+        super().__init__(max_retries=0)
+
+    def get_connection_with_tls_context(self, *args, **kwargs):
+        pool = super().get_connection_with_tls_context(*args, **kwargs)
+        if not getattr(pool, "_optim_tracked", False):
+            on_socket, base = self._on_socket, pool.ConnectionCls
+
+            class TrackedConnection(base):
+                def connect(self):
+                    super().connect()
+                    on_socket(self.sock)
+
+            pool.ConnectionCls, pool._optim_tracked = TrackedConnection, True
+        return pool
+
+
+class HttpEngine:
+    """One engine endpoint: builds timeouts, maps exceptions, and runs generations as `EngineCall`s that a cancel
+    token or the generation deadline can cut at any point.
+
+    A fresh connection per call (no shared Session): status() may run on the web thread while generations stream.
     """
 
     def __init__(self, *, engine: str, base_url: str, connect_timeout_s: float, read_timeout_s: float,
@@ -107,33 +135,35 @@ class HttpEngine:
         self.unreachable_hint = unreachable_hint
         self.headers = dict(headers or {})
         self._lock = threading.Lock()
-        self._current: requests.Response | None = None
-        self._cancelled = threading.Event()
+        self._calls: set[EngineCall] = set()
 
     # --- requests -------------------------------------------------------------------------------------------
     def request(self, method: str, path: str, *, json_body=None, stream: bool = False,
-                read_timeout_s: float | None = None) -> requests.Response:
+                read_timeout_s: float | None = None, on_socket=None) -> requests.Response:
         """Send one request; network failures raise BackendError. HTTP error statuses are returned, not raised."""
         url = self.base_url + path
         read_timeout = self.read_timeout_s if read_timeout_s is None else read_timeout_s
         try:
-            return requests.request(method, url, json=json_body, stream=stream, headers=self.headers,
-                                    timeout=(self.connect_timeout_s, read_timeout))
+            with requests.Session() as session:
+                if on_socket is not None:
+                    adapter = _SocketTrackingAdapter(on_socket)
+                    session.mount("http://", adapter)
+                    session.mount("https://", adapter)
+                return session.request(method, url, json=json_body, stream=stream, headers=self.headers,
+                                       timeout=(self.connect_timeout_s, read_timeout))
         except requests.RequestException as exc:
             raise self.map_exception(exc, read_timeout) from exc
 
     def map_exception(self, exc: BaseException, read_timeout: float | None = None,
                       mid_stream: bool = False) -> BackendError:
-        if mid_stream and self._cancelled.is_set():  # our own cancel() cut the socket
-            return GenerationCancelled()
         if isinstance(exc, requests.ConnectTimeout):
             return BackendError(
                 f"{self.engine} at {self.base_url} did not accept a connection within {self.connect_timeout_s:g} s",
                 code="engine_timeout", status=504)
         if is_read_timeout(exc):
             limit = self.read_timeout_s if read_timeout is None else read_timeout
-            return BackendError(f"{self.engine} at {self.base_url} sent nothing for {limit:g} s (read timeout)",
-                                code="engine_timeout", status=504)
+            return BackendError(f"{self.engine} at {self.base_url} sent nothing for {limit:g} s (read timeout, "
+                                f"VLM_READ_TIMEOUT)", code="engine_timeout", status=504)
         if isinstance(exc, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
             if not mid_stream:
                 return BackendError(f"Cannot reach {self.engine} at {self.base_url}: is it running? "
@@ -148,57 +178,127 @@ class HttpEngine:
         return BackendError(f"{self.engine} {what} failed (HTTP {resp.status_code}): {error_text(resp)}",
                             code="engine_error", status=status)
 
-    # --- streaming and cancel -------------------------------------------------------------------------------
-    def begin(self, timeout_s: float | None) -> tuple[float | None, float]:
-        """Start a generation: clear a stale cancel; return (deadline, read timeout) for it. The read timeout
-        shrinks to the request's own time limit so one stalled read cannot outlive it."""
-        self._cancelled.clear()
-        if timeout_s is None or timeout_s <= 0:
-            return None, self.read_timeout_s
-        return time.monotonic() + timeout_s, min(self.read_timeout_s, timeout_s)
-
-    def lines(self, resp: requests.Response, deadline: float | None,
-              read_timeout_s: float | None = None) -> Iterator[str]:
-        """Decoded non-empty lines as they arrive. Each socket read is bounded by the read timeout; the overall
-        request is bounded by `deadline` (monotonic seconds) checked between lines."""
+    # --- generations ----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def generation(self, timeout_s: float | None, cancel: CancelToken | None) -> Iterator["EngineCall"]:
+        """One generation's exchange with the engine, closed (socket included) when the block ends."""
+        call = EngineCall(self, timeout_s, cancel)
         with self._lock:
-            self._current = resp
+            self._calls.add(call)
         try:
-            for raw in resp.iter_lines(chunk_size=512):
-                if self._cancelled.is_set():
-                    raise GenerationCancelled()
-                if deadline is not None and time.monotonic() > deadline:
-                    raise BackendError(f"{self.engine} did not finish within the generation time limit",
-                                       code="engine_timeout", status=504)
-                if raw:
-                    yield raw.decode("utf-8", errors="replace")
-            if self._cancelled.is_set():
-                raise GenerationCancelled()
-        except requests.RequestException as exc:
-            raise self.map_exception(exc, read_timeout_s, mid_stream=True) from exc
+            yield call
         finally:
             with self._lock:
-                self._current = None
-            resp.close()
+                self._calls.discard(call)
+            call.close()
 
     def cancel(self) -> None:
-        """Mark the generation cancelled and wake the reader blocked on the socket (urllib3's shutdown(SHUT_RD))."""
-        self._cancelled.set()
+        """Cancel every generation in flight (shutdown); a single request cancels through its own token."""
         with self._lock:
-            resp = self._current
-        if resp is not None:
-            try:
-                resp.raw.shutdown()
-            except Exception:  # already released or finished: the flag alone stops the loop
-                log.debug("could not shut down the %s response socket", self.engine, exc_info=True)
+            calls = list(self._calls)
+        for call in calls:
+            call.token.set()
 
-    def raise_if_cancelled(self) -> None:
-        if self._cancelled.is_set():
-            raise GenerationCancelled()
+
+class EngineCall:
+    """A generation's HTTP exchange: a cancel (its token) or the deadline (VLM_GENERATE_TIMEOUT, a timer) shuts its
+    socket down, so the engine sees the client go away at once and stops generating, and the reader blocked on
+    the socket wakes. The read timeout (VLM_READ_TIMEOUT) only bounds the silence between two chunks."""
+
+    def __init__(self, engine: HttpEngine, timeout_s: float | None, cancel: CancelToken | None):
+        self.engine = engine
+        self.token = cancel if cancel is not None else CancelToken()
+        self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
+        self.timed_out = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._closed = False
+        self._timer: threading.Timer | None = None
+        if self.timeout_s is not None:
+            self._timer = threading.Timer(self.timeout_s, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+        self._forget_token = self.token.on_cancel(self._cut)
 
     @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+    def stopped(self) -> bool:
+        return self.token.is_set() or self.timed_out
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        self._cut()
+
+    def _track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            stop_now = self.stopped or self._closed
+        if stop_now:  # cancelled while connecting
+            self._shutdown(sock)
+
+    def _cut(self) -> None:
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._shutdown(sock)
+
+    def _shutdown(self, sock: socket.socket) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # FIN to the engine; a recv blocked on it returns at once
+        except OSError:  # already closed: nothing left to cut
+            log.debug("%s socket already closed", self.engine.engine)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._forget_token()
+        self._cut()
+
+    def check(self) -> None:
+        """Raise when cancelled or past the deadline."""
+        if self.token.is_set():
+            raise GenerationCancelled()
+        if self.timed_out:
+            raise self._deadline_error()
+
+    def _deadline_error(self) -> BackendError:
+        return BackendError(f"{self.engine.engine} did not finish within the generation time limit of "
+                            f"{self.timeout_s:g} s (VLM_GENERATE_TIMEOUT)", code="engine_timeout", status=504)
+
+    def _failure(self, exc: BaseException, mid_stream: bool) -> BackendError:
+        if self.token.is_set():  # our own cut, not the engine's fault
+            return GenerationCancelled()
+        if self.timed_out:
+            return self._deadline_error()
+        return self.engine.map_exception(exc, mid_stream=mid_stream)
+
+    def post(self, path: str, body: dict) -> requests.Response:
+        """POST a streamed request (headers back; the body is read with `lines`)."""
+        self.check()
+        try:
+            resp = self.engine.request("POST", path, json_body=body, stream=True, on_socket=self._track)
+        except BackendError as exc:
+            if self.stopped:
+                raise self._failure(exc, mid_stream=False) from exc
+            raise
+        if self.stopped:
+            resp.close()
+            self.check()
+        return resp
+
+    def lines(self, resp: requests.Response) -> Iterator[str]:
+        """Decoded non-empty lines as they arrive; each socket read is bounded by the read timeout."""
+        try:
+            for raw in resp.iter_lines(chunk_size=512):
+                self.check()
+                if raw:
+                    yield raw.decode("utf-8", errors="replace")
+            self.check()  # a cut socket can look like a clean end of stream
+        except requests.RequestException as exc:
+            raise self._failure(exc, mid_stream=True) from exc
+        finally:
+            resp.close()
 
 
 def parse_json_line(line: str, engine: str) -> dict:

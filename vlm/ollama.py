@@ -29,8 +29,10 @@ class OllamaBackend(Backend):
     name = "ollama"
 
     def __init__(self, base_url: str = "http://127.0.0.1:11434", model: str = "llava:latest", *,
-                 keep_alive_s: float = 300.0, connect_timeout_s: float = 3.0, read_timeout_s: float = 120.0):
+                 keep_alive_s: float = 300.0, connect_timeout_s: float = 3.0, read_timeout_s: float = 120.0,
+                 max_parallel: int = 1):
         self.model = model
+        self.max_parallel = max(1, int(max_parallel))  # Ollama runs OLLAMA_NUM_PARALLEL requests per model
         self.keep_alive_s = float(keep_alive_s)
         self.http = HttpEngine(engine="Ollama", base_url=base_url, connect_timeout_s=connect_timeout_s,
                                read_timeout_s=read_timeout_s, unreachable_hint="Start it with `ollama serve`.")
@@ -113,8 +115,8 @@ class OllamaBackend(Backend):
         progress(1.0, "ready")
 
     def generate(self, request: GenerateRequest, on_token: TokenCallback | None = None) -> GenerateResult:
-        deadline, read_timeout = self.http.begin(request.timeout_s)
-        stream = on_token is not None
+        """Always streamed from Ollama (stream:false sends nothing until done, so a slow but healthy answer would
+        hit the read timeout); closing the stream is how Ollama is told to stop."""
         user: dict = {"role": "user", "content": request.prompt}
         if request.images:
             user["images"] = [b64(image) for image in request.images]  # plain base64: Ollama rejects data: URLs
@@ -122,21 +124,20 @@ class OllamaBackend(Backend):
         body: dict = {
             "model": self.model,
             "messages": messages,
-            "stream": stream,
+            "stream": True,
             "options": {"temperature": request.temperature, "num_predict": request.max_new_tokens},
             "keep_alive": self.keep_alive,
         }
         if request.json_schema:
             body["format"] = request.json_schema
         started = time.monotonic()
-        resp = self.http.request("POST", "/api/chat", json_body=body, stream=stream, read_timeout_s=read_timeout)
-        self.http.raise_if_cancelled()  # cancel() came while we waited for the answer's headers
-        self._check(resp, "chat (/api/chat)")
-        first_token_s = None
-        if stream:
+        with self.http.generation(request.timeout_s, request.cancel) as call:
+            resp = call.post("/api/chat", body)
+            self._check(resp, "chat (/api/chat)")
+            first_token_s = None
             pieces: list[str] = []
             final = None
-            for line in self.http.lines(resp, deadline, read_timeout):
+            for line in call.lines(resp):
                 obj = parse_json_line(line, "Ollama")
                 if obj.get("error"):
                     raise BackendError(f"Ollama stopped mid-answer: {obj['error']}", code="engine_error",
@@ -146,17 +147,15 @@ class OllamaBackend(Backend):
                     if first_token_s is None:
                         first_token_s = round(time.monotonic() - started, 6)
                     pieces.append(piece)
-                    on_token(piece)
+                    if on_token is not None:
+                        on_token(piece)
                 if obj.get("done"):
                     final = obj
                     break
             if final is None:
                 raise BackendError("Ollama ended the stream without its final message", code="engine_error",
                                    status=502)
-            text = "".join(pieces)
-        else:
-            final = self._json(resp, "chat (/api/chat)")
-            text = (final.get("message") or {}).get("content") or ""
+        text = "".join(pieces)
         self._loaded = True  # a chat loads the model in Ollama even if load() was skipped
         timings = {"generate": round(time.monotonic() - started, 6)}
         if first_token_s is not None:
@@ -216,3 +215,6 @@ class OllamaBackend(Backend):
 
     def cancel(self) -> None:
         self.http.cancel()
+
+    def identity(self) -> dict:
+        return {"backend": self.name, "url": self.url, "model": canonical_model_name(self.model)}

@@ -24,8 +24,9 @@ class OpenAICompatBackend(Backend):
     name = "openai"
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", model: str = "", api_key: str | None = None,
-                 *, connect_timeout_s: float = 3.0, read_timeout_s: float = 120.0):
+                 *, connect_timeout_s: float = 3.0, read_timeout_s: float = 120.0, max_parallel: int = 1):
         self.model = model
+        self.max_parallel = max(1, int(max_parallel))  # vLLM and the like batch concurrent requests
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = HttpEngine(engine="OpenAI-compatible server", base_url=base_url, headers=headers,
                                connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s,
@@ -100,29 +101,26 @@ class OpenAICompatBackend(Backend):
         return body
 
     def generate(self, request: GenerateRequest, on_token: TokenCallback | None = None) -> GenerateResult:
-        deadline, read_timeout = self.http.begin(request.timeout_s)
-        stream = on_token is not None
+        """Always streamed (SSE): the generation deadline bounds the whole answer, the read timeout only the silence
+        between chunks; closing the stream is how the engine (vLLM aborts the request) is told to stop."""
         with_format = bool(request.json_schema) and self._use_response_format
         started = time.monotonic()
-        resp = self.http.request("POST", "/chat/completions", json_body=self._body(request, stream, with_format),
-                                 stream=stream, read_timeout_s=read_timeout)
-        if with_format and resp.status_code in (400, 422):
-            # Some engines reject response_format/json_schema: ask once more without it and remember.
-            log.warning("%s rejected response_format (%s); retrying without structured output",
-                        self.url, error_text(resp))
-            resp.close()
-            resp = self.http.request("POST", "/chat/completions", json_body=self._body(request, stream, False),
-                                     stream=stream, read_timeout_s=read_timeout)
-            if resp.ok:
-                self._use_response_format = False
-        self.http.raise_if_cancelled()  # cancel() came while we waited for the answer's headers
-        self._check(resp, "chat completion (POST /chat/completions)")
-        usage: dict = {}
-        first_token_s = None
-        finish_reason = None
-        if stream:
+        with self.http.generation(request.timeout_s, request.cancel) as call:
+            resp = call.post("/chat/completions", self._body(request, True, with_format))
+            if with_format and resp.status_code in (400, 422):
+                # Some engines reject response_format/json_schema: ask once more without it and remember.
+                log.warning("%s rejected response_format (%s); retrying without structured output",
+                            self.url, error_text(resp))
+                resp.close()
+                resp = call.post("/chat/completions", self._body(request, True, False))
+                if resp.ok:
+                    self._use_response_format = False
+            self._check(resp, "chat completion (POST /chat/completions)")
+            usage: dict = {}
+            first_token_s = None
+            finish_reason = None
             pieces: list[str] = []
-            for line in self.http.lines(resp, deadline, read_timeout):
+            for line in call.lines(resp):
                 if not line.startswith("data:"):
                     continue  # SSE comments, event names, keep-alive lines
                 data = line[5:].strip()
@@ -141,23 +139,15 @@ class OpenAICompatBackend(Backend):
                         if first_token_s is None:
                             first_token_s = round(time.monotonic() - started, 6)
                         pieces.append(piece)
-                        on_token(piece)
+                        if on_token is not None:
+                            on_token(piece)
             else:
                 raise BackendError(f"{self.url} ended the stream without `data: [DONE]`", code="engine_error",
                                    status=502)
-            text = "".join(pieces)
-        else:
-            body = self._json(resp, "chat completion (POST /chat/completions)")
-            choices = body.get("choices") or []
-            if not choices:
-                raise BackendError(f"{self.url} answered without choices", code="engine_error", status=502)
-            text = (choices[0].get("message") or {}).get("content") or ""
-            finish_reason = choices[0].get("finish_reason")
-            usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         timings = {"generate": round(time.monotonic() - started, 6)}
         if first_token_s is not None:
             timings["first_token"] = first_token_s
-        return GenerateResult(text=text, model=self.model, prompt_tokens=usage.get("prompt_tokens"),
+        return GenerateResult(text="".join(pieces), model=self.model, prompt_tokens=usage.get("prompt_tokens"),
                               completion_tokens=usage.get("completion_tokens"), timings=timings,
                               finish_reason=finish_reason)
 
@@ -187,3 +177,6 @@ class OpenAICompatBackend(Backend):
 
     def cancel(self) -> None:
         self.http.cancel()
+
+    def identity(self) -> dict:
+        return {"backend": self.name, "url": self.url, "model": self.model}
