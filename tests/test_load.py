@@ -22,7 +22,8 @@ VLM_CLIENTS = 20
 def server(tiny_vlm, tmp_path_factory):
     live = start_live_server({"VLM_BACKEND": "finetuned", "FINETUNED_MODEL_PATH": str(tiny_vlm.adapter_dir),
                               "VLM_DTYPE": "float32", "VLM_KEEP_ALIVE": "-1", "CAD_WARMUP": "0",
-                              "THREADS": "32"}, tmp_path_factory.mktemp("load") / "data")
+                              # every one of the 20 asks gets a place; test_scheduler covers a full queue
+                              "THREADS": "32", "VLM_MAX_QUEUE": str(VLM_CLIENTS)}, tmp_path_factory.mktemp("load") / "data")
     yield live
     live.stop()
 

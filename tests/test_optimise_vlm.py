@@ -131,6 +131,8 @@ def test_cancel_while_waiting_for_the_vlm_ends_the_run_at_once(app, ollama):
         time.sleep(0.1)
     started = time.monotonic()
     assert app.test_client().delete("/api/optimise?model=bracket").status_code == 202
+    closed = ollama.wait_for_close(timeout=5)  # the cancel reached the engine: its request was closed
+    assert closed is not None and closed - started < 1.0
     vlm = next_event(events, "vlm", timeout=30)
     assert not vlm["used"] and vlm["note"] == "cancelled before the VLM answered"
     done = next_event(events, "done", timeout=30)

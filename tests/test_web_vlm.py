@@ -80,13 +80,22 @@ def test_concurrent_first_requests_load_once_and_answer(tiny_app):
 
 def test_identical_deterministic_request_is_cached(tiny_app):
     c = tiny_app.test_client()
-    req = {"prompt": "narrower chassis please", "max_new_tokens": 6}
+    req = {"prompt": "narrower chassis please", "max_new_tokens": 512}  # room for a whole (parseable) answer
     first = c.post("/api/vlm", json=req).get_json()
+    assert first["parse_error"] is None, first
     second = c.post("/api/vlm", json=req).get_json()
     assert first["cached"] is False and second["cached"] is True
     assert second["text"] == first["text"] and second["id"] != first["id"]
     third = c.post("/api/vlm", json={**req, "images": [b64(png_bytes())]}).get_json()
     assert third["cached"] is False
+
+
+def test_an_answer_that_does_not_parse_is_never_cached(tiny_app):
+    c = tiny_app.test_client()
+    req = {"prompt": "shorter wheels base please", "max_new_tokens": 6}  # cut off: no readable proposal
+    first = c.post("/api/vlm", json=req).get_json()
+    assert first["parse_error"] and first["finish_reason"] == "length"
+    assert c.post("/api/vlm", json=req).get_json()["cached"] is False
 
 
 def test_images_and_render_reach_the_model(tiny_app):

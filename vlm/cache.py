@@ -1,7 +1,9 @@
 """An LRU of model answers, so repeating the same deterministic request does not run the model again.
 
 Only greedy (temperature 0) requests are cached: `key()` returns None for sampled ones, and `get(None)`/
-`put(None, ...)` do nothing, so callers need no special case.
+`put(None, ...)` do nothing, so callers need no special case. The key holds the model's identity as loaded
+(`ModelManager.cache_identity()`: base and adapter *content*, see `content_fingerprint`), so an adapter retrained
+in place and reloaded is a different key; callers store only answers that parsed.
 """
 from __future__ import annotations
 
@@ -10,7 +12,31 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
+
+# Files that decide a model's answers; anything else in the folder (logs, checkpoints' metadata) does not.
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.json", "*.model", "*.txt", "*.jinja")
+
+
+def content_fingerprint(path: str | Path | None) -> str | None:
+    """A hash of the names, sizes and modification times of a model folder's files (cheap: stat calls only), or
+    None when `path` is not a local folder (a hub name: the name is the identity). Rewriting a weight file in
+    place changes it even when the size stays."""
+    if path is None:
+        return None
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return None
+    parts = []
+    try:
+        files = sorted({f for pattern in WEIGHT_PATTERNS for f in folder.glob(pattern) if f.is_file()})
+        for f in files:
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    except OSError as exc:  # a folder being rewritten: an identity nothing else shares
+        parts.append(f"unreadable:{exc}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 class ResponseCache:
@@ -24,9 +50,10 @@ class ResponseCache:
         self._misses = 0
 
     @staticmethod
-    def key(backend: str, model: str, adapter: str | None, system: str, prompt: str, images: list[bytes],
+    def key(backend: str, model, adapter, system: str, prompt: str, images: list[bytes],
             max_new_tokens: int, temperature: float = 0.0, json_schema: dict | None = None) -> str | None:
-        """A stable hash of everything that decides the answer, or None when the request is not deterministic."""
+        """A stable hash of everything that decides the answer, or None when the request is not deterministic.
+        `model` and `adapter` may be any JSON value (e.g. an identity dict with content fingerprints)."""
         if temperature != 0:
             return None
         material = {

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .backend import Backend, BackendError, GenerateRequest, GenerateResult, GenerationCancelled, ProgressCallback, \
     TokenCallback
+from .cache import content_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,16 @@ SWITCH_TIMEOUT_S = 300.0
 _ADAPTER_ERROR_STATUS = {"not_found": 422, "bad_adapter": 422, "base_mismatch": 422}
 SHUTDOWN_GRACE_S = 5.0
 _EXIT = "__exit__"
+_CANCELLED = "__cancelled__"  # put on the event queue by a request's cancel token, to wake its wait
+CANCEL_RESEND_S = 0.2
+
+
+def _base_named_by(adapter_path: Path | None) -> str | None:
+    """The base model an adapter's adapter_config.json names (what the worker loads when VLM_BASE_MODEL is unset)."""
+    try:
+        return json.loads((adapter_path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (TypeError, OSError, ValueError, AttributeError):
+        return None
 
 
 class FinetunedBackend(Backend):
@@ -166,25 +177,52 @@ class FinetunedBackend(Backend):
         self._current_id = req_id
         started = time.monotonic()
         deadline = started + request.timeout_s if request.timeout_s else None
+        token = request.cancel
+        # The cancel wakes this loop at once; the loop tells the worker (its stopping criteria end generate()).
+        forget = token.on_cancel(lambda: events.put({"event": _CANCELLED, "id": req_id})) if token else None
+        cancel_sent_at = None
+        cancel_started = None
         try:
             self._send(op="generate", id=req_id, system=request.system, prompt=request.prompt,
                        images=[base64.b64encode(b).decode("ascii") for b in request.images],
                        max_new_tokens=request.max_new_tokens, temperature=request.temperature,
                        json_schema=request.json_schema)
             while True:
-                wait = None if deadline is None else deadline - time.monotonic()
-                if wait is not None and wait <= 0:
+                now = time.monotonic()
+                wait = None if deadline is None else deadline - now
+                if token is not None and token.is_set():
+                    cancel_started = cancel_started or now
+                    if cancel_sent_at is None or now - cancel_sent_at >= CANCEL_RESEND_S:
+                        # Sent again until the worker answers: a cancel that arrives before the worker has taken
+                        # up this request (still on its queue) does not match its current id and is dropped.
+                        self._send_quietly(op="cancel", id=req_id)
+                        cancel_sent_at = now
+                    if now - cancel_started > self.cancel_grace_s:
+                        log.warning("model worker did not stop within %.1f s of a cancel; killing it",
+                                    self.cancel_grace_s)
+                        self._kill()
+                        raise GenerationCancelled("generation was cancelled (the worker was restarted)")
+                    wait = CANCEL_RESEND_S
+                elif wait is not None and wait <= 0:
                     self._cancel_after_timeout(req_id, request.timeout_s)
                 try:
                     event = events.get(timeout=wait)
                 except queue.Empty:
-                    continue  # the deadline check above handles it
+                    continue  # the deadline and cancel checks above handle it
                 result = self._handle(event, req_id, on_token)
                 if result is not None:
                     result.timings.setdefault("total", round(time.monotonic() - started, 4))
                     return result
         finally:
+            if forget is not None:
+                forget()
             self._current_id = None
+
+    def _send_quietly(self, **msg) -> None:
+        try:
+            self._send(**msg)
+        except BackendError:  # the worker is gone; its exit event ends the wait
+            pass
 
     def _handle(self, event: dict, req_id: str, on_token: TokenCallback | None) -> GenerateResult | None:
         kind = event.get("event")
@@ -266,6 +304,13 @@ class FinetunedBackend(Backend):
                 code = event.get("code") or "bad_adapter"
                 raise BackendError(event.get("message") or "the adapter could not be loaded", code=code,
                                    status=_ADAPTER_ERROR_STATUS.get(code, 503))
+
+    def identity(self) -> dict:
+        """The base and the adapter's content (size+mtime of its files): a retrained adapter is a new identity."""
+        base = self.base_model or _base_named_by(self.adapter_path) or self.default_base_model
+        return {"backend": self.name, "base": base, "base_content": content_fingerprint(base),
+                "adapter": str(self.adapter_path) if self.adapter_path else None,
+                "adapter_content": content_fingerprint(self.adapter_path)}
 
     def cancel(self) -> None:
         req_id = self._current_id

@@ -1,9 +1,10 @@
 """`ModelManager`: the one owner of model state (the shape of Ollama's server/sched.go).
 
 States: unloaded -> loading -> ready; failed (with a reason) -> loading again after a cooldown; any -> unloaded.
-One load at a time (concurrent callers wait for the same load), one generation at a time per backend, and a
-keep-alive timer that unloads an idle model (keep_alive_s: 0 = right after each request, -1 = never).
-No torch here: the backend decides where the model runs.
+One load at a time (concurrent callers wait for the same load), up to the backend's `max_parallel` generations at
+once (unload and adapter switches wait for them), and a keep-alive timer that unloads an idle model (keep_alive_s:
+0 = right after each request, -1 = never). Which requests get to generate, and when, is `vlm.scheduler`'s job;
+a request's cancel token also ends its wait for a load. No torch here: the backend decides where the model runs.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import threading
 import time
 from typing import Callable
 
-from .backend import Backend, BackendError, GenerateRequest, GenerateResult, TokenCallback
+from .backend import Backend, BackendError, CancelToken, GenerateRequest, GenerateResult, GenerationCancelled, \
+    TokenCallback
+from .scheduler import GenerationGate
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,9 @@ class ModelManager:
         self.on_state_change: list[Callable[[str, dict], None]] = []
         self.load_count = 0
         self._cond = threading.Condition(threading.Lock())
-        self._generate_lock = threading.Lock()  # one generation (or unload) at a time on the backend
+        # generations share the backend up to its max_parallel; unload/switch/keep-alive take it alone
+        self._gate = GenerationGate(lambda: getattr(self.backend, "max_parallel", 1))
+        self._identity: dict | None = None  # the backend's identity as loaded (cache key); None: do not cache
         self._state = UNLOADED
         self._error: str | None = None
         self._retry_after: float | None = None  # set after a failed load: no new load before this clock value
@@ -89,6 +94,7 @@ class ModelManager:
         self._progress = (0.0, "starting")
         self._load_started, self._load_finished = self.clock(), None
         self._set_state(LOADING)
+        self._identity = None
         epoch = self._epoch
         threading.Thread(target=self._run_load, args=(epoch,), daemon=True, name=f"vlm-load-{epoch}").start()
         if self.load_timeout_s and self.load_timeout_s > 0:
@@ -103,6 +109,7 @@ class ModelManager:
                 if self._epoch == epoch and self._state == LOADING:
                     self._progress = (max(0.0, min(1.0, float(fraction))), phase)
 
+        identity_before = self._backend_identity()
         try:
             self.backend.load(progress)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the state's reason
@@ -119,6 +126,8 @@ class ModelManager:
             # a newer load already replaced this one's worker in the backend: leave that one alone
             newer_load_running = stale and self._state == LOADING
             if not stale:
+                # files rewritten during the load: which version was read is unknown, so nothing is cached
+                self._identity = identity_before if identity_before == self._backend_identity() else None
                 self._progress = (1.0, "ready")
                 self._load_finished = self.clock()
                 self._retry_after = None
@@ -137,12 +146,26 @@ class ModelManager:
             self._set_state(FAILED, f"the model did not load within {self.load_timeout_s:g} s")
         self.backend.unload()
 
-    def ensure_ready(self, timeout: float | None = None) -> None:
-        """Start the load if needed and wait for it. Giving up here does not abort the load."""
+    def ensure_ready(self, timeout: float | None = None, cancel: CancelToken | None = None) -> None:
+        """Start the load if needed and wait for it. Giving up here (timeout, cancel) does not abort the load."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        forget = cancel.on_cancel(self._wake) if cancel is not None else None
+        try:
+            self._wait_ready_locked(deadline, cancel)
+        finally:
+            if forget is not None:
+                forget()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _wait_ready_locked(self, deadline: float | None, cancel: CancelToken | None) -> None:
         with self._cond:
             self._start_load_locked()
             while self._state == LOADING:
+                if cancel is not None and cancel.is_set():
+                    raise GenerationCancelled("cancelled while the model was loading")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     fraction, phase = self._progress
@@ -162,11 +185,14 @@ class ModelManager:
             self._cancel_keep_alive_locked()
         try:
             while True:
-                self.ensure_ready(timeout=self.load_timeout_s if self.load_timeout_s > 0 else None)
-                with self._generate_lock:
+                if request.cancel is not None and request.cancel.is_set():
+                    raise GenerationCancelled()
+                self.ensure_ready(timeout=self.load_timeout_s if self.load_timeout_s > 0 else None,
+                                  cancel=request.cancel)
+                with self._gate.shared():
                     with self._cond:
                         if self._state != READY:
-                            continue  # unloaded between ensure_ready and the lock: load again
+                            continue  # unloaded between ensure_ready and the gate: load again
                     if not self.backend.is_alive():
                         self._mark_lost("the model worker is no longer running")
                         continue
@@ -217,7 +243,7 @@ class ModelManager:
                         raise BackendError("the model is still loading; try switching again when it is ready",
                                            code="model_loading_timeout", status=503)
                     self._cond.wait(left)
-            with self._generate_lock:
+            with self._gate.exclusive():
                 with self._cond:
                     if self._state == LOADING:
                         continue  # a load started meanwhile: wait for it, then switch
@@ -227,6 +253,7 @@ class ModelManager:
                         self._retry_after = None  # a new adapter is worth a load at once, even after a failure
                         self._backend_status = None
                         return info
+                identity = self._backend_identity(adapter_path)
                 try:
                     info = self.backend.switch_adapter(adapter_path)
                 except BackendError as exc:
@@ -234,6 +261,7 @@ class ModelManager:
                         self._mark_lost(exc.message)
                     raise
                 with self._cond:
+                    self._identity = identity if identity == self._backend_identity() else None
                     self._backend_status = None
                     if self._state == READY and self._active == 0:
                         self._arm_keep_alive_locked()
@@ -256,7 +284,7 @@ class ModelManager:
         timer.start()
 
     def _keep_alive_expired(self) -> None:
-        with self._generate_lock:
+        with self._gate.exclusive():
             with self._cond:
                 if self._timer is None or threading.current_thread() is not self._timer:
                     return  # re-armed or cancelled meanwhile
@@ -280,7 +308,7 @@ class ModelManager:
         if loading:
             self.backend.unload()
             return
-        with self._generate_lock:
+        with self._gate.exclusive():
             with self._cond:
                 self._cancel_keep_alive_locked()
             self.backend.unload()
@@ -293,6 +321,31 @@ class ModelManager:
         self.unload()
         with self._cond:
             self._closed = True
+
+    # ------------------------------------------------------------ identity (response cache)
+    def _backend_identity(self, adapter_path=None) -> dict | None:
+        try:
+            identity = dict(self.backend.identity())
+        except Exception:  # noqa: BLE001 - an identity we cannot read means "do not cache"
+            log.exception("backend identity failed")
+            return None
+        if adapter_path is not None:  # what the identity will be once this adapter is active
+            from .cache import content_fingerprint
+
+            identity.update(adapter=str(adapter_path), adapter_content=content_fingerprint(adapter_path))
+        return identity
+
+    def cache_identity(self) -> dict | None:
+        """What answers may be cached under: the identity as loaded when ready; the one a load would read now
+        when unloaded (a lookup only: `ResponseCache` users store after generating, by then loaded); None while
+        failed or loading, so nothing stale is served and nothing is stored."""
+        with self._cond:
+            state, loaded = self._state, self._identity
+        if state == READY:
+            return loaded
+        if state == UNLOADED:
+            return self._backend_identity()
+        return None
 
     # ------------------------------------------------------------ status
     def _cached_backend_status(self) -> dict:

@@ -51,7 +51,9 @@ class Config:
     openai_model: str = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
     openai_api_key: str | None = None
     http_connect_timeout_s: float = 3.0
-    http_read_timeout_s: float = 120.0
+    http_read_timeout_s: float = 120.0  # VLM_READ_TIMEOUT: the longest silence between two chunks of an answer
+    vlm_max_queue: int = 8  # VLM_MAX_QUEUE: generations that may wait; past that, 503 busy at once
+    vlm_parallel: int = 1  # VLM_PARALLEL: generations a remote engine runs at once (the fine-tuned worker: 1)
     max_upload_mb: float = 16.0
     max_image_pixels: int = 40_000_000
     cad_warmup: bool = True
@@ -95,6 +97,8 @@ class Config:
         c.openai_api_key = env.get("OPENAI_API_KEY") or None
         c.http_connect_timeout_s = float(env.get("VLM_CONNECT_TIMEOUT", c.http_connect_timeout_s))
         c.http_read_timeout_s = float(env.get("VLM_READ_TIMEOUT", c.http_read_timeout_s))
+        c.vlm_max_queue = int(env.get("VLM_MAX_QUEUE", c.vlm_max_queue))
+        c.vlm_parallel = int(env.get("VLM_PARALLEL", c.vlm_parallel))
         c.max_upload_mb = float(env.get("MAX_UPLOAD_MB", c.max_upload_mb))
         c.cad_warmup = _bool(env.get("CAD_WARMUP"), True)
         if env.get("OPTIM_DATASET_DIR"):
@@ -111,6 +115,10 @@ class Config:
             raise ValueError(f"VLM_BACKEND must be finetuned, ollama or openai, not {self.backend!r}")
         if not (0 < self.port < 65536):
             raise ValueError(f"PORT must be 1..65535, not {self.port}")
+        if self.vlm_max_queue < 0:
+            raise ValueError(f"VLM_MAX_QUEUE must be 0 or more, not {self.vlm_max_queue}")
+        if self.vlm_parallel < 1:
+            raise ValueError(f"VLM_PARALLEL must be at least 1, not {self.vlm_parallel}")
         if self.cache_mb < 1:
             raise ValueError(f"CAD_CACHE_MB must be at least 1, not {self.cache_mb:g}")
 

@@ -63,7 +63,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(BackendError)
     def _backend_error(e: BackendError):
-        return error_response(e.status, e.code, e.message)
+        response, status = error_response(e.status, e.code, e.message)
+        retry_after = getattr(e, "retry_after_s", None)  # vlm.scheduler.Busy: the queue is full
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(int(retry_after))
+        return response, status
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(e):

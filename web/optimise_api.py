@@ -3,7 +3,8 @@ history entry; ``DELETE /api/optimise``: cancel the running one. Routes on ``tar
 
 A run is: the measured comparison of the current state; with ``use_vlm``, one VLM proposal (web/optimise_vlm.py),
 kept only when it raises the IoU; then the numeric refinement (``cad.optimise``) from the better state. One run per
-model at a time; its cancel event is set by DELETE, by a streaming client that goes away and by server shutdown.
+model at a time; its cancel token is set by DELETE, by a streaming client that goes away and by server shutdown,
+and reaches the VLM's engine too (web/optimise_vlm.py passes it with the request).
 A cancelled run still applies its best state so far when that beats the start.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cad.errors import BuildError
 from cad.optimise import MAX_STEPS_LIMIT, VOXEL_STAGES, optimise, stage_count
 from cad.session import VersionConflict
 from cad.worker import BuildTimeout
+from vlm.backend import CancelToken
 
 from .cad_api import entry_json, state_json
 from .errors import ApiError, build_timeout_message
@@ -58,7 +60,7 @@ def _prepare() -> dict:
                               f"{snapshot['version']}); reload to see the latest state",
                               current_version=snapshot["version"])
     return {"model": model, "path": _target_path(model.name), "max_steps": max_steps, "snapshot": snapshot,
-            "use_vlm": use_vlm, "stream": stream, "cancel": threading.Event()}
+            "use_vlm": use_vlm, "stream": stream, "cancel": CancelToken()}
 
 
 def _claim(ctx: dict) -> None:
@@ -204,7 +206,7 @@ def _start(ctx: dict) -> queue.Queue:
     return events
 
 
-def _relay(events: queue.Queue, cancel: threading.Event):
+def _relay(events: queue.Queue, cancel: CancelToken):
     finished = False
     try:
         yield from relay(events, 1.0)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 
 from cad.errors import BuildError, ParameterError
 from cad.target import TargetError
-from vlm.backend import BackendError, GenerateRequest
+from vlm.backend import BackendError, CancelToken, GenerateRequest, GenerationCancelled
 from vlm.prompts import build_prompt, proposal_json_schema
 from vlm.proposals import ProposalSet, parse_model_output
 
@@ -23,7 +22,6 @@ log = logging.getLogger(__name__)
 
 RENDER_VIEW, RENDER_SIZE = "iso", 384  # as /api/vlm's include_render
 MAX_NEW_TOKENS = 512
-POLL_S = 0.1  # how often a wait for the model looks at the cancel flag
 
 
 def _xyz(values, digits: int = 1) -> str:
@@ -49,26 +47,15 @@ def describe_comparison(comparison: dict) -> str:
     return " ".join(lines)
 
 
-def _generate(manager, request: GenerateRequest, cancel) -> str | None:
-    """The model's text, or None when ``cancel`` was set first (the answer is then dropped when it comes)."""
-    box: dict = {}
-    done = threading.Event()
-
-    def run():
-        try:
-            box["text"] = manager.generate(request).text
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="optimise-vlm", daemon=True).start()
-    while not done.wait(POLL_S):
-        if cancel is not None and cancel.is_set():
+def _generate(svc, request: GenerateRequest) -> str | None:
+    """The model's text through the scheduler, or None when the run was cancelled first (its token is the
+    request's, so a cancel also stops the engine's work)."""
+    try:
+        return svc.scheduler.generate(request).text
+    except GenerationCancelled:
+        if request.cancel is not None and request.cancel.is_set():
             return None
-    if "error" in box:
-        raise box["error"]
-    return box["text"]
+        raise
 
 
 def _record(svc, model, request: GenerateRequest, text: str, parsed, values: dict, proposed: dict,
@@ -86,7 +73,8 @@ def _record(svc, model, request: GenerateRequest, text: str, parsed, values: dic
                         extra={"raised_iou": raised, "iou_before": iou_before, "iou_proposal": iou_proposal})
 
 
-def ask_vlm(svc, model, target_path, values: dict, comparison: dict, cancel=None) -> tuple[dict, dict | None]:
+def ask_vlm(svc, model, target_path, values: dict, comparison: dict,
+            cancel: CancelToken | None = None) -> tuple[dict, dict | None]:
     """(report, comparison of the accepted proposal or None). ``report`` holds ``vlm_used`` (the model answered),
     ``vlm_proposed`` (name -> value, the valid changes), ``vlm_iou`` (their IoU, or None), ``vlm_accepted``,
     ``vlm_summary`` and, when the step gave nothing usable, ``vlm_note``. Never raises for a VLM failure."""
@@ -106,9 +94,9 @@ def ask_vlm(svc, model, target_path, values: dict, comparison: dict, cancel=None
                                 has_images=bool(images), has_render=bool(images))
     request = GenerateRequest(system=system, prompt=user, images=images, max_new_tokens=MAX_NEW_TOKENS,
                               temperature=0.0, json_schema=proposal_json_schema(schema),
-                              timeout_s=svc.config.generate_timeout_s)
+                              timeout_s=svc.config.generate_timeout_s, cancel=cancel)
     try:
-        text = _generate(svc.manager, request, cancel)
+        text = _generate(svc, request)
     except BackendError as exc:
         return {**report, "vlm_note": f"the VLM was not usable ({exc.code}): {exc.message}"}, None
     except Exception:  # noqa: BLE001 - a VLM failure must not fail the optimisation

@@ -1,4 +1,4 @@
-"""The long-lived objects one app owns: model registry, builder, sessions, the model manager.
+"""The long-lived objects one app owns: model registry, builder, sessions, the model manager and its scheduler.
 
 All of them are cheap to construct: nothing here imports cadquery or loads a model.
 """
@@ -17,6 +17,7 @@ from vlm.cache import ResponseCache
 from vlm.dataset import DatasetLog
 from vlm.lifecycle import ModelManager
 from vlm.proposals import ProposalStore
+from vlm.scheduler import Scheduler
 
 from .config import DEFAULT_BASE_MODEL, Config
 
@@ -28,15 +29,18 @@ def make_backend(config: Config) -> Backend:
         from vlm.ollama import OllamaBackend
 
         return OllamaBackend(config.ollama_url, model=config.ollama_model, keep_alive_s=config.keep_alive_s,
-                             connect_timeout_s=config.http_connect_timeout_s, read_timeout_s=config.http_read_timeout_s)
+                             connect_timeout_s=config.http_connect_timeout_s, read_timeout_s=config.http_read_timeout_s,
+                             max_parallel=config.vlm_parallel)
     if config.backend == "openai":
         from vlm.openai_compat import OpenAICompatBackend
 
         return OpenAICompatBackend(config.openai_base_url, model=config.openai_model, api_key=config.openai_api_key,
                                    connect_timeout_s=config.http_connect_timeout_s,
-                                   read_timeout_s=config.http_read_timeout_s)
+                                   read_timeout_s=config.http_read_timeout_s, max_parallel=config.vlm_parallel)
     from vlm.finetuned import FinetunedBackend
 
+    if config.vlm_parallel > 1:
+        log.info("VLM_PARALLEL=%s ignored: the fine-tuned worker runs one generation at a time", config.vlm_parallel)
     return FinetunedBackend(adapter_path=config.finetuned_model_path, base_model=config.vlm_base_model,
                             dtype=config.vlm_dtype, device_map=config.vlm_device_map,
                             default_base_model=DEFAULT_BASE_MODEL)
@@ -52,6 +56,7 @@ class Services:
         self.sessions = SessionStore(config.data_dir, self.registry)
         self.manager = ModelManager(make_backend(config), keep_alive_s=config.keep_alive_s,
                                     load_timeout_s=config.load_timeout_s)
+        self.scheduler = Scheduler(self.manager, max_queue=config.vlm_max_queue)
         self.proposals = ProposalStore()
         self.responses = ResponseCache()
         self._warmup_started = False
@@ -102,6 +107,7 @@ class Services:
         from cad import worker
 
         try:
+            self.scheduler.close()
             self.manager.shutdown()
         finally:
             # The worker is shared by every Builder in this process; a later build simply starts a new one.

@@ -1,6 +1,7 @@
 """VLM endpoints: ask for proposals (JSON or SSE stream), model status/load/unload, apply proposals."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -27,6 +28,8 @@ bp = Blueprint("vlm_api", __name__, url_prefix="/api")
 MAX_PROMPT_CHARS = 4000
 MAX_NEW_TOKENS = 2048
 RENDER_VIEW, RENDER_SIZE = "iso", 384
+STREAM_IDLE_S = 0.2  # a keep-alive at least this often: a closed stream is noticed within a few of them
+DISCONNECT_POLL_S = 0.25
 
 
 def _flag(value) -> bool:
@@ -105,13 +108,18 @@ def _prepare():
             "include_render": include_render}
 
 
-def _cache_key(ctx) -> str:
+def _cache_key(ctx) -> str | None:
+    """The answer's cache key under the model as loaded (base and adapter content), or None: not cacheable (sampled,
+    or the model is failed or loading)."""
     svc = services()
-    st = svc.manager.status()
     gen = ctx["request"]
-    return svc.responses.key(backend=st.get("backend"), model=st.get("model"), adapter=st.get("adapter"),
+    identity = svc.manager.cache_identity() if gen.deterministic else None
+    if identity is None:
+        return None
+    return svc.responses.key(backend=identity.get("backend"), model=identity, adapter=identity.get("adapter_content"),
                              system=gen.system, prompt=gen.prompt, images=gen.images,
-                             max_new_tokens=gen.max_new_tokens, temperature=gen.temperature)
+                             max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                             json_schema=gen.json_schema)
 
 
 def _answer(ctx, text: str, *, model: str | None, timings: dict, cached: bool, finish_reason: str | None) -> dict:
@@ -137,36 +145,84 @@ def _answer(ctx, text: str, *, model: str | None, timings: dict, cached: bool, f
             "finish_reason": finish_reason}
 
 
-def _run(ctx, on_token=None) -> dict:
+def _cached_answer(ctx, hit: dict, on_token=None) -> dict:
+    if on_token:
+        on_token(hit["text"])
+    return _answer(ctx, hit["text"], model=hit["model"], timings={"total_s": 0.0}, cached=True,
+                   finish_reason=hit.get("finish_reason"))
+
+
+def _generate(ctx, job, key: str | None, on_token=None) -> dict:
+    """Run the admitted job and read its answer; only an answer that parsed is cached, and only under the key
+    the model still has (not when the adapter was switched or reloaded meanwhile)."""
     svc = services()
-    gen = ctx["request"]
-    key = _cache_key(ctx) if gen.deterministic else None
-    hit = svc.responses.get(key) if key else None
-    if hit is not None:
-        if on_token:
-            on_token(hit["text"])
-        return _answer(ctx, hit["text"], model=hit["model"], timings={"total_s": 0.0}, cached=True,
-                       finish_reason=hit.get("finish_reason"))
     t0 = time.perf_counter()
-    result = svc.manager.generate(gen, on_token=on_token)
+    result = job.run(on_token)
     timings = {**result.timings, "total_s": round(time.perf_counter() - t0, 4)}
-    if key and _cache_key(ctx) == key:  # not when the adapter was switched meanwhile
+    answer = _answer(ctx, result.text, model=result.model, timings=timings, cached=False,
+                     finish_reason=result.finish_reason)
+    if key and answer["parse_error"] is None and _cache_key(ctx) == key:
         svc.responses.put(key, {"text": result.text, "model": result.model, "finish_reason": result.finish_reason})
-    return _answer(ctx, result.text, model=result.model, timings=timings, cached=False,
-                   finish_reason=result.finish_reason)
+    return answer
+
+
+@contextlib.contextmanager
+def _cancel_on_disconnect(job):
+    """Cancel the job when the client of a non-streamed request hangs up. waitress reports it only when it reads
+    ahead on the connection (channel_request_lookahead > 0); without that the job runs to its end."""
+    disconnected = request.environ.get("waitress.client_disconnected")
+    if disconnected is None:
+        yield
+        return
+    finished = threading.Event()
+
+    def watch():
+        while not finished.wait(DISCONNECT_POLL_S):
+            if disconnected():
+                log.info("the client went away; cancelling its VLM request")
+                job.cancel()
+                return
+
+    threading.Thread(target=watch, name="vlm-disconnect-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        finished.set()
 
 
 @bp.post("/vlm")
 def ask_vlm():
+    svc = services()
     ctx = _prepare()
+    key = _cache_key(ctx)
+    hit = svc.responses.get(key) if key else None
+    if hit is not None:
+        if not ctx["stream"]:
+            return jsonify(_cached_answer(ctx, hit))
+        return _event_stream(_stream(ctx, lambda on_token: _cached_answer(ctx, hit, on_token)))
+    job = svc.scheduler.submit(ctx["request"])  # a full queue is 503 busy here, before any waiting
     if not ctx["stream"]:
-        return jsonify(_run(ctx))
-    return Response(stream_with_context(_stream(ctx)), mimetype="text/event-stream",
+        with _cancel_on_disconnect(job):
+            return jsonify(_generate(ctx, job, key))
+    try:
+        response = _event_stream(_stream(ctx, lambda on_token: _generate(ctx, job, key, on_token)))
+    except BaseException:
+        job.discard()
+        raise
+    # Stop in the UI aborts the fetch: waitress closes the response when a write finds the client gone
+    response.call_on_close(job.cancel)
+    return response
+
+
+def _event_stream(events) -> Response:
+    return Response(stream_with_context(events), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _stream(ctx):
-    """Run the request in a thread and relay its progress: load status while waiting, tokens, then done/error."""
+def _stream(ctx, produce):
+    """Run `produce(on_token)` in a thread started now (so an admitted job always runs, and ends when cancelled),
+    and relay its progress: load status while waiting, tokens, then done/error. The relay writes at least every
+    STREAM_IDLE_S, which is how a client that went away is noticed."""
     svc = services()
     events: queue.Queue = queue.Queue()
     app = current_app._get_current_object()
@@ -174,7 +230,7 @@ def _stream(ctx):
     def work():
         with app.app_context():
             try:
-                events.put(("done", _run(ctx, on_token=lambda text: events.put(("token", {"text": text})))))
+                events.put(("done", produce(lambda text: events.put(("token", {"text": text})))))
             except BackendError as exc:
                 events.put(("error", {"error": exc.code, "message": exc.message}))
             except Exception:  # the client gets a clean error event, the log gets the traceback
@@ -194,12 +250,16 @@ def _stream(ctx):
         last_status = brief
         return sse("status", brief)
 
-    yield from relay(events, 0.5, status_change)
+    def relayed():
+        yield from relay(events, STREAM_IDLE_S, status_change)
+
+    return relayed()
 
 
 @bp.get("/vlm/status")
 def vlm_status():
-    return jsonify(services().manager.status())
+    svc = services()
+    return jsonify({**svc.manager.status(), "queue": svc.scheduler.stats()})
 
 
 @bp.post("/vlm/load")
