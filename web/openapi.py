@@ -40,7 +40,9 @@ COMMON_ERRORS = {"400": _error("bad request or malformed JSON"), "404": _error("
 WRITE_ERRORS = {**COMMON_ERRORS, "409": _error("version conflict, or nothing to undo/redo"),
                 "422": _error("invalid parameter value"), "503": _error("the session could not be saved")}
 VLM_ERRORS = {**COMMON_ERRORS, "422": _error("unreadable image"), "502": _error("the engine refused the request"),
-              "503": _error("model unavailable"), "504": _error("model timeout")}
+              "503": _error("model unavailable, or busy: the queue is full (VLM_MAX_QUEUE); "
+                                    "retry after the Retry-After header's seconds"),
+              "504": _error("model timeout")}
 
 SCHEMAS: dict = {
     "Error": {"type": "object", "required": ["error", "message"],
