@@ -1,6 +1,6 @@
 """Target shapes: store a STEP or STL target per model, and compare a model's build with it (volumetric IoU).
 
-``TargetStore`` (file handling, no geometry) runs in the web process. The geometry functions (``target_info``,
+Storing the files is ``cad.target_store`` (no geometry, the web process). The geometry functions (``target_info``,
 ``target_glb``, ``compare_model``) run in the build worker (``cad.worker``): they import cadquery and numpy lazily.
 
 IoU method: ``exact`` when the model's parts fuse into a valid solid and the target is a valid solid (STEP):
@@ -11,10 +11,7 @@ on one grid (``cad.voxel``). Every answer says which method was used.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +24,6 @@ TARGET_FORMATS = ("step", "stl")
 MAX_TARGET_TRIANGLES = 2_000_000
 TARGET_COLOUR = (0.75, 0.78, 0.82)
 EXACT_TOLERANCE = 1e-3  # relative: intersection and union volumes must agree this well for an exact IoU
-_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
 class TargetError(CadError, ValueError):
@@ -76,60 +72,6 @@ def parse_stl(data: bytes):
     if np.ptp(vertices, axis=0).max() <= 0:
         raise TargetError("the STL file's triangles all lie on one point")
     return vertices, np.arange(len(vertices), dtype=np.int64).reshape(-1, 3)
-
-
-class TargetStore:
-    """One target file per model: ``<data_dir>/targets/<model>.step|stl``, written atomically."""
-
-    def __init__(self, data_dir: Path):
-        self.dir = Path(data_dir) / "targets"
-        self._lock = threading.Lock()
-
-    def path(self, model: str) -> Path | None:
-        self._check_name(model)
-        for fmt in TARGET_FORMATS:
-            candidate = self.dir / f"{model}.{fmt}"
-            if candidate.is_file():
-                return candidate
-        return None
-
-    def save(self, model: str, data: bytes, check) -> tuple[Path, dict]:
-        """Store ``data`` as the model's target once ``check(temporary_path)`` accepted it (it returns metadata).
-
-        Nothing changes when the format is unknown or ``check`` raises: the previous target stays in place.
-        """
-        self._check_name(model)
-        fmt = detect_format(data)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=f".{model}.", suffix=f".{fmt}", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            info = check(Path(temporary))
-            final = self.dir / f"{model}.{fmt}"
-            with self._lock:
-                os.replace(temporary, final)
-                for other in TARGET_FORMATS:
-                    if other != fmt:
-                        (self.dir / f"{model}.{other}").unlink(missing_ok=True)
-            return final, info
-        finally:
-            Path(temporary).unlink(missing_ok=True)
-
-    def delete(self, model: str) -> bool:
-        with self._lock:
-            path = self.path(model)
-            if path is None:
-                return False
-            path.unlink(missing_ok=True)
-            return True
-
-    @staticmethod
-    def _check_name(model: str) -> None:
-        if not isinstance(model, str) or not _MODEL_NAME.match(model):
-            raise TargetError(f"invalid model name {model!r}")
 
 
 # --- geometry (build worker only) ---------------------------------------------------------------------------------

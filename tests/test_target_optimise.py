@@ -10,7 +10,8 @@ from cad import export
 from cad.build import build_model
 from cad.optimise import VOXEL_STAGES, optimise
 from cad.registry import ModelRegistry
-from cad.target import TargetError, TargetStore, compare_model, detect_format, load_target, parse_stl, target_glb
+from cad.target import TargetError, compare_model, detect_format, load_target, parse_stl, target_glb
+from cad.target_store import TargetStore
 from cad.voxel import mesh_iou
 
 REGISTRY = ModelRegistry()

@@ -48,6 +48,8 @@ def page(browser, request):
     p.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     p.on("pageerror", lambda exc: errors.append(str(exc)))
+    # The page runs under the server's Content-Security-Policy: anything it blocks is a bug in the page or the policy
+    p.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
     p.shot = lambda step: _screenshot(p, request.node.name, step)
     yield p
     context.close()

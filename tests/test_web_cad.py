@@ -252,9 +252,11 @@ def test_render_png(client):
     assert r.status_code == 200 and r.mimetype == "image/png"
     img = Image.open(io.BytesIO(r.data))
     assert img.size == (128, 128)
-    for bad in ("view=diagonal", "size=10", "size=99999", "size=abc"):
+    # not an option or not an integer: 400; an integer outside 64..1024: 422
+    for bad, status in (("view=diagonal", 400), ("size=abc", 400), ("size=10", 422), ("size=1025", 422),
+                        ("size=99999", 422)):
         r = client.get(f"/api/render.png?{bad}")
-        assert r.status_code == 400, bad
+        assert r.status_code == status, bad
         assert r.get_json()["message"]
 
 

@@ -5,14 +5,18 @@ import hashlib
 
 from flask import Blueprint, Response, jsonify, request
 
-from .parse import choice_arg, expected_version, int_arg, json_body, model_name
-from .services import services
 from .errors import ApiError
+from .parse import choice_arg, download_arg, expected_version, int_arg, json_body, model_name
+from .security import expensive
+from .services import services
 
 bp = Blueprint("cad_api", __name__, url_prefix="/api")
 
 EXPORT_TYPES = {"glb": "model/gltf-binary", "stl": "model/stl", "step": "model/step"}
 VIEWS = ("front", "side", "top", "iso")
+# Every render is a job for the one build worker: 24 renders at 2048 px kept it busy for 70 s (issue 17), and the
+# cost grows with the square of the size. 1024 is the largest the UI asks for (its PNG download).
+MIN_RENDER_SIZE, MAX_RENDER_SIZE = 64, 1024
 
 
 def state_json(name: str, **extra) -> dict:
@@ -106,22 +110,24 @@ def _file_response(data: bytes, mimetype: str, filename: str | None = None) -> R
 
 
 @bp.get("/model.<fmt>")
+@expensive
 def export_model(fmt: str):
     if fmt not in EXPORT_TYPES:
         raise ApiError(404, "unknown_format", f"no export format {fmt!r}; use one of {', '.join(EXPORT_TYPES)}")
     name = model_name()
     model, snap = _current(name)
+    download = download_arg()
     data = services().builder.export(model, snap["values"], fmt)
-    download = request.args.get("download") in {"1", "true"}
     return _file_response(data, EXPORT_TYPES[fmt], f"{model.name}-v{snap['version']}.{fmt}" if download else None)
 
 
 @bp.get("/render.png")
+@expensive
 def render_png():
     view = choice_arg("view", "iso", VIEWS)
-    size = int_arg("size", 512, 64, 2048)
+    size = int_arg("size", 512, MIN_RENDER_SIZE, MAX_RENDER_SIZE)
+    download = download_arg()
     name = model_name()
     model, snap = _current(name)
     data = services().builder.render_png(model, snap["values"], view, size)
-    download = request.args.get("download") in {"1", "true"}
     return _file_response(data, "image/png", f"{model.name}-{view}.png" if download else None)

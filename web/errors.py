@@ -27,6 +27,23 @@ def build_timeout_message(e) -> str:
             f"faster for these values or raise CAD_BUILD_TIMEOUT")
 
 
+def _mb(n: int) -> str:
+    return f"{n / 2**20:g} MB"
+
+
+def too_large_message() -> str:
+    """Which limit a 413 hit. Werkzeug raises the same RequestEntityTooLarge for the body limit (per request:
+    target uploads have their own) and for its multipart caps, so tell them apart from the request itself."""
+    limit = request.max_content_length  # this request's limit: PUT /api/target raises it for its upload
+    length = request.content_length
+    if limit is not None and (length is None or length > limit):
+        return f"the request body is larger than the {_mb(limit)} limit for {request.method} {request.path}"
+    if request.mimetype == "multipart/form-data":
+        return (f"a form field that is not a file is larger than {request.max_form_memory_size:,} bytes, or the "
+                f"form has more than {request.max_form_parts} parts; send large data as a file part")
+    return f"the request body is larger than the {_mb(limit or 0)} limit"
+
+
 def register_error_handlers(app: Flask) -> None:
     from cad.errors import BuildError, ParameterError, ScriptError, UnknownModel
     from cad.session import SessionError
@@ -71,18 +88,21 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(e):
-        limit = app.config.get("MAX_CONTENT_LENGTH") or 0
-        return error_response(413, "too_large", f"the request body is larger than the {limit // (1024 * 1024)} MB limit")
+        return error_response(413, "too_large", too_large_message())
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException):
         code = (e.name or "error").lower().replace(" ", "_")
         message = e.description or e.name
+        allowed = sorted(getattr(e, "valid_methods", None) or [])
         if e.code == 404:
             message = f"no such endpoint: {request.method} {request.path}"
         elif e.code == 405:
-            message = f"{request.method} is not allowed on {request.path}"
-        return error_response(e.code or 500, code, message)
+            message = f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}"
+        resp, status = error_response(e.code or 500, code, message)
+        if e.code == 405:  # RFC 9110: a 405 must name the methods the resource supports
+            resp.headers["Allow"] = ", ".join(allowed)
+        return resp, status
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception):

@@ -9,6 +9,8 @@ import re
 
 from flask import Blueprint, Flask, current_app, jsonify
 
+from .cad_api import MAX_RENDER_SIZE, MIN_RENDER_SIZE
+
 bp = Blueprint("openapi", __name__, url_prefix="/api")
 
 VERSION = "1.0.0"
@@ -35,8 +37,12 @@ NULLABLE_NUMBER = {"type": "number", "nullable": True}
 VERSION_BODY = {"type": "object", "properties": {"version": {"type": "integer"}, "model": {"type": "string"}}}
 MODEL_PARAM = {"name": "model", "in": "query", "required": False, "description": "CAD model (default rover)",
                "schema": {"type": "string", "maxLength": 100}}
-COMMON_ERRORS = {"400": _error("bad request or malformed JSON"), "404": _error("unknown model"),
-                 "413": _error("request body too large")}
+COMMON_ERRORS = {"400": _error("bad request or malformed JSON (also: nested deeper than 32 levels)"),
+                 "404": _error("unknown model"), "413": _error("request body larger than MAX_UPLOAD_MB")}
+# Every operation can meet the request guards (web/security.py); added to each one below.
+GUARD_ERRORS = {"401": _error("OPTIM_TOKEN is set and the request has no valid token (unauthorized); /api/* only"),
+                "403": _error("Host not allowed (host_not_allowed), or a cross-site write or expensive GET "
+                              "(cross_origin)")}
 WRITE_ERRORS = {**COMMON_ERRORS, "409": _error("version conflict, or nothing to undo/redo"),
                 "422": _error("invalid parameter value"), "503": _error("the session could not be saved")}
 VLM_ERRORS = {**COMMON_ERRORS, "422": _error("unreadable image"), "502": _error("the engine refused the request"),
@@ -119,11 +125,11 @@ SCHEMAS: dict = {
 }
 
 
-def _file(mime: str, description: str, params: list[dict]) -> dict:
+def _file(mime: str, description: str, params: list[dict], unprocessable: str = "the model script failed") -> dict:
     return {"get": {"summary": description, "parameters": params,
                     "responses": {"200": {"description": description, "content": {mime: {"schema": {
                         "type": "string", "format": "binary"}}}}, "304": {"description": "unchanged (ETag)"},
-                        **COMMON_ERRORS, "422": _error("the model script failed"),
+                        **COMMON_ERRORS, "422": _error(unprocessable),
                         "504": _error("the model script ran past CAD_BUILD_TIMEOUT (cad_build_timeout)")}}}
 
 
@@ -133,7 +139,8 @@ def _history_step(what: str) -> dict:
                      "responses": {"200": _ok("the new state", _ref("State")), **WRITE_ERRORS}}}
 
 
-DOWNLOAD = {"name": "download", "in": "query", "required": False, "schema": {"type": "string", "enum": ["1", "true"]}}
+DOWNLOAD = {"name": "download", "in": "query", "required": False, "description": "1 or true: as an attachment",
+            "schema": {"type": "string", "enum": ["0", "1", "false", "true"]}}
 PATHS: dict = {
     "/healthz": {"get": {"summary": "liveness", "responses": {"200": _ok("alive", {
         "type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}})}}},
@@ -159,8 +166,9 @@ PATHS: dict = {
         MODEL_PARAM, DOWNLOAD,
         {"name": "view", "in": "query", "required": False,
          "schema": {"type": "string", "enum": ["front", "side", "top", "iso"]}},
-        {"name": "size", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 64,
-                                                                      "maximum": 2048}}]),
+        {"name": "size", "in": "query", "required": False, "schema": {
+            "type": "integer", "minimum": MIN_RENDER_SIZE, "maximum": MAX_RENDER_SIZE, "default": 512}}],
+        unprocessable="the model script failed, or size is outside the range (bad_size)"),
     "/api/vlm": {"post": {
         "summary": "ask the model for proposals (SSE with stream=true)",
         "requestBody": {"required": True, "content": {
@@ -226,6 +234,8 @@ _OPTIMISE_REPORT = {"type": "object", "required": [
     "elapsed_s": {"type": "number"}, "vlm_used": {"type": "boolean"}, "vlm_proposed": _ref("Values"),
     "vlm_iou": NULLABLE_NUMBER, "vlm_accepted": {"type": "boolean"},
     "vlm_summary": {"type": "string", "nullable": True}, "vlm_note": {"type": "string"}}}
+STORAGE_ERRORS = {"503": _error("the data dir is not writable (target_not_saved); nothing changed"),
+                  "507": _error("the disk is full (insufficient_storage); nothing changed")}
 TARGET_PATHS = {
     "/api/target": {
         "put": {"summary": "attach a STEP or STL target (raw body or multipart field 'target', <= 20 MB)",
@@ -235,12 +245,13 @@ TARGET_PATHS = {
                     "multipart/form-data": {"schema": {"type": "object", "required": ["target"], "properties": {
                         "target": {"type": "string", "format": "binary"}}}}}},
                 "responses": {"201": _ok("the stored target", _TARGET), **COMMON_ERRORS,
-                              "413": _error("larger than 20 MB"), "422": _error("not a readable STEP or STL")}},
+                              "413": _error("larger than 20 MB"), "422": _error("not a readable STEP or STL"),
+                              **STORAGE_ERRORS}},
         "get": {"summary": "target metadata and its comparison with the current state", "parameters": [MODEL_PARAM],
                 "responses": {"200": _ok("target", _TARGET), **COMMON_ERRORS, "404": _error("no target")}},
         "delete": {"summary": "remove the target", "parameters": [MODEL_PARAM],
                    "responses": {"200": _ok("deleted", {"type": "object"}), **COMMON_ERRORS,
-                                 "404": _error("no target")}}},
+                                 "404": _error("no target"), **STORAGE_ERRORS}}},
     "/api/target.glb": _file("model/gltf-binary", "the target as GLB (metres, Y up)", [MODEL_PARAM]),
     "/api/optimise": {
         "post": {
@@ -265,6 +276,10 @@ TARGET_PATHS = {
                           **COMMON_ERRORS, "404": _error("unknown model, or no optimisation running (not_running)")}}},
 }
 PATHS.update(TARGET_PATHS)
+for _item in PATHS.values():
+    for _method, _op in _item.items():
+        for _status, _answer in GUARD_ERRORS.items():
+            _op["responses"].setdefault(_status, _answer)
 
 
 def _rule_key(path: str) -> str:

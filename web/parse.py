@@ -2,10 +2,29 @@
 from __future__ import annotations
 
 import json
+import re
 
 from flask import request
 
 from .errors import ApiError
+
+# No request body of this API nests deeper than 3 levels. A much deeper one is refused here, before any code walks
+# it: Python's recursion limit is about 1000 frames, and repr(), copies or the JSON encoder would hit it below that.
+MAX_JSON_DEPTH = 32
+
+
+def _too_deep(value, limit: int) -> bool:
+    """True when `value` nests more than `limit` lists/objects deep (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def json_body(*, required: bool = True) -> dict:
@@ -16,28 +35,37 @@ def json_body(*, required: bool = True) -> dict:
         return {}
     try:
         body = json.loads(raw)
+    except RecursionError:  # the C decoder gives up on ~1000 levels of [[[[...
+        raise ApiError(400, "malformed_json", f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "malformed_json", "the request body must be a JSON object")
+    if _too_deep(body, MAX_JSON_DEPTH):
+        raise ApiError(400, "malformed_json", f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
 
 
 def model_name(body: dict | None = None) -> str:
     from .services import services
 
-    name = request.args.get("model") or (body or {}).get("model") or services().registry.default_name
-    if not isinstance(name, str) or len(name) > 100:
+    body = body or {}
+    # Checked even when ?model= wins: a body the spec forbids ("model": {}) is refused, not silently ignored.
+    if "model" in body and not isinstance(body["model"], str):
         raise ApiError(400, "bad_model", "model must be a model name string")
+    name = request.args.get("model") or body.get("model") or services().registry.default_name
+    if len(name) > 100:
+        raise ApiError(400, "bad_model", "model must be a model name string of at most 100 characters")
     return name
 
 
 def expected_version(body: dict) -> int | None:
-    version = body.get("version")
-    if version is None:
+    if "version" not in body:
         return None
+    version = body["version"]
     if isinstance(version, bool) or not isinstance(version, int):
-        raise ApiError(400, "bad_version", "version must be an integer (the version you last saw)")
+        raise ApiError(400, "bad_version", "version must be an integer (the version you last saw); leave it out "
+                                           "to skip the check")
     return version
 
 
@@ -45,13 +73,17 @@ def int_arg(name: str, default: int, lo: int, hi: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"bad_{name}", f"{name} must be an integer between {lo} and {hi}") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, f"bad_{name}", f"{name} must be between {lo} and {hi}, got {value}")
+    if not re.fullmatch(r"-?[0-9]{1,12}", raw):  # int() would also take " 1_0 " and Arabic-Indic digits
+        raise ApiError(400, f"bad_{name}", f"{name} must be an integer between {lo} and {hi}")
+    value = int(raw)
+    if not lo <= value <= hi:  # a well-formed integer the server will not serve: 422, like an out-of-range edit
+        raise ApiError(422, f"bad_{name}", f"{name} must be between {lo} and {hi}, got {value}")
     return value
+
+
+def download_arg() -> bool:
+    """`?download=1|true` asks for an attachment; `0|false` or no value for inline. Anything else is a typo."""
+    return choice_arg("download", "0", ("0", "1", "false", "true")) in {"1", "true"}
 
 
 def choice_arg(name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -6,7 +6,10 @@ A page on another site must not drive this server through the user's browser:
   OPTIM_ALLOWED_HOSTS are accepted (the defence Ollama added for the same attack).
 - Cross-site writes (CSRF): a state-changing request whose `Origin` is not this server, or that the browser
   marks `Sec-Fetch-Site: cross-site`, is refused. Clients without `Origin` (curl, scripts) are not browsers
-  acting for a page and pass.
+  acting for a page and pass. GETs that cost a CAD build (views marked `@expensive`: exports, renders, target
+  comparisons) get the same check, so a foreign page's <img> tags cannot keep the build worker busy.
+- HTML pages carry a Content-Security-Policy: scripts, styles and connections from this server only (the inline
+  import map is allowed by a per-response nonce), no plugins, no framing.
 - OPTIM_TOKEN: when set, every /api/* request needs `Authorization: Bearer <token>`, or the HttpOnly
   SameSite=Strict cookie that `GET /?token=<token>` sets for the browser UI. /healthz and static files stay open.
 """
@@ -16,9 +19,10 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import secrets
 from urllib.parse import urlsplit
 
-from flask import Flask, redirect, request
+from flask import Flask, g, redirect, request
 
 from .config import Config
 from .errors import error_response
@@ -31,6 +35,24 @@ STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 LOCAL_NAMES = {"localhost"}
 WILDCARD_BINDS = {"", "0.0.0.0", "::", "[::]", "*"}
 DEFAULT_PORTS = {"http": "80", "https": "443"}
+EXPENSIVE_ATTR = "optim_expensive"
+# blob:/data: images: the reference-photo preview is a data: URL, the favicon is data:, and GLTFLoader turns embedded
+# textures into blob: URLs. Styles set from JavaScript (element.style) are not inline styles under CSP.
+PAGE_CSP = ("default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self'; img-src 'self' data: blob:; "
+            "connect-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+def expensive(view):
+    """Mark a GET view whose answer costs a CAD build: cross-site requests for it are refused like writes."""
+    setattr(view, EXPENSIVE_ATTR, True)
+    return view
+
+
+def csp_nonce() -> str:
+    """The nonce of this response's Content-Security-Policy (templates put it on their inline <script>)."""
+    if "csp_nonce" not in g:
+        g.csp_nonce = secrets.token_urlsafe(16)
+    return g.csp_nonce
 
 
 def split_host(host: str) -> tuple[str, str | None]:
@@ -115,12 +137,15 @@ def register_security(app: Flask, config: Config) -> None:
             return error_response(403, "host_not_allowed",
                                   f"this server does not answer for host {split_host(host)[0]!r}; "
                                   "add it to OPTIM_ALLOWED_HOSTS if you meant to reach it by that name")
-        if request.method in STATE_CHANGING:
+        costly = request.method in {"GET", "HEAD"} and getattr(app.view_functions.get(request.endpoint),
+                                                                EXPENSIVE_ATTR, False)
+        if request.method in STATE_CHANGING or costly:
             origin = request.headers.get("Origin")
             cross_site = request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site"
             if cross_site or (origin is not None and not same_origin(origin, request.scheme, host or request.host)):
-                return error_response(403, "cross_origin",
-                                      "requests that change the design must come from this server's own page")
+                what = "renders and exports" if costly else "requests that change the design"
+                return error_response(403, "cross_origin", f"{what} are only served to this server's own page "
+                                                           "(or to clients that send no Origin, such as curl)")
         if token is None:
             return None
         path = request.path
@@ -140,7 +165,11 @@ def register_security(app: Flask, config: Config) -> None:
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("X-Frame-Options", "DENY")  # the apply/undo buttons must not be clickjacked
         resp.headers.setdefault("Referrer-Policy", "same-origin")
+        if resp.mimetype == "text/html":
+            resp.headers.setdefault("Content-Security-Policy", PAGE_CSP.format(nonce=csp_nonce()))
         return resp
+
+    app.jinja_env.globals["csp_nonce"] = csp_nonce
 
 
 def _page_login(token: str):

@@ -20,6 +20,7 @@ from vlm.proposals import ProposalStore
 from vlm.scheduler import Scheduler
 
 from .config import DEFAULT_BASE_MODEL, Config
+from .housekeeping import remove_leftover_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ def make_backend(config: Config) -> Backend:
 class Services:
     def __init__(self, config: Config):
         self.config = config
+        # Before any store is used: a temporary of this process is never mistaken for a leftover.
+        remove_leftover_temporaries(config.data_dir, config.dataset_dir)
         extra = [config.models_dir] if config.models_dir else []
         self.registry = ModelRegistry(extra_dirs=extra)
         self.builder = Builder(config.data_dir / "cache", timeout_s=config.build_timeout_s,
@@ -91,7 +94,10 @@ class Services:
         try:
             self.builder.warm_up(self.registry.get(self.registry.default_name))
         except Exception:  # warm-up is an optimisation; a failure shows up again on the first real request
-            log.exception("CAD warm-up failed")
+            if self.shut_down:  # the shutdown stopped the build worker under it: expected, not worth a traceback
+                log.info("CAD warm-up stopped by the shutdown")
+            else:
+                log.exception("CAD warm-up failed")
 
     def shutdown(self) -> None:
         """Stop background work: running optimisations, the VLM, the CAD build worker. Safe to call twice

@@ -13,11 +13,13 @@ from collections import OrderedDict
 from flask import Blueprint, current_app, jsonify, request
 
 from cad.errors import BuildError
-from cad.target import TargetError, TargetStore
+from cad.target import TargetError
+from cad.target_store import TargetNotSaved, TargetStore
 
 from .cad_api import _file_response
 from .errors import ApiError
 from .parse import model_name
+from .security import expensive
 from .services import services
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,12 @@ def _state() -> TargetsState:
 @bp.errorhandler(TargetError)
 def _target_error(e: TargetError):
     return jsonify({"error": "invalid_target", "message": str(e)}), 422
+
+
+@bp.errorhandler(TargetNotSaved)
+def _target_not_saved(e: TargetNotSaved):
+    log.error("%s", e)  # the operator has to act (disk space, permissions); the client only learns it failed
+    return jsonify({"error": e.code, "message": str(e)}), e.status
 
 
 def _stamp(path) -> tuple:
@@ -132,12 +140,14 @@ def put_target():
 
 
 @bp.get("/target")
+@expensive
 def get_target():
     name = services().registry.get(model_name()).name
     return jsonify(_target_json(name, _target_path(name)))
 
 
 @bp.get("/target.glb")
+@expensive
 def target_glb():
     name = services().registry.get(model_name()).name
     path = _target_path(name)
