@@ -10,11 +10,49 @@ import os
 import signal
 import sys
 
+try:
+    import resource  # POSIX only
+except ImportError:  # pragma: no cover - Windows: no open-file soft limit to raise
+    resource = None
+
 from web import create_app
 from web.config import Config
 
 log = logging.getLogger("optim")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def waitress_options(config: Config) -> dict:
+    """waitress settings against connection exhaustion (README: Configuration).
+
+    waitress serves idle and half-sent requests from one select loop without a thread each, so the one thing a
+    flood of sockets can use up is `connection_limit`. Hence a generous limit, poll() (select() stops at fd 1024),
+    and idle connections closed after CHANNEL_TIMEOUT, checked often enough that a flood past the limit clears
+    within about that time. A client that trickles header bytes forever stays "active": only a reverse proxy with a
+    header timeout stops that (README).
+    """
+    return {"threads": config.threads, "connection_limit": config.connection_limit,
+            "channel_timeout": config.channel_timeout_s,
+            "cleanup_interval": max(1, min(30, config.channel_timeout_s // 3)), "asyncore_use_poll": True,
+            "ident": "optim"}
+
+
+def _raise_open_file_limit(connections: int) -> None:
+    """Every connection is a file descriptor; the usual soft limit of 1024 would fail accept() before the limit."""
+    if resource is None:
+        return
+    wanted = connections + 256  # the rest: logs, sessions, the build and model workers' pipes
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError) as exc:
+            new = soft
+            log.warning("could not raise the open-file limit from %s: %s", soft, exc)
+        if new < wanted:
+            log.warning("open-file limit %s is below CONNECTION_LIMIT=%s plus headroom: raise `ulimit -n` or lower "
+                        "CONNECTION_LIMIT", new, connections)
 
 
 def main() -> int:
@@ -42,15 +80,16 @@ def main() -> int:
 
     from waitress import create_server
 
-    server = create_server(app, host=config.host, port=config.port, threads=int(os.environ.get("THREADS", "16")),
-                           channel_timeout=600, ident="optim")
+    _raise_open_file_limit(config.connection_limit)
+    server = create_server(app, host=config.host, port=config.port, **waitress_options(config))
     services = app.extensions["optim"]
 
     def stop(signum, _frame):
         log.info("signal %s: shutting down", signum)
-        services.shutdown()
-        server.close()
-        sys.exit(0)
+        services.shutdown()  # cancels model and CAD work, so running requests answer and finish
+        # SystemExit ends server.run(), which waits (up to 5 s) for the request threads. The sockets are left to the
+        # process exit: closing them here made every request still finishing log a traceback (EBADF).
+        raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

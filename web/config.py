@@ -33,6 +33,11 @@ def _ollama_url(env: dict) -> str:
 class Config:
     host: str = "127.0.0.1"
     port: int = 5160
+    threads: int = 16  # THREADS: waitress worker threads
+    # Idle sockets cost waitress no thread, only a slot under this limit: past it, nobody else is accepted until
+    # CHANNEL_TIMEOUT closes idle ones. So: many slots, and idle ones closed after seconds, not waitress' 120 s.
+    connection_limit: int = 1000  # CONNECTION_LIMIT
+    channel_timeout_s: int = 30  # CHANNEL_TIMEOUT: seconds a connection may sit idle (no request running)
     data_dir: Path = REPO_ROOT / "data"
     runs_dir: Path = REPO_ROOT / "runs"
     models_dir: Path | None = None  # OPTIM_MODELS_DIR: extra user CAD models
@@ -71,6 +76,9 @@ class Config:
         c = cls()
         c.host = env.get("HOST", c.host)
         c.port = int(env.get("PORT", c.port))
+        c.threads = int(env.get("THREADS", c.threads))
+        c.connection_limit = int(env.get("CONNECTION_LIMIT", c.connection_limit))
+        c.channel_timeout_s = int(env.get("CHANNEL_TIMEOUT", c.channel_timeout_s))
         if env.get("OPTIM_DATA_DIR"):
             c.data_dir = Path(env["OPTIM_DATA_DIR"])
         if env.get("OPTIM_RUNS_DIR"):
@@ -119,6 +127,8 @@ class Config:
             raise ValueError(f"VLM_MAX_QUEUE must be 0 or more, not {self.vlm_max_queue}")
         if self.vlm_parallel < 1:
             raise ValueError(f"VLM_PARALLEL must be at least 1, not {self.vlm_parallel}")
+        if self.threads < 1 or self.connection_limit < 1 or self.channel_timeout_s < 1:
+            raise ValueError("THREADS, CONNECTION_LIMIT and CHANNEL_TIMEOUT must be at least 1")
         if self.cache_mb < 1:
             raise ValueError(f"CAD_CACHE_MB must be at least 1, not {self.cache_mb:g}")
 
