@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, request
 
 from .config import REPO_ROOT, Config
 
 log = logging.getLogger(__name__)
+
+LARGE_BODY_BYTES = 1 << 20  # photos, target meshes: bodies whose parsing leaves freed arenas behind
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -30,6 +32,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["optim"] = Services(config)
     register_error_handlers(app)
     register_security(app, config)
+    _return_memory_after_large_bodies(app)
 
     from . import cad_api, openapi, pages, vlm_api
 
@@ -44,3 +47,12 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(targets_api.bp)
     app.register_blueprint(openapi.bp)
     return app
+
+
+def _return_memory_after_large_bodies(app: Flask) -> None:
+    from vlm.images import schedule_heap_trim  # Pillow-free at import; no torch
+
+    @app.teardown_request
+    def _trim(_exc):
+        if (request.content_length or 0) >= LARGE_BODY_BYTES:
+            schedule_heap_trim()
