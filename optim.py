@@ -34,6 +34,9 @@ def waitress_options(config: Config) -> dict:
     return {"threads": config.threads, "connection_limit": config.connection_limit,
             "channel_timeout": config.channel_timeout_s,
             "cleanup_interval": max(1, min(30, config.channel_timeout_s // 3)), "asyncore_use_poll": True,
+            # read ahead one request per connection: that is how waitress notices a client that hung up on a
+            # non-streamed request (waitress.client_disconnected), so its model work is cancelled
+            "channel_request_lookahead": 1,
             "ident": "optim"}
 
 

@@ -305,3 +305,21 @@ def test_nothing_is_served_from_the_cache_while_the_model_is_failed(tmp_path):
     finally:
         app.extensions["optim"].shutdown()
         engine.stop()
+
+
+def test_a_client_that_hangs_up_on_a_non_streamed_ask_cancels_it(tmp_path):
+    engine = FakeOllama(chunks=60, delay_s=0.25)  # a 15 s answer
+    engine.start()
+    server = start_live_server({"VLM_BACKEND": "ollama", "OLLAMA_URL": engine.url, "CAD_WARMUP": "0"},
+                               tmp_path / "data")
+    try:
+        started = time.monotonic()
+        with pytest.raises(requests.exceptions.ReadTimeout):  # the client gives up and closes its socket
+            requests.post(server.url + "/api/vlm", json={"prompt": "bigger wheels"}, timeout=1.0)
+        closed_upstream = engine.wait_for_close(timeout=5)
+        assert closed_upstream is not None, "optim kept generating for a client that had gone"
+        assert closed_upstream - started < 3.0, closed_upstream - started
+        assert wait_until(lambda: queue_stats(server)["running"] == 0, 1.0)
+    finally:
+        server.stop()
+        engine.stop()

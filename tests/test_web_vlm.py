@@ -120,7 +120,7 @@ def test_streaming_relays_tokens_then_done(tiny_app):
     ({}, 400, "missing_prompt"),
     ({"prompt": "   "}, 400, "missing_prompt"),
     ({"prompt": 5}, 400, "missing_prompt"),
-    ({"prompt": "x" * 5000}, 413, "prompt_too_long"),
+    ({"prompt": "x" * 5000}, 422, "prompt_too_long"),
     ({"prompt": "ok", "images": "abc"}, 400, "bad_images"),
     ({"prompt": "ok", "images": ["###not base64###"]}, 400, "bad_image"),
     ({"prompt": "ok", "images": [b64(b"GIF89a" + b"\0" * 10)]}, 422, "bad_image"),

@@ -84,7 +84,7 @@ def _prepare():
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(400, "missing_prompt", "prompt must be a non-empty string saying what you want changed")
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise ApiError(413, "prompt_too_long", f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+        raise ApiError(422, "prompt_too_long", f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
     try:
         images = [normalise_image(data, i, max_pixels=svc.config.max_image_pixels) for i, data in enumerate(raw_images)]
     except ImageError as exc:
