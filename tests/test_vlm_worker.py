@@ -179,3 +179,25 @@ def test_an_untrained_model_answers_in_the_schema_when_constrained(loaded):
     values = {p["name"]: p["default"] for p in schema}
     parsed = parse_model_output(result.text, schema, values)
     assert parsed.parse_error is None and all(p.valid for p in parsed.proposals), parsed
+
+
+def test_a_request_cancelled_before_it_starts_never_runs(tiny_vlm):
+    proc = subprocess.Popen([sys.executable, "-m", "vlm.worker"], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    load = {"op": "load", "base": str(tiny_vlm.base_dir), "adapter": None, "dtype": "float32", "device_map": None}
+    commands = [load, {"op": "cancel", "id": "early"},  # queued behind the load, cancelled before it starts
+                {"op": "generate", "id": "early", "system": "s", "prompt": "p", "max_new_tokens": 4},
+                {"op": "generate", "id": "later", "system": "s", "prompt": "p", "max_new_tokens": 4}]
+    proc.stdin.write("".join(json.dumps(c) + "\n" for c in commands))
+    proc.stdin.flush()
+    by_id: dict = {}
+    try:
+        while "later" not in by_id:
+            event = json.loads(proc.stdout.readline())
+            if event["event"] in ("error", "done"):
+                by_id[event.get("id")] = event
+    finally:
+        proc.communicate('{"op": "shutdown"}\n', timeout=30)
+    assert by_id["early"] == {"event": "error", "id": "early", "message": "generation was cancelled",
+                              "code": "cancelled"}
+    assert by_id["later"]["event"] == "done"

@@ -17,6 +17,7 @@ Exiting the process is how every byte of RAM and GPU memory (CUDA context includ
 from __future__ import annotations
 
 import base64
+import collections
 import io
 import json
 import logging
@@ -130,6 +131,8 @@ class Engine:
         self.info: dict = {}
         self.cancel_event = threading.Event()
         self.current_id: str | None = None
+        # ids cancelled before their generate was reached (a bounded memory: the parent re-sends cancels anyway)
+        self.cancelled_early: collections.deque = collections.deque(maxlen=64)
         self.loading = False
         self.base_override: str | None = None  # the operator named the base (VLM_BASE_MODEL): no base check
         self.adapters = AdapterSlots()
@@ -369,6 +372,8 @@ def _reader(stdin, engine: Engine, jobs: "queue.Queue[dict | None]") -> None:
         if op == "cancel":
             if msg.get("id") is None or msg.get("id") == engine.current_id:
                 engine.cancel_event.set()
+            else:  # not started yet (it is still in the queue): it must not start at all
+                engine.cancelled_early.append(msg["id"])
         elif op == "status":
             engine.channel.send("status", **engine.status())
         elif op == "shutdown":
@@ -408,6 +413,8 @@ def main() -> int:
             elif op == "set_adapter":
                 channel.send("adapter_set", id=req_id, info=engine.set_adapter(msg))
             elif op == "generate":
+                if req_id is not None and req_id in engine.cancelled_early:
+                    raise WorkerError("generation was cancelled", "cancelled")
                 engine.cancel_event.clear()
                 engine.current_id = req_id
                 engine.generate(msg)
