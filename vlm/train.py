@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
     p.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% slower")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs a line per step instead)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs about 50 lines instead)")
     args = p.parse_args(argv)
     for name in ("r", "alpha", "max_length"):
         if getattr(args, name) < 1:
@@ -263,6 +263,7 @@ def train(args: argparse.Namespace) -> dict:
 
     model.train()
     started = time.perf_counter() - state["elapsed_s"]
+    log_every = max(1, total // 50)  # without a bar: about 50 log lines per run, not one per step
     bar = tqdm(total=total, initial=state["step"], desc="training", unit="step", disable=args.no_progress,
                dynamic_ncols=True)
     while state["step"] < total:
@@ -287,8 +288,10 @@ def train(args: argparse.Namespace) -> dict:
         state["step"] = step + 1
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{state['lrs'][-1]:.2e}")
-        if args.no_progress:
-            log.info("step %d/%d loss %.4f", state["step"], total, step_loss)
+        if args.no_progress and (state["step"] % log_every == 0 or state["step"] == total):
+            recent = state["losses"][-log_every:]
+            log.info("step %d/%d loss %.4f (mean of the last %d)", state["step"], total,
+                     sum(recent) / len(recent), len(recent))
         if state["step"] == total or (eval_every > 0 and state["step"] % eval_every == 0):
             validator.run(state["step"])
         state["elapsed_s"] = time.perf_counter() - started
