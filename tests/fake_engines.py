@@ -182,6 +182,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self._record()
+        if self.fake.hang_gets:  # a hung engine: status queries get no answer (until stop() or stall_s)
+            self.wait(self.fake.released, self.fake.stall_s)
         self.route_get()
 
     def do_POST(self):
@@ -207,6 +209,7 @@ class _FakeEngine:
         self.stall_s = stall_s  # "slow"/"stall" waits at most this long; stop() ends the wait at once
         self.chunks = chunks
         self.gate: threading.Event | None = None
+        self.hang_gets = False  # True: GET requests (version, tags, ps, show, models) hang
         self.responder = None
         self.requests: list[RecordedRequest] = []
         self.closes: list[tuple[str, float]] = []  # (path, time.monotonic()) of each request the client cut short

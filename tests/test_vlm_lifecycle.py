@@ -13,7 +13,8 @@ from vlm.backend import BackendError, GenerateRequest
 from vlm.finetuned import FinetunedBackend
 from vlm.lifecycle import ModelManager
 
-STATUS_KEYS = {"backend", "model", "adapter", "state", "progress", "memory", "error", "keep_alive_s", "unload_in_s"}
+STATUS_KEYS = {"backend", "model", "adapter", "state", "progress", "memory", "error", "keep_alive_s", "unload_in_s",
+               "dtype", "dtype_reason", "engine"}
 
 
 def _request(**kw) -> GenerateRequest:

@@ -15,11 +15,14 @@ from typing import Callable
 
 from .backend import Backend, BackendError, CancelToken, GenerateRequest, GenerateResult, GenerationCancelled, \
     TokenCallback
+from .engine_facts import EngineFacts
 from .scheduler import GenerationGate
 
 log = logging.getLogger(__name__)
 
 UNLOADED, LOADING, READY, FAILED = "unloaded", "loading", "ready", "failed"
+# backend facts shown elsewhere in the status; the rest (reachable, loaded, expires_at, pid...) is "engine"
+_NOT_ENGINE_FACTS = {"model", "adapter", "rss_bytes", "gpu_bytes", "dtype", "dtype_reason"}
 
 
 class ModelManager:
@@ -48,10 +51,9 @@ class ModelManager:
         self._timer: threading.Timer | None = None
         self._unload_at: float | None = None
         self._closed = False
-        # Backend facts (an HTTP round trip for remote engines) are cached briefly: the UI polls status every
-        # second and every request reads it. A state change drops the cache.
-        self.status_ttl_s = 1.0
-        self._backend_status: tuple[float, dict] | None = None
+        # Backend facts (an HTTP round trip for remote engines) are fetched in the background: a hung engine
+        # never stalls a status call. A state change invalidates them; fresh ones can correct the state.
+        self._facts = EngineFacts(self.backend.status, on_refresh=self._reconcile)
 
     # ------------------------------------------------------------ state
     @property
@@ -61,7 +63,7 @@ class ModelManager:
     def _set_state(self, state: str, error: str | None = None) -> None:
         """Caller holds self._cond."""
         self._state, self._error = state, error
-        self._backend_status = None
+        self._facts.invalidate()
         self._cond.notify_all()
         callbacks = list(self.on_state_change)
         if callbacks:
@@ -251,7 +253,7 @@ class ModelManager:
                         # Under the lock a load cannot start in between: the next load uses this adapter.
                         info = self.backend.switch_adapter(adapter_path, live=False)
                         self._retry_after = None  # a new adapter is worth a load at once, even after a failure
-                        self._backend_status = None
+                        self._facts.invalidate()
                         return info
                 identity = self._backend_identity(adapter_path)
                 try:
@@ -262,7 +264,7 @@ class ModelManager:
                     raise
                 with self._cond:
                     self._identity = identity if identity == self._backend_identity() else None
-                    self._backend_status = None
+                    self._facts.invalidate()
                     if self._state == READY and self._active == 0:
                         self._arm_keep_alive_locked()
                 return info
@@ -348,20 +350,30 @@ class ModelManager:
         return None
 
     # ------------------------------------------------------------ status
-    def _cached_backend_status(self) -> dict:
-        cached, now = self._backend_status, self.clock()
-        if cached is not None and now - cached[0] < self.status_ttl_s:
-            return cached[1]
-        facts: dict = {}
-        try:
-            facts = self.backend.status() or {}
-        except Exception:  # noqa: BLE001 - status must always answer
-            log.exception("backend status failed")
-        self._backend_status = (now, facts)
-        return facts
+    def _reconcile(self, facts: dict) -> None:
+        """Remote engines report whether they hold the model: believe them over our own idea of "ready"."""
+        if "reachable" not in facts:
+            return  # the fine-tuned worker: is_alive() already tells a crash
+        with self._cond:
+            if self._state != READY or self._active > 0:
+                return  # a generation in flight finds out by itself (and Ollama reloads on a chat)
+            if facts.get("reachable") and facts.get("loaded"):
+                return
+            if facts.get("reachable"):  # evicted (Ollama's keep-alive, memory pressure): the next ask loads again
+                log.info("the engine no longer holds %s: marking it unloaded", facts.get("model"))
+                self._cancel_keep_alive_locked()
+                self._epoch += 1
+                self._set_state(UNLOADED)
+                return
+            # not backend.unload(): asking a hung engine to unload would hold this thread for its read timeout
+            reason = f"the engine is not reachable: {facts.get('error') or 'no answer'}"
+            log.warning("model lost: %s", reason)
+            self._cancel_keep_alive_locked()
+            self._retry_after = None  # the next request tries a load at once
+            self._set_state(FAILED, reason)
 
     def status(self) -> dict:
-        backend_status = self._cached_backend_status()
+        backend_status, facts_age = self._facts.get()
         with self._cond:
             now = self.clock()
             fraction, phase = self._progress
@@ -387,6 +399,10 @@ class ModelManager:
                              "eta_s": None if eta is None else round(eta, 2)},
                 "memory": {"rss_bytes": backend_status.get("rss_bytes"),
                            "gpu_bytes": backend_status.get("gpu_bytes")},
+                "dtype": backend_status.get("dtype"),
+                "dtype_reason": backend_status.get("dtype_reason"),
+                "engine": {**{k: v for k, v in backend_status.items() if k not in _NOT_ENGINE_FACTS},
+                           "age_s": facts_age},
                 "error": self._error,
                 "keep_alive_s": self.keep_alive_s,
                 "unload_in_s": None if unload_in is None else round(unload_in, 2),

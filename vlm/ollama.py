@@ -16,7 +16,7 @@ from vlm.http_util import HttpEngine, b64, error_text, keep_alive_value, ns_to_s
 
 log = logging.getLogger(__name__)
 
-STATUS_READ_TIMEOUT_S = 5.0  # /api/version, /api/tags and /api/ps answer at once; status must never stall the UI
+STATUS_READ_TIMEOUT_S = 2.0  # /api/version, /api/tags and /api/ps answer at once: slower than this is "not reachable"
 
 
 def canonical_model_name(name: str) -> str:
@@ -200,6 +200,7 @@ class OllamaBackend(Backend):
                 for key in ("size_vram", "size", "expires_at"):
                     if key in running:
                         facts[key] = running[key]
+                facts["gpu_bytes"] = running.get("size_vram")  # Ollama's own count of the model's GPU memory
         except BackendError as exc:
             facts["error"] = exc.message
         return facts

@@ -16,7 +16,7 @@ from vlm.http_util import HttpEngine, b64, error_from_json, error_text, image_mi
 
 log = logging.getLogger(__name__)
 
-STATUS_READ_TIMEOUT_S = 5.0
+STATUS_READ_TIMEOUT_S = 2.0  # GET /models answers at once: slower than this is "not reachable"
 UNLOAD_NOTE = "the engine manages model memory; unloading here frees nothing locally"
 
 

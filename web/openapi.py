@@ -98,7 +98,11 @@ SCHEMAS: dict = {
         "memory": {"type": "object", "properties": {"rss_bytes": {"type": "integer", "nullable": True},
                                                     "gpu_bytes": {"type": "integer", "nullable": True}}},
         "error": {"type": "string", "nullable": True}, "keep_alive_s": NULLABLE_NUMBER,
-        "unload_in_s": NULLABLE_NUMBER, "load_count": {"type": "integer"}}},
+        "unload_in_s": NULLABLE_NUMBER, "load_count": {"type": "integer"},
+        "dtype": {"type": "string", "nullable": True}, "dtype_reason": {"type": "string", "nullable": True},
+        "engine": {"type": "object", "additionalProperties": True, "properties": {
+            "reachable": {"type": "boolean"}, "loaded": {"type": "boolean"},
+            "expires_at": {"type": "string"}, "size_vram": {"type": "integer"}, "age_s": NULLABLE_NUMBER}}}},
     "VlmRequest": {"type": "object", "required": ["prompt"], "properties": {
         "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
         "images": {"type": "array", "maxItems": 4,
