@@ -191,6 +191,17 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(rec.body, dict):
             self.send_json(400, self.fake.error_body("invalid JSON body"))
             return
+        if self.fake.refuse_next:  # the engine is full for a moment (Ollama's OLLAMA_MAX_QUEUE, a rate limit)
+            status, retry_after = self.fake.refuse_next.pop(0)
+            data = json.dumps(self.fake.error_body("server busy, please try again")).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if retry_after is not None:
+                self.send_header("Retry-After", str(retry_after))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         try:
             self.route_post(rec.body)
         except ClientClosed:
@@ -209,7 +220,8 @@ class _FakeEngine:
         self.stall_s = stall_s  # "slow"/"stall" waits at most this long; stop() ends the wait at once
         self.chunks = chunks
         self.gate: threading.Event | None = None
-        self.hang_gets = False  # True: GET requests (version, tags, ps, show, models) hang
+        self.hang_gets = False  # True: GET requests (version, tags, ps, models) hang
+        self.refuse_next: list[tuple[int, str | None]] = []  # (status, Retry-After) answered to the next POSTs
         self.responder = None
         self.requests: list[RecordedRequest] = []
         self.closes: list[tuple[str, float]] = []  # (path, time.monotonic()) of each request the client cut short
@@ -279,6 +291,10 @@ class _FakeEngine:
 
 
 # --- Ollama ------------------------------------------------------------------------------------------------------
+def canonical(name: str) -> str:
+    return name if ":" in name else f"{name}:latest"
+
+
 class _OllamaHandler(_Handler):
     def route_get(self):
         fake: FakeOllama = self.fake
@@ -301,10 +317,17 @@ class _OllamaHandler(_Handler):
         self.wfile.write(data)
 
     def route_post(self, body: dict):
+        fake: FakeOllama = self.fake
+        if self.path == "/api/show":
+            name = canonical(body.get("model") or body.get("name") or "")
+            if name not in fake.served():
+                self.send_json(404, {"error": f"model '{body.get('model')}' not found"})
+            else:
+                self.send_json(200, {"details": {"family": "llama"}, "capabilities": fake.capabilities})
+            return
         if self.path not in ("/api/chat", "/api/generate"):
             self.send_404()
             return
-        fake: FakeOllama = self.fake
         chat = self.path == "/api/chat"
         model = body.get("model")
         if not model:
@@ -356,6 +379,7 @@ class FakeOllama(_FakeEngine):
     default_models = ["llava:latest"]
     version = "0.6.2"
     size_vram = 5_000_000_000
+    capabilities = ["completion", "vision"]
     prompt_eval_count = 42
 
     def __init__(self, *args, **kwargs):

@@ -47,7 +47,7 @@ def test_streamed_generation_sends_documented_chat_and_relays_tokens_in_order(fa
                      {"role": "user", "content": "Make the rover climb better.",
                       "images": [base64.b64encode(PNG).decode()]}],
         "stream": True,
-        "options": {"temperature": 0.0, "num_predict": 200},
+        "options": {"temperature": 0.0, "num_predict": 200, "num_ctx": 8192},
         "keep_alive": "300s",
         "format": SCHEMA,
     }
@@ -94,7 +94,7 @@ def test_load_checks_version_and_tags_then_warms_and_unload_frees(fake_ollama):
     b = backend(fake_ollama.url, keep_alive_s=-1)
     phases = []
     b.load(lambda fraction, phase: phases.append(fraction))
-    assert [r.path for r in fake_ollama.requests] == ["/api/version", "/api/tags", "/api/chat"]
+    assert [r.path for r in fake_ollama.requests] == ["/api/version", "/api/tags", "/api/show", "/api/chat"]
     assert fake_ollama.posts("/api/chat") == [
         {"model": "llava:latest", "messages": [], "keep_alive": -1, "stream": False}]
     assert phases[0] == 0.0 and phases[-1] == 1.0 and phases == sorted(phases)
@@ -245,3 +245,60 @@ def test_cancel_cuts_a_stalled_stream_at_once(fake_ollama):
     assert time.monotonic() - started < 1.0
     fake_ollama.behaviour = "ok"
     assert b.generate(request(), lambda t: None).text == PROPOSAL_TEXT  # the next call is not pre-cancelled
+
+
+def test_num_ctx_is_configurable(fake_ollama):
+    backend(fake_ollama.url, num_ctx=16384).generate(request())
+    assert fake_ollama.posts("/api/chat")[-1]["options"]["num_ctx"] == 16384
+
+
+def test_images_to_a_model_without_vision_are_refused_with_a_clear_reason(fake_ollama):
+    fake_ollama.capabilities = ["completion", "tools"]
+    b = backend(fake_ollama.url)
+    b.load(no_progress)
+    assert fake_ollama.posts("/api/show")[-1] == {"model": "llava:latest"}
+    with pytest.raises(BackendError) as err:
+        b.generate(request(images=[PNG]))
+    assert err.value.status == 422 and err.value.code == "model_not_vision"
+    assert "cannot see images" in err.value.message and "completion, tools" in err.value.message
+    assert not [p for p in fake_ollama.posts("/api/chat") if p.get("messages")], "nothing sent to the engine"
+    assert b.generate(request()).text == PROPOSAL_TEXT  # text-only asks still work
+
+
+def test_a_vision_model_gets_its_images(fake_ollama):
+    b = backend(fake_ollama.url)
+    b.generate(request(images=[PNG]))
+    assert b.capabilities() == ["completion", "vision"]
+    assert fake_ollama.posts("/api/chat")[-1]["messages"][-1]["images"]
+
+
+def test_busy_engine_is_asked_again_honouring_retry_after(fake_ollama):
+    fake_ollama.refuse_next = [(503, "0.3"), (429, None)]
+    started = time.monotonic()
+    result = backend(fake_ollama.url).generate(request())
+    waited = time.monotonic() - started
+    assert result.text == PROPOSAL_TEXT
+    assert 0.3 + 0.5 <= waited < 3.0  # Retry-After 0.3 s, then the first backoff step (0.5 s)
+
+
+def test_retries_are_bounded_and_end_with_the_engines_error(fake_ollama, monkeypatch):
+    import vlm.http_util as http_util
+
+    monkeypatch.setattr(http_util, "BASE_BACKOFF_S", 0.01)
+    fake_ollama.refuse_next = [(503, None)] * (http_util.MAX_RETRIES + 1) + [(503, None)]
+    with pytest.raises(BackendError) as err:
+        backend(fake_ollama.url).generate(request())
+    assert err.value.status == 503 and "HTTP 503" in err.value.message
+    assert len(fake_ollama.refuse_next) == 1, "one first try plus MAX_RETRIES, no more"
+
+
+def test_cancel_ends_a_retry_wait_at_once(fake_ollama):
+    from vlm.backend import CancelToken
+
+    fake_ollama.refuse_next = [(503, "30")]
+    token = CancelToken()
+    threading.Timer(0.2, token.set).start()
+    started = time.monotonic()
+    with pytest.raises(GenerationCancelled):
+        backend(fake_ollama.url).generate(request(cancel=token))
+    assert time.monotonic() - started < 1.5

@@ -234,3 +234,10 @@ def test_status_polling_does_not_hammer_a_remote_engine(ollama_app, ollama):
         body = c.get("/api/vlm/status").get_json()
         assert body["backend"] == "ollama" and body["state"] == "unloaded"
     assert len([q for q in ollama.requests if q.path == "/api/version"]) <= 2
+
+
+def test_images_to_an_ollama_model_without_vision_get_a_422_that_says_so(ollama_app, ollama):
+    ollama.capabilities = ["completion"]
+    r = ollama_app.test_client().post("/api/vlm", json={"prompt": "match this photo", "images": [b64(png_bytes())]})
+    body = r.get_json()
+    assert r.status_code == 422 and body["error"] == "model_not_vision" and "cannot see images" in body["message"]

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email.utils
 import json
 import logging
 import socket
 import threading
+import time
+from datetime import datetime, timezone
 from typing import Callable, Iterator
 
 import requests
@@ -25,6 +28,30 @@ from vlm.backend import BackendError, CancelToken, GenerationCancelled
 log = logging.getLogger(__name__)
 
 MAX_ERROR_TEXT = 300
+# An engine that is briefly full (Ollama's OLLAMA_MAX_QUEUE answers 503, rate limits 429) is asked again a few
+# times; bounded so a request never waits long for an engine that stays full.
+RETRY_STATUSES = frozenset({429, 503})
+MAX_RETRIES = 3
+BASE_BACKOFF_S = 0.5
+MAX_RETRY_WAIT_S = 10.0
+
+
+def retry_delay_s(resp: requests.Response, attempt: int) -> float:
+    """How long to wait before asking again: the engine's Retry-After (seconds or an HTTP date) when it gives one,
+    else exponential backoff; never more than MAX_RETRY_WAIT_S."""
+    header = (resp.headers.get("Retry-After") or "").strip()
+    delay = None
+    if header:
+        try:
+            delay = float(header)
+        except ValueError:
+            try:
+                delay = (email.utils.parsedate_to_datetime(header) - datetime.now(timezone.utc)).total_seconds()
+            except (TypeError, ValueError):
+                delay = None
+    if delay is None:
+        delay = BASE_BACKOFF_S * 2 ** attempt
+    return max(0.0, min(delay, MAX_RETRY_WAIT_S))
 
 
 def keep_alive_value(keep_alive_s: float) -> int | str:
@@ -210,6 +237,7 @@ class EngineCall:
         self.token = cancel if cancel is not None else CancelToken()
         self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
         self.timed_out = False
+        self.retries = 0  # 429/503 answers asked again
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._closed = False
@@ -274,7 +302,25 @@ class EngineCall:
         return self.engine.map_exception(exc, mid_stream=mid_stream)
 
     def post(self, path: str, body: dict) -> requests.Response:
-        """POST a streamed request (headers back; the body is read with `lines`)."""
+        """POST a streamed request (headers back; the body is read with `lines`). A 429/503 from the engine is
+        retried up to MAX_RETRIES times, honouring Retry-After; a cancel or the deadline ends the wait."""
+        for attempt in range(MAX_RETRIES + 1):
+            resp = self._post_once(path, body)
+            if resp.status_code not in RETRY_STATUSES or attempt == MAX_RETRIES:
+                return resp
+            delay = retry_delay_s(resp, attempt)
+            log.info("%s answered %s to %s; asking again in %.1f s (retry %d of %d)", self.engine.engine,
+                     resp.status_code, path, delay, attempt + 1, MAX_RETRIES)
+            resp.close()
+            self.retries += 1
+            end = time.monotonic() + delay
+            while (left := end - time.monotonic()) > 0 and not self.timed_out:
+                if self.token.wait(min(left, 0.05)):
+                    break
+            self.check()
+        return resp  # pragma: no cover - the loop always returns
+
+    def _post_once(self, path: str, body: dict) -> requests.Response:
         self.check()
         try:
             resp = self.engine.request("POST", path, json_body=body, stream=True, on_socket=self._track)

@@ -30,8 +30,12 @@ class OllamaBackend(Backend):
 
     def __init__(self, base_url: str = "http://127.0.0.1:11434", model: str = "llava:latest", *,
                  keep_alive_s: float = 300.0, connect_timeout_s: float = 3.0, read_timeout_s: float = 120.0,
-                 max_parallel: int = 1):
+                 max_parallel: int = 1, num_ctx: int = 8192):
         self.model = model
+        # Ollama's default context (2048-4096) silently truncates a prompt with images, each of which can take
+        # thousands of tokens: OLLAMA_NUM_CTX is sent with every chat.
+        self.num_ctx = int(num_ctx)
+        self._capabilities: list[str] | None = None  # from /api/show; None: not known (yet, or an old Ollama)
         self.max_parallel = max(1, int(max_parallel))  # Ollama runs OLLAMA_NUM_PARALLEL requests per model
         self.keep_alive_s = float(keep_alive_s)
         self.http = HttpEngine(engine="Ollama", base_url=base_url, connect_timeout_s=connect_timeout_s,
@@ -95,6 +99,34 @@ class OllamaBackend(Backend):
         tags = self._get("/api/tags", "model listing (/api/tags)", read_timeout_s)
         return self._find(tags.get("models", []), self.model) is not None
 
+    def capabilities(self) -> list[str] | None:
+        """What the model can do per POST /api/show ("completion", "vision", ...); None when Ollama does not say
+        (versions before 0.6 have no capabilities) or /api/show failed: then images are sent and Ollama decides."""
+        if self._capabilities is None:
+            try:
+                resp = self.http.request("POST", "/api/show", json_body={"model": self.model},
+                                         read_timeout_s=min(self.http.read_timeout_s, STATUS_READ_TIMEOUT_S))
+                self._check(resp, "model details (/api/show)")
+                found = self._json(resp, "model details (/api/show)").get("capabilities")
+            except BackendError as exc:
+                if exc.code == "model_missing":
+                    raise
+                log.warning("could not read the capabilities of %s: %s", self.model, exc.message)
+                return None
+            if isinstance(found, list):
+                self._capabilities = [str(c) for c in found]
+        return self._capabilities
+
+    def _check_vision(self, request: GenerateRequest) -> None:
+        if not request.images:
+            return
+        capabilities = self.capabilities()
+        if capabilities is not None and "vision" not in capabilities:
+            raise BackendError(
+                f"the Ollama model {self.model} cannot see images (its capabilities: {', '.join(capabilities) or 'none'}"
+                f"); ask without images, or set OLLAMA_MODEL to a vision model such as llava", code="model_not_vision",
+                status=422)
+
     # --- Backend ---------------------------------------------------------------------------------------------
     def load(self, progress: ProgressCallback) -> None:
         progress(0.0, f"contacting Ollama at {self.url}")
@@ -102,6 +134,8 @@ class OllamaBackend(Backend):
         progress(0.1, f"checking Ollama has {self.model}")
         if not self._present():
             raise self._missing()
+        self._capabilities = None  # the model may have been re-pulled since: ask again
+        self.capabilities()
         if self.keep_alive_s == 0:
             # keep_alive 0 means "unload after every request": loading now would be undone at once.
             log.info("VLM_KEEP_ALIVE=0: Ollama loads %s on each request", self.model)
@@ -117,6 +151,7 @@ class OllamaBackend(Backend):
     def generate(self, request: GenerateRequest, on_token: TokenCallback | None = None) -> GenerateResult:
         """Always streamed from Ollama (stream:false sends nothing until done, so a slow but healthy answer would
         hit the read timeout); closing the stream is how Ollama is told to stop."""
+        self._check_vision(request)
         user: dict = {"role": "user", "content": request.prompt}
         if request.images:
             user["images"] = [b64(image) for image in request.images]  # plain base64: Ollama rejects data: URLs
@@ -125,7 +160,8 @@ class OllamaBackend(Backend):
             "model": self.model,
             "messages": messages,
             "stream": True,
-            "options": {"temperature": request.temperature, "num_predict": request.max_new_tokens},
+            "options": {"temperature": request.temperature, "num_predict": request.max_new_tokens,
+                        "num_ctx": self.num_ctx},
             "keep_alive": self.keep_alive,
         }
         if request.json_schema:
@@ -187,7 +223,8 @@ class OllamaBackend(Backend):
 
     def status(self) -> dict:
         facts: dict = {"backend": self.name, "model": self.model, "url": self.url, "reachable": False,
-                       "version": None, "present": None, "loaded": False, "keep_alive": self.keep_alive}
+                       "version": None, "present": None, "loaded": False, "keep_alive": self.keep_alive,
+                       "num_ctx": self.num_ctx, "capabilities": self._capabilities}
         read_timeout = min(self.http.read_timeout_s, STATUS_READ_TIMEOUT_S)
         try:
             facts["version"] = str(self._get("/api/version", "version check", read_timeout).get("version"))

@@ -52,6 +52,7 @@ class Config:
     generate_timeout_s: float = 300.0
     ollama_url: str = "http://127.0.0.1:11434"
     ollama_model: str = "llava:latest"
+    ollama_num_ctx: int = 8192  # OLLAMA_NUM_CTX: context sent with every chat (Ollama's default cuts images off)
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     openai_model: str = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
     openai_api_key: str | None = None
@@ -100,6 +101,7 @@ class Config:
         c.generate_timeout_s = float(env.get("VLM_GENERATE_TIMEOUT", c.generate_timeout_s))
         c.ollama_url = _ollama_url(env)
         c.ollama_model = env.get("OLLAMA_MODEL", c.ollama_model)
+        c.ollama_num_ctx = int(env.get("OLLAMA_NUM_CTX", c.ollama_num_ctx))
         c.openai_base_url = env.get("OPENAI_BASE_URL", c.openai_base_url).rstrip("/")
         c.openai_model = env.get("OPENAI_MODEL", c.openai_model)
         c.openai_api_key = env.get("OPENAI_API_KEY") or None
@@ -125,6 +127,8 @@ class Config:
             raise ValueError(f"PORT must be 1..65535, not {self.port}")
         if self.vlm_max_queue < 0:
             raise ValueError(f"VLM_MAX_QUEUE must be 0 or more, not {self.vlm_max_queue}")
+        if self.ollama_num_ctx < 512:
+            raise ValueError(f"OLLAMA_NUM_CTX must be at least 512, not {self.ollama_num_ctx}")
         if self.vlm_parallel < 1:
             raise ValueError(f"VLM_PARALLEL must be at least 1, not {self.vlm_parallel}")
         if self.threads < 1 or self.connection_limit < 1 or self.channel_timeout_s < 1:

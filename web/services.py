@@ -31,7 +31,7 @@ def make_backend(config: Config) -> Backend:
 
         return OllamaBackend(config.ollama_url, model=config.ollama_model, keep_alive_s=config.keep_alive_s,
                              connect_timeout_s=config.http_connect_timeout_s, read_timeout_s=config.http_read_timeout_s,
-                             max_parallel=config.vlm_parallel)
+                             max_parallel=config.vlm_parallel, num_ctx=config.ollama_num_ctx)
     if config.backend == "openai":
         from vlm.openai_compat import OpenAICompatBackend
 
@@ -118,6 +118,7 @@ class Services:
         finally:
             # The worker is shared by every Builder in this process; a later build simply starts a new one.
             worker.shutdown()
+            self.sessions.close()  # a write after this (there should be none) reopens the database
 
 
 def services() -> Services:
