@@ -8,6 +8,8 @@ import threading
 import time
 
 import psutil
+
+from vlm.dtype_choice import choose_dtype, cpu_flags
 import pytest
 
 from tests.fixtures_vlm import make_png
@@ -42,7 +44,9 @@ def test_load_reports_progress_and_status(loaded, tiny_vlm):
     status = loaded.status()
     assert status["model"] == str(tiny_vlm.base_dir)  # resolved from adapter_config.json
     assert status["adapter"] == str(tiny_vlm.adapter_dir)
-    assert status["dtype"] == "float32" and status["device"] == "cpu"  # dtype auto on CPU
+    # dtype auto on CPU: float16 only where the CPU runs it natively, and the status says why
+    expected, reason = choose_dtype("auto", cuda=False, flags=cpu_flags())
+    assert (status["dtype"], status["dtype_reason"]) == (expected, reason) and status["device"] == "cpu"
     assert psutil.pid_exists(status["pid"]) and status["rss_bytes"] > 50_000_000
     assert status["gpu_bytes"] == 0
 

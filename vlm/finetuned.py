@@ -370,6 +370,7 @@ class FinetunedBackend(Backend):
             "rss_bytes": rss,
             "gpu_bytes": gpu,
             "dtype": self._info.get("dtype") if self._ready else None,
+            "dtype_reason": self._info.get("dtype_reason") if self._ready else None,
             "device": self._info.get("device") if self._ready else None,
         }
 

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from vlm.adapter_slots import AdapterError, AdapterSlots, same_base
+from vlm.dtype_choice import DTYPES, choose_dtype, cpu_flags
 from vlm.train_data import chat_messages
 
 log = logging.getLogger("vlm.worker")
@@ -148,7 +149,7 @@ class Engine:
         base_dir = self._base_folder(base)
 
         dtype_name = msg.get("dtype") or "auto"
-        if dtype_name not in {"auto", "float16", "bfloat16", "float32"}:
+        if dtype_name not in DTYPES:
             raise WorkerError(f"dtype must be auto, float16, bfloat16 or float32, not {dtype_name!r}", "bad_request")
 
         files = [(p, "base model weights") for p in weight_files(base_dir)] if base_dir else []
@@ -162,8 +163,7 @@ class Engine:
 
         import torch
 
-        if dtype_name == "auto":
-            dtype_name = "float16" if torch.cuda.is_available() else "float32"
+        dtype_name, dtype_reason = choose_dtype(dtype_name, cuda=torch.cuda.is_available(), flags=cpu_flags())
         dtype = getattr(torch, dtype_name)
         from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
 
@@ -196,6 +196,7 @@ class Engine:
         self.adapters.reset(adapter_dir)
         self.info = {
             "model": base, "adapter": str(adapter_dir) if adapter_dir else None, "dtype": dtype_name,
+            "dtype_reason": dtype_reason,
             "device": str(getattr(model, "device", "cpu")),
             "param_count": sum(p.numel() for p in model.parameters()),
             "timings": {"read_s": round(t_read - t0, 4), "import_s": round(t_import - t_read, 4),
