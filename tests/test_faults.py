@@ -2,10 +2,9 @@
 refuses writes, and the server itself killed with SIGKILL during a burst of edits. Each through the HTTP API."""
 from __future__ import annotations
 
-import errno
-import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 
@@ -15,6 +14,7 @@ import requests
 
 from tests.fake_engines import BlackholeListener, FakeOllama
 from tests.fixtures_server import start_live_server
+from tests.session_faults import FAULTS, dump, fail_session_writes
 from web import create_app
 from web.config import Config
 
@@ -158,48 +158,26 @@ def test_slow_ollama_answers_504_within_the_read_timeout_and_recovers(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- disk
-class _FullDisk:
-    """A file object whose writes fail like a full disk (ENOSPC)."""
-
-    def __init__(self, real):
-        self._real = real
-
-    def write(self, _data):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._real.close()
-
-
-@pytest.mark.parametrize("fault", ["enospc_on_write", "erofs_on_replace"])
-def test_failed_session_write_keeps_previous_file_and_state(tmp_path, monkeypatch, fault):
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_failed_session_write_keeps_previous_database_and_state(tmp_path, monkeypatch, fault):
     app = make_app(tmp_path)
     c = app.test_client()
     p = float_params(c.get("/api/params").get_json()["schema"])[0]
     assert c.patch("/api/params", json={"values": {p["name"]: p["min"]}}).status_code == 200
-    session_file = tmp_path / "data" / "sessions" / "rover.json"
-    before = session_file.read_bytes()
-    if fault == "enospc_on_write":
-        real_fdopen = os.fdopen
-        monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _FullDisk(real_fdopen(fd, *a, **k)))
-    else:
-        def read_only(*_args, **_kwargs):
-            raise OSError(errno.EROFS, "Read-only file system")
-        monkeypatch.setattr(os, "replace", read_only)
-    for method, path, body in [("PATCH", "/api/params", {"values": {p["name"]: p["max"]}}),
-                               ("POST", "/api/undo", {}), ("POST", "/api/reset", {})]:
+    store = app.extensions["optim"].sessions
+    before = dump(store.db.path)
+    fail_session_writes(monkeypatch, store.db, fault)
+    steps = [("PATCH", "/api/params", {"values": {p["name"]: p["max"]}}), ("POST", "/api/undo", {}),
+             ("POST", "/api/reset", {})]
+    for method, path, body in steps:
+        if fault == "full_disk_on_entry" and path == "/api/undo":
+            continue  # an undo writes no history row
         r = c.open(path, method=method, json=body)
         assert r.status_code == 503, (path, r.get_json())
         assert r.get_json()["error"] == "session_not_saved" and "nothing was changed" in r.get_json()["message"]
     monkeypatch.undo()
-    assert session_file.read_bytes() == before
-    assert not [f.name for f in session_file.parent.iterdir() if f.name.endswith(".tmp")]
+    store.db.close()
+    assert dump(store.db.path) == before
     state = c.get("/api/params").get_json()
     assert state["version"] == 1 and state["values"][p["name"]] == p["min"]
     assert c.patch("/api/params", json={"values": {p["name"]: p["max"]}}).status_code == 200  # disk back: works
@@ -254,8 +232,13 @@ def test_server_killed_during_write_burst_keeps_every_acknowledged_edit(tmp_path
         [t.join(15) for t in threads]
     finally:
         server.stop()
-    raw = json.loads((data / "sessions" / "rover.json").read_text())  # parses: never half written
-    assert raw["version"] >= max(a["version"] for a in acked)
+    db = sqlite3.connect(data / "sessions" / "sessions.sqlite3")  # WAL recovery by a plain reader
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        version = db.execute("SELECT version FROM sessions WHERE model = 'rover'").fetchone()[0]
+    finally:
+        db.close()
+    assert version >= max(a["version"] for a in acked)
 
     restarted = start_live_server(env, data)
     try:

@@ -1,10 +1,8 @@
 """The CAD and design-session HTTP API, through Flask's test client on a real app (real CadQuery builds)."""
 from __future__ import annotations
 
-import errno
 import io
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -13,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.session_faults import FAULTS, dump, fail_session_writes
 from web import create_app
 from web.config import Config
 
@@ -201,25 +200,43 @@ def test_session_survives_restart(tmp_path):
     assert app2.test_client().post("/api/undo").get_json()["values"][p["name"]] == p["default"]
 
 
-def test_failed_save_keeps_file_and_state(tmp_path, monkeypatch):
+def test_json_session_of_an_earlier_release_is_migrated_at_start(tmp_path):
+    data = tmp_path / "data"
+    (data / "sessions").mkdir(parents=True)
+    entries = [{"id": f"old{k}", "source": {"kind": "vlm", "proposal_id": "p1"} if k else {"kind": "user"},
+                "summary": "s", "changes": {"wheel_diameter": {"from": 80.0 + k, "to": 81.0 + k}},
+                "timestamp": 1.7e9 + k} for k in range(3)]
+    old = {"format": 1, "model": "rover", "version": 4, "position": 1, "entries": entries,
+           "values": {"wheel_diameter": 82.0}}
+    (data / "sessions" / "rover.json").write_text(json.dumps(old, indent=1, sort_keys=True))
+    c = make_app(data).test_client()
+    hist = c.get("/api/history").get_json()
+    assert [e["id"] for e in hist["entries"]] == ["old0", "old1", "old2"] and hist["position"] == 1
+    assert hist["entries"][1]["source"] == {"kind": "vlm", "proposal_id": "p1"}
+    assert c.get("/api/params").get_json()["values"]["wheel_diameter"] == 82.0
+    r = c.post("/api/redo", json={"version": 4})
+    assert r.status_code == 200 and r.get_json()["values"]["wheel_diameter"] == 83.0
+    assert not (data / "sessions" / "rover.json").exists() and (data / "sessions" / "rover.json.migrated").exists()
+    assert make_app(data).test_client().get("/api/params").get_json()["version"] == 5  # not imported twice
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_failed_save_keeps_database_and_state(tmp_path, monkeypatch, fault):
     data = tmp_path / "data"
     app = make_app(data)
     c = app.test_client()
     p = first_float_param(c.get("/api/params").get_json())
     c.patch("/api/params", json={"values": {p["name"]: p["default"] + (p["step"] or 1)}})
-    session_file = data / "sessions" / "rover.json"
-    before = session_file.read_bytes()
-
-    def disk_full(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", disk_full)
+    store = app.extensions["optim"].sessions
+    before = dump(store.db.path)
+    fail_session_writes(monkeypatch, store.db, fault)
     r = c.patch("/api/params", json={"values": {p["name"]: p["max"]}})
     assert r.status_code == 503 and r.get_json()["error"] == "session_not_saved"
     monkeypatch.undo()
-    assert session_file.read_bytes() == before
+    store.db.close()
+    assert dump(store.db.path) == before
     assert c.get("/api/params").get_json()["version"] == 1
-    assert not [f for f in session_file.parent.iterdir() if f.name.endswith(".tmp")]
+    assert c.patch("/api/params", json={"values": {p["name"]: p["max"]}}).status_code == 200  # disk back: works
 
 
 def test_exports(client):

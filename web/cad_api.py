@@ -54,8 +54,7 @@ def patch_params():
 def entry_json(name: str, entry) -> dict | None:
     if entry is None:
         return None
-    hist = services().sessions.get(name).history()
-    return next((e for e in hist["entries"] if e["id"] == entry.id), None)
+    return services().sessions.get(name).entry_json(entry.id)
 
 
 def _history_step(action: str):
