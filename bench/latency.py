@@ -7,7 +7,7 @@ model loads.
 `patch`: for each history length, writes a session of that many entries in the JSON format of earlier
 releases (the server imports it into its database at start; an earlier release reads it as it is), starts
 `python optim.py` (Ollama backend pointed nowhere: no model), then times PATCH /api/params, each followed by an
-untimed undo so the history keeps its length (the PATCH replaces the undone entry). The servers run side by
+undo (timed apart) so the history keeps its length (the PATCH replaces the undone entry). The servers run side by
 side and are sampled in turn, so a busy machine slows every level alike. The server keeps at most
 MAX_HISTORY (500) entries, so 1000 means 1000 edits made, 500 kept. Prints p50/p99 side by side with the ratio.
 `--repo DIR` runs the server of another checkout (e.g. `git archive <rev> | tar -x -C DIR`) for a before/after.
