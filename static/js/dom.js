@@ -72,11 +72,13 @@ export function showBanner(message, { onReload = null, kind = 'warning' } = {}) 
   const reload = $('banner-reload');
   reload.hidden = !onReload;
   reload.onclick = onReload ? async () => { hideBanner(); await onReload(); } : null;
+  delete banner.dataset.network;
   banner.hidden = false;
 }
 
 export function hideBanner() {
   $('banner').hidden = true;
+  delete $('banner').dataset.network;
 }
 
 export function isTypingTarget(target) {

@@ -59,7 +59,7 @@ function setLocked(on) {
 async function refreshHistory() {
   try {
     app.history = await api('GET', withModel('/api/history', app.model));
-    renderHistory($('history-list'), app.history);
+    renderHistory($('history-list'), app.history, (app.state && app.state.schema) || []);
   } catch (err) {
     toast(`History unavailable: ${err.message}`, 'error');
   }
@@ -78,6 +78,28 @@ async function reload() {
   // Refresh the view and the history even when the version is unchanged (e.g. after a conflict).
   setState(await api('GET', withModel('/api/params', app.model)), { force: true });
 }
+
+// "The server cannot be reached": the banner says so until the server answers again, then clears by itself
+// (and loads the design if it never arrived). Polls /healthz once a second meanwhile.
+let recoveryTimer = null;
+function showUnreachable(message, { onRecovered = null } = {}) {
+  showBanner(message, { kind: 'error', onReload: onRecovered });
+  $('banner').dataset.network = 'true'; // cleared by any other banner, or by the server answering again
+  clearInterval(recoveryTimer);
+  recoveryTimer = setInterval(async () => {
+    try {
+      const r = await fetch('/healthz', { cache: 'no-store' });
+      if (!r.ok) return;
+    } catch { return; }
+    clearInterval(recoveryTimer);
+    recoveryTimer = null;
+    if ($('banner').dataset.network === 'true') hideBanner();
+    if (onRecovered) {
+      try { await onRecovered(); } catch (err) { showBanner(err.message, { kind: 'error' }); }
+    }
+  }, 1000);
+}
+function isNetworkError(err) { return err instanceof ApiError && err.code === 'network_error'; }
 
 // Explain failures that concern the whole design; returns true when handled here.
 function handleStateError(err) {
@@ -98,10 +120,16 @@ function serialised(task) {
   return run;
 }
 
-async function commitValues(values) {
+// `model` is the model whose panel the edit was typed in: an edit never goes to another model, even if the page
+// switched models (or tried to) while it waited in the queue.
+async function commitValues(values, model = app.state && app.state.model) {
   return serialised(async () => {
+    if (!app.state || app.state.model !== model) {
+      throw new ApiError(409, { error: 'model_changed',
+        message: `not applied: the page now shows ${app.state ? app.state.model : 'no model'}, not ${model}` });
+    }
     try {
-      const state = await api('PATCH', withModel('/api/params', app.model), { version: app.state.version, values });
+      const state = await api('PATCH', withModel('/api/params', model), { version: app.state.version, values });
       setState(state);
       return state;
     } catch (err) {
@@ -118,9 +146,10 @@ async function historyStep(action) {
   }
   return serialised(async () => {
     try {
-      setState(await api('POST', withModel(`/api/${action}`, app.model), { version: app.state.version }));
+      setState(await api('POST', withModel(`/api/${action}`, app.state.model), { version: app.state.version }));
     } catch (err) {
-      if (!handleStateError(err)) toast(err.message, err.code && err.code.startsWith('nothing_to') ? 'info' : 'error');
+      if (isNetworkError(err)) showUnreachable(err.message);
+      else if (!handleStateError(err)) toast(err.message, err.code && err.code.startsWith('nothing_to') ? 'info' : 'error');
     }
   });
 }
@@ -167,12 +196,30 @@ async function loadModels() {
     select.parentElement.hidden = true;
     if (!app.model) app.model = 'rover';
   }
+  // The page's current model changes only once the new model's state has arrived; on failure the selector goes
+  // back to the model still on screen, and its panel keeps editing that model.
+  let switchToken = 0;
   select.addEventListener('change', async () => {
-    const url = new URL(location.href);
-    url.searchParams.set('model', select.value);
-    history.replaceState(null, '', url);
-    app.model = select.value;
-    try { await reload(); } catch (err) { showBanner(err.message, { kind: 'error' }); }
+    const wanted = select.value;
+    const token = ++switchToken;
+    select.dataset.switching = wanted;
+    try {
+      const state = await serialised(() => api('GET', withModel('/api/params', wanted)));
+      if (token !== switchToken) return;
+      hideBanner();
+      const url = new URL(location.href);
+      url.searchParams.set('model', wanted);
+      history.replaceState(null, '', url);
+      setState(state, { force: true });
+    } catch (err) {
+      if (token !== switchToken) return;
+      select.value = app.state ? app.state.model : app.model;
+      const message = `Could not switch to ${wanted}: ${err.message} The page still shows ${select.value}.`;
+      if (isNetworkError(err)) showUnreachable(message);
+      else showBanner(message, { kind: 'error' });
+    } finally {
+      if (token === switchToken) delete select.dataset.switching;
+    }
   });
 }
 
@@ -198,7 +245,10 @@ async function main() {
     console.warn('3D view unavailable:', err);
     app.viewer = new FallbackViewer($('viewer'), viewerOptions);
   }
-  app.params = new ParamsPanel($('params-form'), { onCommit: commitValues });
+  app.params = new ParamsPanel($('params-form'), {
+    onCommit: commitValues,
+    onUnreachable: (err) => showUnreachable(err.message),
+  });
   const badge = new StatusBadge();
   app.status = badge;
   app.adapters = new AdapterPicker({ onSwitched: () => badge.poll() });
@@ -226,7 +276,9 @@ async function main() {
   try {
     await reload();
   } catch (err) {
-    showBanner(`The design could not be loaded: ${err.message}`, { kind: 'error', onReload: reload });
+    const message = `The design could not be loaded: ${err.message}`;
+    if (isNetworkError(err)) showUnreachable(message, { onRecovered: reload });
+    else showBanner(message, { kind: 'error', onReload: reload });
   }
   body.dataset.ready = 'true';
 }

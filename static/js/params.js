@@ -1,27 +1,47 @@
 // Parameter panel built from the schema (GET /api/params) and the history list (GET /api/history).
 // An edit is committed when a control settles (slider released, number entered, checkbox toggled): one edit,
 // one PATCH, one history entry. Values are range-checked here first and the server's 422 message is shown too.
+// Arrow keys held (or pressed quickly) on a slider are coalesced: one PATCH when they stop, one history entry.
+// A control the user is holding, or one with a change still waiting to be sent, is never moved by a server answer.
 import { el, formatNumber, formatTime } from './dom.js';
+import { parseValue } from './proposals.js';
+
+const KEY_COALESCE_MS = 400;
+const SLIDER_KEYS = ['ArrowLeft', 'ArrowRight', 'ArrowUp', 'ArrowDown', 'PageUp', 'PageDown', 'Home', 'End'];
 
 export class ParamsPanel {
-  constructor(form, { onCommit }) {
+  constructor(form, { onCommit, onUnreachable = () => {} }) {
     this.form = form;
-    this.onCommit = onCommit; // async (values) => void; throws ApiError
+    this.onCommit = onCommit; // async (values, model) => void; throws ApiError
+    this.onUnreachable = onUnreachable; // (err) => void: the server cannot be reached
+    this.model = null; // the model these rows belong to
     this.rows = new Map(); // name -> {param, inputs..., error}
     this.schemaKey = '';
   }
 
   render(state) {
     const key = JSON.stringify(state.schema);
-    if (key !== this.schemaKey) {
+    if (key !== this.schemaKey || state.model !== this.model) {
+      for (const row of this.rows.values()) clearTimeout(row.timer);
       this.build(state.schema);
       this.schemaKey = key;
     }
+    this.model = state.model;
     for (const [name, row] of this.rows) {
+      if (this.isHeld(row, state.values[name])) continue;
       if (name in state.values) this.setRowValue(row, state.values[name]);
       if (!row.dirty) this.setError(row, '');
     }
     this.values = { ...state.values };
+  }
+
+  // The user is on this control: holding the slider, a coalesced change is waiting, or typing a new value.
+  isHeld(row, value) {
+    if (row.holding || row.timer) return true;
+    // An answer to an older edit of this row while a newer one is still on its way: keep the newer value.
+    if (row.pending > 0 && value !== undefined && value !== row.latest) return true;
+    const typing = row.number && document.activeElement === row.number && row.dirty && row.inflight === undefined;
+    return Boolean(typing);
   }
 
   build(schema) {
@@ -58,15 +78,34 @@ export class ParamsPanel {
         type: 'range', min: String(p.min), max: String(p.max), step: String(step), name: `${p.name}-slider`,
         dataset: { testid: `${id}-slider` }, 'aria-label': `${p.label || p.name} slider`,
       });
+      // A text field, not type=number: "12,5" (decimal comma) must mean 12.5, and Chromium's number field drops it.
       row.number = el('input', {
-        type: 'number', id, name: p.name, min: String(p.min), max: String(p.max), step: String(step),
-        inputmode: p.type === 'int' ? 'numeric' : 'decimal', dataset: { testid: id },
+        type: 'text', id, name: p.name, dataset: { testid: id, min: String(p.min), max: String(p.max) },
+        inputmode: p.type === 'int' ? 'numeric' : 'decimal', 'aria-label': `${p.label || p.name}${p.unit ? ` (${p.unit})` : ''}`,
       });
       row.slider.addEventListener('input', () => {
         row.number.value = row.slider.value;
         this.markDirty(row);
       });
-      row.slider.addEventListener('change', () => this.commitNumber(row, row.slider.value));
+      row.slider.addEventListener('pointerdown', () => { row.holding = true; });
+      const release = () => { row.holding = false; };
+      row.slider.addEventListener('pointerup', release);
+      row.slider.addEventListener('pointercancel', release);
+      row.slider.addEventListener('keydown', (e) => { if (SLIDER_KEYS.includes(e.key)) row.lastKeyAt = performance.now(); });
+      row.slider.addEventListener('change', () => {
+        row.holding = false;
+        clearTimeout(row.timer);
+        row.timer = null;
+        const fromKeys = row.lastKeyAt && performance.now() - row.lastKeyAt < 100;
+        if (!fromKeys) { this.commitNumber(row, row.slider.value); return; }
+        row.timer = setTimeout(() => { row.timer = null; this.commitNumber(row, row.slider.value); }, KEY_COALESCE_MS);
+      });
+      row.slider.addEventListener('blur', () => {
+        if (!row.timer) return;
+        clearTimeout(row.timer);
+        row.timer = null;
+        this.commitNumber(row, row.slider.value);
+      });
       row.number.addEventListener('input', () => {
         this.markDirty(row);
         const checked = this.check(p, row.number.value);
@@ -74,6 +113,17 @@ export class ParamsPanel {
       });
       row.number.addEventListener('change', () => this.commitNumber(row, row.number.value));
       row.number.addEventListener('keydown', (e) => {
+        if (e.key === 'ArrowUp' || e.key === 'ArrowDown') { // what a number field did: step the value
+          const now = this.check(p, row.number.value);
+          if (now.error) return;
+          e.preventDefault();
+          const delta = (Number(p.step) || 1) * (e.key === 'ArrowUp' ? 1 : -1);
+          const next = Math.min(p.max, Math.max(p.min, Number((now.value + delta).toPrecision(12))));
+          row.number.value = String(next);
+          row.slider.value = String(next);
+          this.markDirty(row);
+          return;
+        }
         if (e.key === 'Enter') { e.preventDefault(); row.refused = undefined; this.commitNumber(row, row.number.value); }
         if (e.key === 'Escape') { this.revert(row); row.number.blur(); }
       });
@@ -91,8 +141,8 @@ export class ParamsPanel {
 
   check(p, raw) {
     if (raw === '' || raw === null || raw === undefined) return { error: 'enter a number' };
-    const value = Number(raw);
-    if (!Number.isFinite(value)) return { error: 'enter a number' };
+    const value = parseValue(String(raw), { type: 'float' }); // "12,5" is 12.5
+    if (value === null) return { error: 'enter a number' };
     if (p.type === 'int' && !Number.isInteger(value)) return { error: 'must be a whole number' };
     const unit = p.unit ? ` ${p.unit}` : '';
     if (value < p.min || value > p.max) {
@@ -149,16 +199,20 @@ export class ParamsPanel {
     this.setError(row, '');
     row.node.classList.add('pending');
     row.inflight = value;
+    row.latest = value;
+    row.pending = (row.pending || 0) + 1;
     try {
-      await this.onCommit({ [row.param.name]: value });
+      await this.onCommit({ [row.param.name]: value }, this.model);
     } catch (err) {
       row.refused = value;
       // Keep what the user typed, explain why it was refused; the model is unchanged.
-      if (err.code === 'invalid_parameter') this.showServerError(err);
+      if (err.code === 'network_error') { this.onUnreachable(err); this.setError(row, 'not saved: the server cannot be reached'); }
+      else if (err.code === 'invalid_parameter') this.showServerError(err);
       else if (err.code !== 'version_conflict') this.setError(row, err.message);
     } finally {
-      row.inflight = undefined;
-      row.node.classList.remove('pending');
+      row.pending -= 1;
+      if (row.inflight === value) row.inflight = undefined;
+      if (!row.pending) row.node.classList.remove('pending');
     }
   }
 
@@ -179,21 +233,31 @@ export class ParamsPanel {
 
 const SOURCE_LABELS = { user: 'edit', vlm: 'assistant', reset: 'reset', optimise: 'optimiser' };
 
-export function renderHistory(list, history) {
+// Rows name parameters by their label (the schema's), with units, and show the whole new value (rows wrap).
+export function renderHistory(list, history, schema = []) {
   const items = [];
   const entries = history.entries || [];
+  const params = new Map(schema.map((p) => [p.name, p]));
+  const describe = (name, c) => {
+    const p = params.get(name);
+    const unit = p && p.unit ? ` ${p.unit}` : '';
+    return `${p ? p.label || name : name}: ${formatNumber(c.from, p && p.step)} → ${formatNumber(c.to, p && p.step)}${unit}`;
+  };
   for (let i = entries.length - 1; i >= 0; i -= 1) {
     const e = entries[i];
     const kind = (e.source && e.source.kind) || 'user';
     const state = i === history.position ? 'current' : i > history.position ? 'redoable' : 'past';
-    const changes = Object.entries(e.changes || {})
-      .map(([name, c]) => `${name}: ${formatNumber(c.from)} → ${formatNumber(c.to)}`).join('\n');
+    const names = Object.keys(e.changes || {});
+    // The tooltip keeps the parameters' script names (what the API and the scripts call them).
+    const changes = names.map((name) => `${name}: ${formatNumber(e.changes[name].from)} → ${formatNumber(e.changes[name].to)}`).join('\n');
+    const summary = kind === 'reset' || !names.length ? (e.summary || changes || '(no change)')
+      : names.map((n) => describe(n, e.changes[n])).join('; ');
     items.push(el('li', {
       className: `history-entry ${state}`, title: changes, value: String(i + 1),
       dataset: { testid: 'history-entry', index: String(i), state, source: kind },
     },
     el('span', { className: `source source-${kind}`, text: SOURCE_LABELS[kind] || kind }),
-    el('span', { className: 'summary', text: e.summary || changes || '(no change)' }),
+    el('span', { className: 'summary', text: summary }),
     el('time', { className: 'muted', text: formatTime(e.timestamp) })));
   }
   const initialState = history.position === -1 ? 'current' : 'past';
