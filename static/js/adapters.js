@@ -9,6 +9,21 @@ function baseName(path) {
   return parts[parts.length - 1] || String(path);
 }
 
+// The path of `path` relative to the runs folder, or null when it lies outside it. Either may be relative
+// (FINETUNED_MODEL_PATH=runs/tiny/adapter against an absolute OPTIM_RUNS_DIR).
+export function insideRuns(path, runsDir) {
+  const parts = (p) => String(p || '').split(/[\\/]+/).filter((x) => x && x !== '.');
+  const target = parts(path);
+  const runs = parts(runsDir);
+  if (!runs.length) return null;
+  const absolute = /^([\\/]|[A-Za-z]:)/.test(String(path));
+  if (absolute || target.length > runs.length) {
+    if (runs.every((seg, i) => target[i] === seg) && target.length > runs.length) return target.slice(runs.length).join('/');
+  }
+  if (!absolute && target[0] === runs[runs.length - 1] && target.length > 1) return target.slice(1).join('/');
+  return null;
+}
+
 const pct = (x) => `${(100 * x).toFixed(0)}%`;
 const num = (x) => (typeof x === 'number' ? x.toFixed(4) : '-');
 
@@ -82,10 +97,12 @@ export class AdapterPicker {
     const summary = $('adapter-training');
     summary.textContent = active ? trainingText(active.training).short : '';
     summary.title = active ? trainingText(active.training).long : '';
-    // The active adapter may live outside runs/ (FINETUNED_MODEL_PATH): show it, not selectable by name.
+    // The active adapter may live outside runs/ (FINETUNED_MODEL_PATH), or deeper inside it (runs/tiny/adapter):
+    // show it, not selectable by name (only folders directly under runs/ are listed).
     let activeName = listing.active;
     if (!activeName && listing.active_path) {
-      activeName = `${baseName(listing.active_path)} (outside runs/)`;
+      const inside = insideRuns(listing.active_path, listing.runs_dir);
+      activeName = inside ? `${inside} (in runs/)` : `${baseName(listing.active_path)} (outside runs/)`;
       options.unshift(el('option', { value: '', text: activeName, disabled: true, title: listing.active_path }));
     }
     if (!options.length) options.push(el('option', { value: '', text: 'no adapters in runs/', disabled: true }));

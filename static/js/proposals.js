@@ -55,6 +55,7 @@ export class ProposalTable {
 
   show(response) {
     this.response = response;
+    this.overwrite = false; // set after a 409 stale_proposal: the next Apply replaces the newer edits
     this.rows = [];
     const schema = this.schema();
     const values = this.getContext().values || {};
@@ -179,7 +180,7 @@ export class ProposalTable {
     $('apply-all').disabled = true;
     try {
       const state = await api('POST', `/api/proposals/${encodeURIComponent(this.response.id)}/apply?model=${encodeURIComponent(ctx.model)}`,
-        { version: ctx.version, parameters, values });
+        { version: ctx.version, parameters, values, ...(this.overwrite ? { overwrite: true } : {}) });
       const names = [...parameters, ...Object.keys(values)];
       for (const entry of this.rows) {
         if (entry.param && names.includes(entry.param.name)) {
@@ -197,9 +198,17 @@ export class ProposalTable {
     } catch (err) {
       if (err.status === 409 && err.body && err.body.error === 'stale_proposal') {
         for (const entry of this.rows) {
-          if (entry.param && (err.body.parameters || []).includes(entry.param.name)) entry.row.classList.add('stale');
+          if (entry.param && (err.body.parameters || []).includes(entry.param.name)) {
+            entry.row.classList.add('stale');
+            entry.row.dataset.stale = 'true';
+            entry.verdict.className = 'bad';
+            entry.verdict.textContent = '⚠ edited since the answer';
+          }
         }
-        $('proposals-status').textContent = `${err.message}`;
+        const names = (err.body.parameters || []).join(', ');
+        $('proposals-status').textContent = `Not applied: ${names} changed after the model answered. `
+          + 'Untick those rows, or press Apply again to replace your newer edit.';
+        this.overwrite = true;
       } else if (!this.onCommitError(err)) {
         $('proposals-status').textContent = err.message;
       }

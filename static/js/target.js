@@ -3,7 +3,7 @@
 // (GET /api/target.glb) and "Optimise" (POST /api/optimise, streamed progress; the result is one history entry).
 // While it runs the Optimise button is a Cancel button (DELETE /api/optimise): the best state so far is kept.
 import { api, apiUpload, ApiError, postEventStream, withModel } from './api.js';
-import { $, el, formatBytes, toast } from './dom.js';
+import { $, el, formatBytes, formatDuration, toast } from './dom.js';
 
 const TARGET_EXTENSIONS = ['.step', '.stp', '.stl'];
 const AXES = ['X', 'Y', 'Z'];
@@ -246,14 +246,23 @@ export class TargetPanel {
     const ctx = this.getContext();
     const body = { version: ctx.version, max_steps: maxSteps, stream: true, use_vlm: $('optimise-use-vlm').checked };
     let answer = null;
+    const started = performance.now();
+    const startIou = this.target && this.target.comparison ? this.target.comparison.iou : null;
     try {
       for await (const { event, data } of postEventStream(withModel('/api/optimise', ctx.model), body)) {
         if (event === 'vlm') {
           const vlm = data.accepted ? `VLM proposal kept (IoU ${formatIou(data.iou)})` : `VLM: ${data.note || 'proposal not kept'}`;
           this.progress(0, vlm);
         } else if (event === 'progress') {
+          // The events carry each stage's own score (not an IoU): show the steps, the stage and an ETA instead,
+          // next to the IoU the search started from; the final IoU comes with the answer.
           const stage = `stage ${data.stage + 1}/${data.stages}`;
-          this.progress(data.step / data.max_steps, `step ${data.step}/${data.max_steps} · ${stage} · score ${formatIou(data.iou)}`);
+          const elapsed = (performance.now() - started) / 1000;
+          const left = data.step > 0 ? (elapsed / data.step) * (data.max_steps - data.step) : null;
+          const eta = left === null ? '' : ` · ~${formatDuration(left)} left`;
+          const from = startIou === null ? '' : ` · IoU at start ${formatIou(startIou)}`;
+          this.progress(data.step / data.max_steps, `step ${data.step}/${data.max_steps} · ${stage}${eta}${from}`);
+          $('optimise-progress').dataset.etaS = left === null ? '' : String(left);
         } else if (event === 'done') {
           answer = data;
         } else if (event === 'error') {
