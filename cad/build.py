@@ -21,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cad.errors import BuildError
+from cad.errors import BuildError, EmptyGeometry
 from cad.registry import CadModel
 from cad.mesh import MAX_SIZE, MIN_SIZE, PALETTE, VIEWS, PartMesh
 
@@ -102,6 +102,20 @@ def _flatten(assembly, script_path: str) -> list[BuiltPart]:
     return parts
 
 
+MAX_VALUES_NAMED = 12
+
+
+def _refuse_empty(built: BuiltModel, script_path: str, values: dict) -> None:
+    """Raise EmptyGeometry when a part has no solid volume (OCC would fail later, differently per export)."""
+    empty = [p.name for p in built.parts if not p.shape.Solids() or p.shape.Volume() <= 0]
+    if not empty:
+        return
+    shown = ", ".join(f"{k}={v}" for k, v in list(values.items())[:MAX_VALUES_NAMED])
+    more = f" and {len(values) - MAX_VALUES_NAMED} more" if len(values) > MAX_VALUES_NAMED else ""
+    parts = ", ".join(repr(n) for n in empty)
+    raise EmptyGeometry(script_path, None, f"these values leave no solid geometry in part {parts}: {shown}{more}")
+
+
 _built: OrderedDict[str, BuiltModel] = OrderedDict()
 _BUILT_ITEMS = 6
 _counters = {"builds": 0}
@@ -131,6 +145,7 @@ def build_model(script_path: str | Path, values: dict) -> BuiltModel:
             kind = type(assembly).__name__
             raise BuildError(str(path), None, f"build(p) must return a cadquery Assembly, got {kind}")
         built = BuiltModel(assembly, _flatten(assembly, str(path)))
+        _refuse_empty(built, str(path), values)
         _built[key] = built
         while len(_built) > _BUILT_ITEMS:
             _built.popitem(last=False)

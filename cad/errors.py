@@ -43,3 +43,8 @@ class ScriptError(_ScriptLocatedError):
 
 class BuildError(_ScriptLocatedError):
     """A model script raised while building, or produced something that is not a valid assembly."""
+
+
+class EmptyGeometry(BuildError):
+    """In-range values that leave a part with no solid (a cut larger than its body): one clear error for every
+    export, render and comparison, which the optimiser scores as no overlap and moves away from."""

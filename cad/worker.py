@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from cad.errors import BuildError, ScriptError
+from cad.errors import BuildError, EmptyGeometry, ScriptError
 from cad.target import TargetError
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,10 @@ class BuildTimeout(BuildError):
 
 class WorkerCrashed(BuildError):
     """The worker process died while running a job (os._exit, segfault, out of memory)."""
+
+
+# errors that cross the pipe as (path, line, message) and are raised again as themselves
+_SCRIPT_ERRORS = {cls.__name__: cls for cls in (BuildError, ScriptError, EmptyGeometry)}
 
 
 # --- child side ---------------------------------------------------------------------------------------------------
@@ -145,8 +149,8 @@ class WorkerClient:
         if answer[0] == "ok":
             return answer[1]
         kind, details = answer[1], answer[2]
-        if kind in ("BuildError", "ScriptError"):
-            raise (ScriptError if kind == "ScriptError" else BuildError)(*details)
+        if kind in _SCRIPT_ERRORS:
+            raise _SCRIPT_ERRORS[kind](*details)
         if kind == "TargetError":
             raise TargetError(details)
         raise ValueError(details)

@@ -45,7 +45,7 @@ def too_large_message() -> str:
 
 
 def register_error_handlers(app: Flask) -> None:
-    from cad.errors import BuildError, ParameterError, ScriptError, UnknownModel
+    from cad.errors import BuildError, EmptyGeometry, ParameterError, ScriptError, UnknownModel
     from cad.session import SessionError
     from cad.worker import BuildTimeout
     from vlm.backend import BackendError
@@ -68,6 +68,11 @@ def register_error_handlers(app: Flask) -> None:
     def _cad_error(e):
         # The operator's model script failed: say where, so it can be fixed. The design state is unchanged.
         return error_response(422, "cad_build_failed", str(e), line=e.line)
+
+    @app.errorhandler(EmptyGeometry)
+    def _empty_geometry(e: EmptyGeometry):
+        # Not the script's fault: these (in-range) values cut everything away. Nothing was changed.
+        return error_response(422, "empty_geometry", e.message)
 
     @app.errorhandler(BuildTimeout)
     def _cad_timeout(e: BuildTimeout):

@@ -16,7 +16,7 @@ import time
 
 from flask import Response, current_app, jsonify, stream_with_context
 
-from cad.errors import BuildError
+from cad.errors import BuildError, EmptyGeometry
 from cad.optimise import MAX_STEPS_LIMIT, VOXEL_STAGES, optimise, stage_count
 from cad.session import VersionConflict
 from cad.worker import BuildTimeout
@@ -85,16 +85,36 @@ def _stop_if_shutting_down(svc) -> None:
         raise ApiError(503, "shutting_down", "the server is shutting down; the design is unchanged")
 
 
+def _search_start(svc, model, path, values: dict) -> tuple[dict, dict, dict]:
+    """(comparison of the current state, values the search starts from, their comparison)."""
+    try:
+        before = svc.builder.compare(model, values, path)
+        return before, values, before
+    except EmptyGeometry as exc:  # nothing overlaps nothing: IoU 0
+        before = {"iou": 0.0, "method": "empty", "empty_geometry": exc.message}
+    # Around an empty state every small move is empty too (no slope to follow): search from the script's defaults
+    # instead, when they build.
+    try:
+        defaults = model.schema.defaults()
+        return before, defaults, svc.builder.compare(model, defaults, path)
+    except BuildTimeout:
+        raise
+    except BuildError as exc:
+        log.info("optimise: the defaults of %s do not build either: %s", model.name, exc)
+        return before, values, before
+
+
 def _run(ctx: dict, progress=None, on_vlm=None) -> dict:
     """The whole run (the caller holds the model's claim). Raises BuildTimeout, BuildError, VersionConflict."""
     svc = services()
     model, path, snapshot, cancel = ctx["model"], ctx["path"], ctx["snapshot"], ctx["cancel"]
     started = time.perf_counter()
-    before = svc.builder.compare(model, snapshot["values"], path)
+    before, best_values, best = _search_start(svc, model, path, snapshot["values"])
     _stop_if_shutting_down(svc)
-    best_values, best = snapshot["values"], before
     vlm = {"vlm_used": False, "vlm_proposed": {}, "vlm_iou": None, "vlm_accepted": False, "vlm_summary": None}
-    if ctx["use_vlm"]:
+    if ctx["use_vlm"] and before["method"] == "empty":
+        vlm["vlm_note"] = "the VLM was not asked: the current state has no geometry to compare"
+    elif ctx["use_vlm"]:
         vlm, found = ask_vlm(svc, model, path, snapshot["values"], before, cancel)
         if found is not None:
             best_values, best = model.schema.complete({**snapshot["values"], **vlm["vlm_proposed"]}), found
