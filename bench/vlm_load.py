@@ -3,7 +3,8 @@
     .venv/bin/python bench/vlm_load.py [--rounds 5] [--tokens 32] [--dtype float16]
 
 Measures, in one run and side by side:
-  1. raw read of the weight files vs the worker's load (pre-read + from_pretrained + first forward);
+  1. raw read of the weight files vs the worker's load (pre-read + from_pretrained + first forward), and the first
+     request's load with and without VLM_PREWARM (a worker that imported torch & co before the request);
   2. memory: this process (the web-process stand-in, no torch imported yet), the worker, and the system,
      before load / loaded / after unload;
   3. generate through the server path (ModelManager + FinetunedBackend + worker) vs a direct in-process
@@ -97,6 +98,23 @@ def main() -> int:
     manager.unload()
     time.sleep(0.5)
     parent_after, avail_after = rss(), psutil.virtual_memory().available
+    first_request_cold = spawn_to_ready + first_forward
+
+    # the same first request from a pre-warmed worker (VLM_PREWARM=1): torch & co imported before it came
+    warm_backend = FinetunedBackend(None, str(base), dtype=args.dtype, device_map="cpu")
+    warm_backend.prewarm()
+    if not warm_backend.wait_prewarmed(300):
+        raise SystemExit("the pre-warm did not finish within 300 s")
+    warm_manager = ModelManager(warm_backend, keep_alive_s=-1)
+    started = time.perf_counter()
+    warm_manager.ensure_ready()
+    warm_ready = time.perf_counter() - started
+    warm_forward = warm_manager.generate(GenerateRequest(system=SYSTEM, prompt=PROMPT, max_new_tokens=1)
+                                         ).timings["generate"]
+    first_request_warm = warm_ready + warm_forward
+    prewarm_import = warm_backend.prewarm_info.get("import_s")
+    warm_manager.shutdown()
+
     manager.ensure_ready()  # loaded again for the generate comparison
 
     # generate overhead: the server path vs a direct in-process generate (torch enters this process only now)
@@ -146,6 +164,10 @@ def main() -> int:
         ("  + first forward (s)", f"{weights_load + first_forward:.3f}",
          f"{(weights_load + first_forward) / warm:.2f}x raw"),
         ("  worker import torch/transformers (s)", f"{t['import_s']:.2f}", "process start cost, not weight I/O"),
+        ("first request, no pre-warm: load+1st forward (s)", f"{first_request_cold:.3f}",
+         f"{first_request_cold / warm:.1f}x raw read"),
+        ("first request, VLM_PREWARM=1 (s)", f"{first_request_warm:.3f}",
+         f"{first_request_warm / warm:.1f}x raw read (goal <= 1.5x); import {prewarm_import} s paid at start"),
         ("parent RSS before load", mib(parent_before), "web-process stand-in (no torch)"),
         ("worker RSS loaded", mib(worker_loaded), ""),
         ("parent RSS after unload", mib(parent_after),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import inspect
 import itertools
 import json
 import logging
@@ -21,6 +22,7 @@ from pathlib import Path
 from .backend import Backend, BackendError, GenerateRequest, GenerateResult, GenerationCancelled, ProgressCallback, \
     TokenCallback
 from .cache import content_fingerprint
+from .load_progress import ADAPTER, IMPORTING, LoadProgress, LoadTimings
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,18 @@ SHUTDOWN_GRACE_S = 5.0
 _EXIT = "__exit__"
 _CANCELLED = "__cancelled__"  # put on the event queue by a request's cancel token, to wake its wait
 CANCEL_RESEND_S = 0.2
+PROGRESS_TICK_S = 0.25  # how often the bar moves during a phase that reports nothing (imports, building)
+
+
+def _with_eta(progress: ProgressCallback):
+    """The manager's callback takes an ETA; a plain (fraction, phase) one (tests, benches) gets it dropped."""
+    try:
+        params = inspect.signature(progress).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "eta_s" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return progress
+    return lambda fraction, phase, eta_s=None: progress(fraction, phase)
 
 
 def _base_named_by(adapter_path: Path | None) -> str | None:
@@ -47,7 +61,8 @@ class FinetunedBackend(Backend):
 
     def __init__(self, adapter_path: Path | None, base_model: str | None = None, *, dtype: str = "auto",
                  device_map: str = "auto", python: str = sys.executable, env: dict | None = None,
-                 default_base_model: str | None = None, cancel_grace_s: float = CANCEL_GRACE_S):
+                 default_base_model: str | None = None, cancel_grace_s: float = CANCEL_GRACE_S,
+                 load_timings_path: Path | None = None):
         self.adapter_path = Path(adapter_path) if adapter_path else None
         self.base_model = base_model
         self.dtype = dtype
@@ -66,6 +81,10 @@ class FinetunedBackend(Backend):
         self._ids = itertools.count(1)
         self._current_id: str | None = None
         self._last_gpu_bytes = 0
+        self._prewarm: str | None = None  # "importing" / "done" for a worker started by prewarm(), until it loads
+        self.prewarm_info: dict = {}
+        self._prewarm_done = threading.Event()
+        self.load_timings = LoadTimings(load_timings_path)  # per model: the last load's phase durations (ETA)
 
     # ------------------------------------------------------------ process plumbing
     def _spawn(self) -> subprocess.Popen:
@@ -78,7 +97,9 @@ class FinetunedBackend(Backend):
         self._events = queue.Queue()
         self._status_replies = queue.Queue()
         self._stderr_tail.clear()
-        threading.Thread(target=self._read_events, args=(proc, self._events, self._status_replies),
+        self._prewarm_done = threading.Event()
+        threading.Thread(target=self._read_events, args=(proc, self._events, self._status_replies,
+                                                         self._prewarm_done),
                          daemon=True, name=f"vlm-worker-{proc.pid}-out").start()
         threading.Thread(target=self._read_stderr, args=(proc,), daemon=True,
                          name=f"vlm-worker-{proc.pid}-err").start()
@@ -86,13 +107,16 @@ class FinetunedBackend(Backend):
         return proc
 
     @staticmethod
-    def _read_events(proc: subprocess.Popen, events: queue.Queue, status_replies: queue.Queue) -> None:
+    def _read_events(proc: subprocess.Popen, events: queue.Queue, status_replies: queue.Queue,
+                     prewarm_done: threading.Event) -> None:
         for line in proc.stdout:
             try:
                 event = json.loads(line)
             except ValueError:
                 log.warning("model worker wrote a non-protocol line: %r", line[:200])
                 continue
+            if event.get("event") == "prewarmed":
+                prewarm_done.set()  # and on to the events queue: a load waiting for it takes it from there
             (status_replies if event.get("event") == "status" else events).put(event)
         code = proc.wait()
         events.put({"event": _EXIT, "code": code})
@@ -121,6 +145,7 @@ class FinetunedBackend(Backend):
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
         self._ready = False
+        self._prewarm = None
         if proc is None:
             return
         if proc.poll() is None:
@@ -136,25 +161,64 @@ class FinetunedBackend(Backend):
                 pass
 
     # ------------------------------------------------------------ Backend
+    # ------------------------------------------------------------ pre-warm (VLM_PREWARM)
+    def prewarm(self) -> None:
+        """Start the worker and import torch/transformers/peft in it now, without weights: the next load skips
+        the import (most of a small model's load). A load started meanwhile waits for it in the worker."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self._proc = self._spawn()
+        self._prewarm = "importing"
+        self._send(op="prewarm")
+        log.info("pre-warming model worker pid %s (imports only, no weights)", self._proc.pid)
+
+    def wait_prewarmed(self, timeout: float | None = None) -> bool:
+        """True once a pre-warmed worker has its libraries imported (benches and tests wait for it)."""
+        return self._prewarm is not None and self._prewarm_done.wait(timeout)
+
+    def _load_timings_key(self) -> str:
+        base = self.base_model or _base_named_by(self.adapter_path) or self.default_base_model
+        return f"{base}|{self.adapter_path}|{self.dtype}"
+
     def load(self, progress: ProgressCallback) -> None:
         if self._ready and self.is_alive():
             return
-        self._kill()
-        proc = self._proc = self._spawn()
-        events = self._events
-        progress(0.0, "starting worker")
+        prewarm = self._prewarm if self._proc is not None and self._proc.poll() is None else None
+        if prewarm is None:
+            self._kill()
+            self._proc = self._spawn()
+        proc, events = self._proc, self._events
+        key = self._load_timings_key()
+        bar = LoadProgress(_with_eta(progress), last=self.load_timings.get(key),
+                           skip=set() if self.adapter_path else {ADAPTER})
+        if prewarm is not None:
+            bar.enter(IMPORTING)  # a pre-warm still importing, or done: the worker's next report says
+        bar.tick()
         try:
             self._send(op="load", base=self.base_model,
                        adapter=str(self.adapter_path) if self.adapter_path else None, dtype=self.dtype,
                        device_map=self.device_map, default_base=self.default_base_model)
             while True:
-                event = events.get()
+                try:
+                    event = events.get(timeout=PROGRESS_TICK_S)
+                except queue.Empty:
+                    bar.tick()  # phases without progress of their own move with the time spent
+                    continue
                 kind = event.get("event")
                 if kind == "progress":
-                    progress(float(event.get("fraction") or 0.0), str(event.get("phase") or ""))
+                    bar.enter(str(event.get("phase") or ""), float(event.get("fraction") or 0.0))
+                elif kind == "prewarmed":
+                    self._prewarm = "done"
+                    self.prewarm_info = event.get("info") or {}
                 elif kind == "ready":
                     self._info = event.get("info") or {}
                     self._ready = True
+                    durations = bar.finish()
+                    if prewarm is not None:  # its import was paid before the load: not this model's import time
+                        durations.pop(IMPORTING, None)
+                    self._info["load_phases_s"] = {k: round(v, 4) for k, v in durations.items()}
+                    self._info["prewarmed"] = prewarm is not None
+                    self.load_timings.put(key, durations)
                     log.info("model ready in worker pid %s: %s", proc.pid, self._info)
                     return
                 elif kind == "error":
@@ -369,6 +433,7 @@ class FinetunedBackend(Backend):
             "pid": proc.pid if alive else None,
             "rss_bytes": rss,
             "gpu_bytes": gpu,
+            "prewarmed": self._prewarm is not None or bool(self._info.get("prewarmed")),
             "dtype": self._info.get("dtype") if self._ready else None,
             "dtype_reason": self._info.get("dtype_reason") if self._ready else None,
             "device": self._info.get("device") if self._ready else None,

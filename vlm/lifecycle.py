@@ -44,6 +44,7 @@ class ModelManager:
         self._retry_after: float | None = None  # set after a failed load: no new load before this clock value
         self._epoch = 0  # bumped by every load and unload; a load whose epoch moved on is stale
         self._progress = (0.0, "")
+        self._load_eta: tuple[float, float] | None = None  # (clock when reported, seconds left then)
         self._load_started: float | None = None
         self._load_finished: float | None = None
         self._active = 0  # requests between arrival and the end of their generation
@@ -94,6 +95,7 @@ class ModelManager:
         self._epoch += 1
         self.load_count += 1
         self._progress = (0.0, "starting")
+        self._load_eta = None
         self._load_started, self._load_finished = self.clock(), None
         self._set_state(LOADING)
         self._identity = None
@@ -106,10 +108,11 @@ class ModelManager:
         return True
 
     def _run_load(self, epoch: int) -> None:
-        def progress(fraction: float, phase: str) -> None:
+        def progress(fraction: float, phase: str, eta_s: float | None = None) -> None:
             with self._cond:
                 if self._epoch == epoch and self._state == LOADING:
                     self._progress = (max(0.0, min(1.0, float(fraction))), phase)
+                    self._load_eta = (self.clock(), eta_s) if eta_s is not None else None
 
         identity_before = self._backend_identity()
         try:
@@ -380,7 +383,9 @@ class ModelManager:
             elapsed = eta = None
             if self._load_started is not None:
                 elapsed = (self._load_finished or now) - self._load_started
-                if self._state == LOADING and fraction > 0.02:
+                if self._state == LOADING and self._load_eta is not None:  # the backend's, from a measured load
+                    eta = max(0.0, self._load_eta[1] - (now - self._load_eta[0]))
+                elif self._state == LOADING and fraction > 0.02:
                     eta = elapsed * (1 - fraction) / fraction
                 elif self._state == READY:
                     eta = 0.0

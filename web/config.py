@@ -47,6 +47,7 @@ class Config:
     vlm_dtype: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU; or float16 / bfloat16 / float32
     vlm_device_map: str = "auto"
     preload_model: bool = False
+    prewarm: bool = False  # VLM_PREWARM: start the worker and import torch & co at start, without weights
     keep_alive_s: float = 300.0
     load_timeout_s: float = 900.0
     generate_timeout_s: float = 300.0
@@ -96,6 +97,7 @@ class Config:
         c.vlm_dtype = env.get("VLM_DTYPE", c.vlm_dtype)
         c.vlm_device_map = env.get("VLM_DEVICE_MAP", c.vlm_device_map)
         c.preload_model = _bool(env.get("PRELOAD_MODEL"), False)
+        c.prewarm = _bool(env.get("VLM_PREWARM"), False)
         c.keep_alive_s = float(env.get("VLM_KEEP_ALIVE", c.keep_alive_s))
         c.load_timeout_s = float(env.get("VLM_LOAD_TIMEOUT", c.load_timeout_s))
         c.generate_timeout_s = float(env.get("VLM_GENERATE_TIMEOUT", c.generate_timeout_s))

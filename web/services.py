@@ -44,7 +44,8 @@ def make_backend(config: Config) -> Backend:
         log.info("VLM_PARALLEL=%s ignored: the fine-tuned worker runs one generation at a time", config.vlm_parallel)
     return FinetunedBackend(adapter_path=config.finetuned_model_path, base_model=config.vlm_base_model,
                             dtype=config.vlm_dtype, device_map=config.vlm_device_map,
-                            default_base_model=DEFAULT_BASE_MODEL)
+                            default_base_model=DEFAULT_BASE_MODEL,
+                            load_timings_path=config.data_dir / "vlm_load_timings.json")
 
 
 class Services:
@@ -89,6 +90,11 @@ class Services:
             timer.start()
         if self.config.preload_model:
             self.manager.start_load()
+        elif self.config.prewarm and callable(getattr(self.manager.backend, "prewarm", None)):
+            try:
+                self.manager.backend.prewarm()
+            except Exception:  # noqa: BLE001 - an optimisation: the first load imports by itself then
+                log.exception("VLM pre-warm failed")
 
     def _warm_cad(self) -> None:
         try:
