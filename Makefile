@@ -44,6 +44,7 @@ bench: $(PY_STAMP)
 	$(PY) bench/vlm_load.py
 	$(PY) bench/adapter_switch.py
 	$(PY) bench/latency.py
+	$(PY) bench/queue_latency.py
 	$(PY) bench/latency.py patch
 	$(PY) bench/fit.py
 	$(PY) bench/proposals.py
