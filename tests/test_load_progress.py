@@ -116,3 +116,38 @@ def test_worker_load_reports_phases_then_the_next_load_has_an_eta(tiny_vlm, fine
 def test_vlm_prewarm_setting():
     assert Config.from_env({"VLM_PREWARM": "1"}).prewarm is True
     assert Config.from_env({}).prewarm is False
+
+
+def test_the_manager_shows_the_backends_eta_and_never_invents_one():
+    import threading
+
+    from vlm.backend import Backend
+    from vlm.lifecycle import ModelManager
+
+    class Loading(Backend):
+        name = "scripted"
+
+        def __init__(self, eta):
+            self.eta, self.release = eta, threading.Event()
+
+        def load(self, progress):
+            progress(0.5, IMPORTING, eta_s=self.eta)
+            self.release.wait(5)
+
+        def generate(self, request, on_token=None):
+            raise AssertionError("not used")
+
+        def unload(self):
+            self.release.set()
+
+        def status(self):
+            return {}
+
+    for eta, shown in ((None, None), (30.0, pytest.approx(30.0, abs=1.0))):
+        manager = ModelManager(Loading(eta), keep_alive_s=-1)
+        manager.start_load()
+        deadline = time.monotonic() + 5
+        while manager.status()["progress"]["phase"] != IMPORTING and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert manager.status()["progress"]["eta_s"] == shown
+        manager.shutdown()

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 UNLOADED, LOADING, READY, FAILED = "unloaded", "loading", "ready", "failed"
 # backend facts shown elsewhere in the status; the rest (reachable, loaded, expires_at, pid...) is "engine"
+_NO_ETA = object()  # a backend that reports no ETA of its own: the manager extrapolates from the fraction
 _NOT_ENGINE_FACTS = {"model", "adapter", "rss_bytes", "gpu_bytes", "dtype", "dtype_reason"}
 
 
@@ -108,11 +109,12 @@ class ModelManager:
         return True
 
     def _run_load(self, epoch: int) -> None:
-        def progress(fraction: float, phase: str, eta_s: float | None = None) -> None:
+        def progress(fraction: float, phase: str, eta_s: float | None | object = _NO_ETA) -> None:
+            """eta_s: the backend's own estimate; None means "unknown" (no measured load yet), not "guess one"."""
             with self._cond:
                 if self._epoch == epoch and self._state == LOADING:
                     self._progress = (max(0.0, min(1.0, float(fraction))), phase)
-                    self._load_eta = (self.clock(), eta_s) if eta_s is not None else None
+                    self._load_eta = None if eta_s is _NO_ETA else (self.clock(), eta_s)
 
         identity_before = self._backend_identity()
         try:
@@ -384,7 +386,8 @@ class ModelManager:
             if self._load_started is not None:
                 elapsed = (self._load_finished or now) - self._load_started
                 if self._state == LOADING and self._load_eta is not None:  # the backend's, from a measured load
-                    eta = max(0.0, self._load_eta[1] - (now - self._load_eta[0]))
+                    reported_at, left = self._load_eta
+                    eta = None if left is None else max(0.0, left - (now - reported_at))
                 elif self._state == LOADING and fraction > 0.02:
                     eta = elapsed * (1 - fraction) / fraction
                 elif self._state == READY:
