@@ -16,6 +16,7 @@ from vlm.http_util import HttpEngine, b64, error_text, keep_alive_value, ns_to_s
 
 log = logging.getLogger(__name__)
 
+LOAD_QUERY_TIMEOUT_S = 10.0  # version and tags before a load: instant on a healthy engine, even a busy one
 STATUS_READ_TIMEOUT_S = 2.0  # /api/version, /api/tags and /api/ps answer at once: slower than this is "not reachable"
 
 
@@ -130,9 +131,10 @@ class OllamaBackend(Backend):
     # --- Backend ---------------------------------------------------------------------------------------------
     def load(self, progress: ProgressCallback) -> None:
         progress(0.0, f"contacting Ollama at {self.url}")
-        self._version = str(self._get("/api/version", "version check (/api/version)").get("version", "unknown"))
+        quick = min(self.http.read_timeout_s, LOAD_QUERY_TIMEOUT_S)  # a hung engine fails the load in seconds
+        self._version = str(self._get("/api/version", "version check (/api/version)", quick).get("version", "unknown"))
         progress(0.1, f"checking Ollama has {self.model}")
-        if not self._present():
+        if not self._present(quick):
             raise self._missing()
         self._capabilities = None  # the model may have been re-pulled since: ask again
         self.capabilities()
