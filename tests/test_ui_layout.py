@@ -194,6 +194,12 @@ def test_noop_and_stale_proposals(server, page):
     assert values(server)["pan_tilt_z"] == 80
     page.shot("noop")
 
+    # Told that the head height was edited since, the user applies it anyway: now it is one entry.
+    page.check("[data-testid=proposal-check] >> nth=1")
+    page.click("[data-testid=apply-selected]")
+    assert wait_text(page, "proposals-status", "^Applied").startswith("Applied 1 change;")
+    assert values(server)["pan_tilt_z"] == 70 and server_entries(server) == entries + 1
+
 
 # --- 5. decimal comma, history labels, the LoRA label, optimise progress -----------------------------------------
 def newest_history_text(page, contains: str) -> str:
