@@ -39,7 +39,9 @@ export class Viewer {
     container.prepend(this.renderer.domElement);
 
     this.scene = new THREE.Scene();
-    this.scene.background = new THREE.Color(0xf3f5f8);
+    // The page follows the system's dark mode; so does the view's background (read once, at start).
+    const dark = window.matchMedia && window.matchMedia('(prefers-color-scheme: dark)').matches;
+    this.scene.background = new THREE.Color(dark ? 0x1b2332 : 0xf3f5f8);
     this.scene.add(new THREE.HemisphereLight(0xffffff, 0x8a8f99, 2.2));
     const key = new THREE.DirectionalLight(0xffffff, 2.0);
     key.position.set(1, 2, 1.5);
