@@ -151,3 +151,23 @@ def test_the_manager_shows_the_backends_eta_and_never_invents_one():
             time.sleep(0.02)
         assert manager.status()["progress"]["eta_s"] == shown
         manager.shutdown()
+
+
+def test_vlm_prewarm_starts_the_worker_at_server_start_and_shutdown_ends_it(tiny_vlm, tmp_path):
+    import psutil
+
+    from web import create_app
+
+    config = Config(data_dir=tmp_path / "data", cad_warmup=False, backend="finetuned", prewarm=True,
+                    finetuned_model_path=tiny_vlm.adapter_dir, vlm_dtype="float32", keep_alive_s=-1)
+    app = create_app(config)
+    services = app.extensions["optim"]
+    services.start_background_work()
+    pid = services.manager.backend.pid
+    status = app.test_client().get("/api/vlm/status").get_json()
+    assert pid and status["state"] == "unloaded" and status["engine"]["prewarmed"] is True
+    services.shutdown()
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
