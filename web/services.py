@@ -125,7 +125,6 @@ class Services:
             # The worker is shared by every Builder in this process; a later build simply starts a new one.
             worker.shutdown()
             self.sessions.close()  # a write after this (there should be none) reopens the database
-            self.sessions.close()  # a write after this (there should be none) reopens the database
 
 
 def services() -> Services:
