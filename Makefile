@@ -45,6 +45,7 @@ bench: $(PY_STAMP)
 	$(PY) bench/adapter_switch.py
 	$(PY) bench/latency.py
 	$(PY) bench/queue_latency.py
+	$(PY) bench/photo_rss.py
 	$(PY) bench/latency.py patch
 	$(PY) bench/fit.py
 	$(PY) bench/proposals.py
