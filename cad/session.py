@@ -15,47 +15,22 @@ the files renamed to `<model>.json.migrated`.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
-import os
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ParameterError
+from .session_db import (DB_NAME, HistoryEntry, SessionDB, StoredSession, migrate_json_session, put_entry,
+                         put_state, read_json_session)
 
 log = logging.getLogger(__name__)
 
 MAX_HISTORY = 500
-FILE_FORMAT = 1  # the JSON files of earlier releases
-DB_NAME = "sessions.sqlite3"
-BUSY_TIMEOUT_MS = 10_000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    model TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    applied_seq INTEGER NOT NULL,  -- seq of the entry the values correspond to (below every entry: none)
-    current_values TEXT NOT NULL   -- JSON object
-);
-CREATE TABLE IF NOT EXISTS entries (
-    model TEXT NOT NULL,
-    seq INTEGER NOT NULL,          -- contiguous per model; position in the history = seq - min(seq)
-    id TEXT NOT NULL,
-    source TEXT NOT NULL,          -- JSON
-    summary TEXT NOT NULL,
-    changes TEXT NOT NULL,         -- JSON: name -> {"from", "to"}
-    timestamp REAL NOT NULL,
-    PRIMARY KEY (model, seq)
-) WITHOUT ROWID;
-"""
 
 
 class SessionError(Exception):
@@ -85,246 +60,18 @@ class PersistError(SessionError):
     code = "session_not_saved"
 
 
-@dataclass
-class HistoryEntry:
-    id: str
-    source: dict
-    summary: str
-    changes: dict  # name -> {"from": old, "to": new}
-    timestamp: float
-
-    def to_json(self, index: int) -> dict:
-        return {"index": index, **asdict(self)}
-
-
-@dataclass
-class _State:
-    version: int
-    values: dict
-    entries: list[HistoryEntry] = field(default_factory=list)
-    position: int = -1  # index of the entry the values correspond to; -1 = no entry applied
-    first_seq: int = 0  # database seq of entries[0] (of the next entry while there are none)
-
-    @property
-    def applied_seq(self) -> int:
-        return self.first_seq + self.position
-
-
-def atomic_write_json(path: Path, data: dict) -> None:
-    """Write JSON so that the file is either the old or the new content, never half of each."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:  # make a rename durable
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
 def _describe(changes: dict) -> str:
     parts = [f"{name} {c['from']} → {c['to']}" for name, c in changes.items()]
     text = ", ".join(parts[:4])
     return text + (f" (+{len(parts) - 4} more)" if len(parts) > 4 else "")
 
 
-def _dumps(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-# ------------------------------------------------------------------------------------------------ database
-class SessionDB:
-    """The sessions database: one connection shared by the threads of this process, serialised by a lock
-    (SQLite runs one write at a time anyway; busy_timeout covers other connections to the same file).
-    The connection is opened on first use and again after an error, so a data dir that was unwritable at
-    start works once it is fixed."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is not None:
-            return self._conn
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            conn = self._open()
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) or not self.path.exists():
-                raise
-            # Not a database (or damaged beyond use): keep it for inspection and start a new one.
-            backup = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error("sessions database %s is unreadable (%s); starting a new one, kept it as %s",
-                      self.path, exc, backup)
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(OSError):
-                    os.replace(f"{self.path}{suffix}", f"{backup}{suffix}")
-            conn = self._open()
-        self._conn = conn
-        return conn
-
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                               check_same_thread=False)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                log.warning("sessions database %s: journal_mode is %s, not wal", self.path, mode)
-            conn.execute("PRAGMA synchronous = FULL")  # an acknowledged edit survives a power cut too
-            conn.executescript(_SCHEMA)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._conn = None
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._connect()
-            except sqlite3.Error:
-                self._drop()
-                raise
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed (durably) when the block ends, rolled back if it raises."""
-        with self._lock:
-            try:
-                conn = self._connect()
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error:
-                self._drop()
-                raise
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                try:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    self._drop()
-                if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
-                    self._drop()
-                raise
-
-    def close(self) -> None:
-        with self._lock:
-            self._drop()
-
-    # -- one session ---------------------------------------------------------------------------
-    def load(self, model: str) -> tuple[int, int, dict, list[tuple[int, HistoryEntry]]] | None:
-        with self.read() as conn:
-            row = conn.execute("SELECT version, applied_seq, current_values FROM sessions WHERE model = ?",
-                               (model,)).fetchone()
-            if row is None:
-                return None
-            rows = conn.execute("SELECT seq, id, source, summary, changes, timestamp FROM entries "
-                                "WHERE model = ? ORDER BY seq", (model,)).fetchall()
-        entries = [(seq, HistoryEntry(id=eid, source=json.loads(src), summary=summary, changes=json.loads(ch),
-                                      timestamp=ts)) for seq, eid, src, summary, ch, ts in rows]
-        return int(row[0]), int(row[1]), json.loads(row[2]), entries
-
-    def exists(self, model: str) -> bool:
-        with self.read() as conn:
-            return conn.execute("SELECT 1 FROM sessions WHERE model = ?", (model,)).fetchone() is not None
-
-
-def _put_state(conn: sqlite3.Connection, model: str, state: _State) -> None:
-    conn.execute("INSERT INTO sessions (model, version, applied_seq, current_values) VALUES (?, ?, ?, ?) "
-                 "ON CONFLICT (model) DO UPDATE SET version = excluded.version, "
-                 "applied_seq = excluded.applied_seq, current_values = excluded.current_values",
-                 (model, state.version, state.applied_seq, _dumps(state.values)))
-
-
-def _put_entry(conn: sqlite3.Connection, model: str, seq: int, e: HistoryEntry) -> None:
-    conn.execute("INSERT INTO entries (model, seq, id, source, summary, changes, timestamp) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                 (model, seq, e.id, _dumps(e.source), e.summary, _dumps(e.changes), float(e.timestamp)))
-
-
-# ------------------------------------------------------------------------------------------------ JSON import
-def read_json_session(path: Path) -> _State:
-    """A session file of earlier releases (format 1), as stored (values not yet reconciled with the schema)."""
-    raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(raw, dict):
-        raise ValueError("not a JSON object")
-    entries = [HistoryEntry(id=str(e["id"]), source=dict(e["source"]), summary=str(e["summary"]),
-                            changes=dict(e["changes"]), timestamp=float(e["timestamp"]))
-               for e in raw.get("entries", [])]
-    values = raw.get("values", {})
-    if not isinstance(values, dict):
-        raise ValueError("values is not an object")
-    state = _State(version=int(raw["version"]), values=values, entries=entries,
-                   position=int(raw.get("position", len(entries) - 1)))
-    state.position = max(-1, min(state.position, len(entries) - 1))
-    return state
-
-
-def migrate_json_session(db: SessionDB, path: Path) -> bool:
-    """Import one JSON session into the database (unless the model already has a row there: an import that
-    committed before its rename), then rename the file to `<name>.migrated`. Returns True when the file was
-    dealt with; an unreadable file is renamed to `<model>.corrupt-<time>.json` and the model starts afresh.
-    Raises sqlite3.Error / OSError when the database cannot be written (the file is left for the next start)."""
-    path = Path(path)
-    model = path.stem
-    try:
-        state = read_json_session(path)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        backup = path.with_suffix(f".corrupt-{int(time.time())}.json")
-        log.error("session file %s is unreadable (%s); starting from defaults, kept it as %s", path, exc, backup)
-        with contextlib.suppress(OSError):
-            os.replace(path, backup)
-        return True
-    with db.transaction() as conn:
-        if conn.execute("SELECT 1 FROM sessions WHERE model = ?", (model,)).fetchone() is None:
-            conn.execute("DELETE FROM entries WHERE model = ?", (model,))
-            for seq, entry in enumerate(state.entries):
-                _put_entry(conn, model, seq, entry)
-            _put_state(conn, model, state)
-            imported = True
-        else:
-            imported = False
-    os.replace(path, path.with_name(path.name + ".migrated"))
-    _fsync_dir(path.parent)
-    log.info("session %s: %s %s (%d history entries), renamed it to %s.migrated",
-             model, "imported" if imported else "already in the database, not re-imported", path,
-             len(state.entries), path.name)
-    return True
-
 
 # ------------------------------------------------------------------------------------------------ session
 class DesignSession:
     """Parameters and history of one model. Thread-safe; every public method is one atomic step."""
 
-    def __init__(self, model_name: str, schema, db: SessionDB, *, fallback: _State | None = None,
+    def __init__(self, model_name: str, schema, db: SessionDB, *, fallback: StoredSession | None = None,
                  read_only_reason: str | None = None):
         self.model_name = model_name
         self.schema = schema
@@ -334,7 +81,7 @@ class DesignSession:
         self._state = self._load(fallback)
 
     # -- persistence -------------------------------------------------------------------------
-    def _load(self, fallback: _State | None) -> _State:
+    def _load(self, fallback: StoredSession | None) -> StoredSession:
         defaults = self.schema.defaults()
         if fallback is not None:  # a JSON session that could not be imported: serve it, refuse writes
             fallback.values = self._reconcile(fallback.values)
@@ -344,16 +91,16 @@ class DesignSession:
         except (sqlite3.Error, OSError, ValueError) as exc:
             log.error("session %s could not be read from %s (%s); serving the defaults", self.model_name,
                       self.db.path, exc)
-            return _State(version=0, values=dict(defaults))
+            return StoredSession(version=0, values=dict(defaults))
         if stored is None:
-            return _State(version=0, values=dict(defaults))
+            return StoredSession(version=0, values=dict(defaults))
         version, applied_seq, values, rows = stored
         entries = [e for _, e in rows]
         first_seq = rows[0][0] if rows else applied_seq + 1
         if rows and rows[-1][0] - first_seq != len(rows) - 1:
             log.error("session %s: history rows are not contiguous; numbering them afresh", self.model_name)
         position = max(-1, min(applied_seq - first_seq, len(entries) - 1))
-        return _State(version=version, values=self._reconcile(values), entries=entries, position=position,
+        return StoredSession(version=version, values=self._reconcile(values), entries=entries, position=position,
                       first_seq=first_seq)
 
     def _reconcile(self, stored: dict) -> dict:
@@ -366,7 +113,7 @@ class DesignSession:
                 log.warning("%s: dropping stored value %s=%r that the current schema rejects", self.model_name, name, value)
         return values
 
-    def _commit(self, new: _State, entry: HistoryEntry | None = None) -> None:
+    def _commit(self, new: StoredSession, entry: HistoryEntry | None = None) -> None:
         """Write `new` in one transaction (with `entry` as its newest history row), then make it current."""
         if self._read_only:
             raise PersistError(f"could not save the design session ({self._read_only}); nothing was changed")
@@ -377,8 +124,8 @@ class DesignSession:
                     seq = new.first_seq + new.position
                     conn.execute("DELETE FROM entries WHERE model = ? AND (seq > ? OR seq < ?)",
                                  (self.model_name, old.applied_seq, new.first_seq))
-                    _put_entry(conn, self.model_name, seq, entry)
-                _put_state(conn, self.model_name, new)
+                    put_entry(conn, self.model_name, seq, entry)
+                put_state(conn, self.model_name, new)
         except (sqlite3.Error, OSError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise PersistError(f"could not save the design session ({reason}); nothing was changed") from exc
@@ -446,7 +193,7 @@ class DesignSession:
                 drop = len(entries) - MAX_HISTORY
                 entries, position, first_seq = entries[drop:], position - drop, first_seq + drop
             values = {**s.values, **{n: c["to"] for n, c in diff.items()}}
-            self._commit(_State(version=s.version + 1, values=values, entries=entries, position=position,
+            self._commit(StoredSession(version=s.version + 1, values=values, entries=entries, position=position,
                                 first_seq=first_seq), entry)
             return entry
 
@@ -458,7 +205,8 @@ class DesignSession:
                 raise NothingToUndo("there is nothing to undo")
             entry = s.entries[s.position]
             values = {**s.values, **{n: c["from"] for n, c in entry.changes.items()}}
-            self._commit(_State(s.version + 1, self._reconcile(values), list(s.entries), s.position - 1, s.first_seq))
+            self._commit(StoredSession(s.version + 1, self._reconcile(values), list(s.entries), s.position - 1,
+                                       s.first_seq))
             return entry
 
     def redo(self, expected_version: int | None = None) -> HistoryEntry:
@@ -469,7 +217,8 @@ class DesignSession:
                 raise NothingToRedo("there is nothing to redo")
             entry = s.entries[s.position + 1]
             values = {**s.values, **{n: c["to"] for n, c in entry.changes.items()}}
-            self._commit(_State(s.version + 1, self._reconcile(values), list(s.entries), s.position + 1, s.first_seq))
+            self._commit(StoredSession(s.version + 1, self._reconcile(values), list(s.entries), s.position + 1,
+                                       s.first_seq))
             return entry
 
     def reset(self, expected_version: int | None = None) -> HistoryEntry | None:

@@ -1,11 +1,11 @@
-"""Fault injection for the sessions database (cad/session.py): connections whose chosen statement fails the
+"""Fault injection for the sessions database (cad/session_db.py): connections whose chosen statement fails the
 way SQLite reports a full or read-only disk, and a dump of what the database holds."""
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-from cad.session import SessionDB
+from cad.session_db import SessionDB
 
 
 class FailingConnection:

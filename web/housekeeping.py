@@ -13,8 +13,8 @@ log = logging.getLogger(__name__)
 
 # (folder relative to the data dir, file pattern): the names each writer gives its temporaries.
 DATA_DIR_TEMPORARIES = (
-    (".", ".*.tmp"),  # cad.session.atomic_write_json, should a store write at the top level
-    ("sessions", ".*.tmp"),  # cad.session.atomic_write_json: .<model>.json.<random>.tmp
+    (".", ".*.tmp"),  # vlm.load_progress: .vlm_load_timings.json.<random>.tmp
+    ("sessions", ".*.tmp"),  # the JSON session files of earlier releases: .<model>.json.<random>.tmp
     ("targets", ".*.step"),  # cad.target_store.TargetStore.save: .<model>.<random>.step|stl (real ones: <model>.stl)
     ("targets", ".*.stl"),
     ("cache/*", ".tmp-*"),  # cad.build.Builder._write_disk
