@@ -1,4 +1,4 @@
-// Assistant panel: request text + optional reference photo + "include current view"; the answer streams in
+// Assistant panel: request text + optional reference photo + "include a render of the design" (the server renders the current values from the iso view, not the camera on screen); the answer streams in
 // (POST /api/vlm with stream: true); proposals show as a reviewable, correctable table (proposals.js) and are
 // applied through POST /api/proposals/<id>/apply, which makes an ordinary, undoable history entry.
 import { api, postEventStream } from './api.js';
