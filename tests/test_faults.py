@@ -14,6 +14,7 @@ import requests
 
 from tests.fake_engines import BlackholeListener, FakeOllama
 from tests.fixtures_server import start_live_server
+from tests.polling import wait_until
 from tests.session_faults import FAULTS, dump, fail_session_writes
 from web import create_app
 from web.config import Config
@@ -23,16 +24,6 @@ def make_app(tmp_path, **overrides):
     app = create_app(Config(data_dir=tmp_path / "data", cad_warmup=False, testing=True, **overrides))
     app.testing = True
     return app
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
 
 
 def float_params(schema: list[dict]) -> list[dict]:
@@ -59,7 +50,7 @@ def test_worker_killed_mid_generation_fails_with_503_and_next_request_reloads(ti
         long_request = threading.Thread(target=lambda: answers.append(server.api(
             "POST", "/api/vlm", json={"prompt": "write a very long answer", "max_new_tokens": 2048}, timeout=120)))
         long_request.start()
-        assert wait_for(lambda: server.api("GET", "/api/vlm/status").json()["state"] == "ready", 90)
+        assert wait_until(lambda: server.api("GET", "/api/vlm/status").json()["state"] == "ready", 90)
         pid = _vlm_worker_pid(server.process.pid)
         assert pid is not None
         time.sleep(0.7)  # generation under way
@@ -225,7 +216,7 @@ def test_server_killed_during_write_burst_keeps_every_acknowledged_edit(tmp_path
     threads = [threading.Thread(target=writer, args=(p,)) for p in params]
     try:
         [t.start() for t in threads]
-        assert wait_for(lambda: len(acked) >= 40, 20, 0.01)
+        assert wait_until(lambda: len(acked) >= 40, 20, 0.01)
         server.process.send_signal(signal.SIGKILL)
         server.process.wait(10)
         stop.set()

@@ -9,9 +9,8 @@ import re
 import pytest
 
 from cad.target_store import TargetNotSaved
+from tests.test_security import make_app as make_test_app
 from tests.test_web_targets import cube_stl
-from web import create_app
-from web.config import Config
 from web.openapi import spec
 
 UNREACHABLE_ENGINE = "http://127.0.0.1:9"  # the discard port: nothing listens, connecting fails at once
@@ -24,11 +23,7 @@ DEEP_BODIES = {
 
 
 def make_app(tmp_path, **overrides):
-    config = dict(data_dir=tmp_path / "data", cad_warmup=False, testing=True, backend="ollama",
-                  ollama_url=UNREACHABLE_ENGINE)
-    app = create_app(Config(**{**config, **overrides}))
-    app.testing = True
-    return app
+    return make_test_app(tmp_path, **{"backend": "ollama", "ollama_url": UNREACHABLE_ENGINE, **overrides})
 
 
 @pytest.fixture()

@@ -17,6 +17,7 @@ import requests
 
 from tests.fake_engines import FakeOllama, FakeOpenAI
 from tests.fixtures_server import TINY_FINETUNED_ENV, start_live_server
+from tests.polling import wait_until
 from vlm.backend import CancelToken, GenerateRequest, GenerateResult, GenerationCancelled
 from vlm.scheduler import Busy, Scheduler
 from web import create_app
@@ -36,15 +37,6 @@ def ask_stream_until_first_token(url: str, prompt: str, **body) -> requests.Resp
 
 def queue_stats(server) -> dict:
     return server.api("GET", "/api/vlm/status").json()["queue"]
-
-
-def wait_until(predicate, timeout: float, step: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 # ---------------------------------------------------------------------------------------- cancel reaches the engine

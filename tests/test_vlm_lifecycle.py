@@ -9,6 +9,7 @@ import time
 import psutil
 import pytest
 
+from tests.polling import wait_until
 from vlm.backend import BackendError, GenerateRequest
 from vlm.finetuned import FinetunedBackend
 from vlm.lifecycle import ModelManager
@@ -20,15 +21,6 @@ STATUS_KEYS = {"backend", "model", "adapter", "state", "progress", "memory", "er
 def _request(**kw) -> GenerateRequest:
     return GenerateRequest(system="You are a CAD assistant.", prompt=kw.pop("prompt", "Widen the chassis."),
                            max_new_tokens=kw.pop("max_new_tokens", 8), **kw)
-
-
-def _wait_for(predicate, timeout=15.0, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def _gone(pid: int) -> bool:
@@ -93,16 +85,16 @@ def test_concurrent_first_requests_share_one_load_then_keep_alive_unloads(tiny_v
     time.sleep(0.9)
     manager.generate(_request())  # a request re-arms the keep-alive
     assert manager.status()["unload_in_s"] > 1.0 and manager.load_count == 1
-    assert _wait_for(lambda: manager.state == "unloaded", timeout=6)
-    assert _wait_for(lambda: _gone(pid), timeout=6), "the worker process must end on unload"
+    assert wait_until(lambda: manager.state == "unloaded", timeout=6)
+    assert wait_until(lambda: _gone(pid), timeout=6), "the worker process must end on unload"
     assert manager.status()["memory"]["rss_bytes"] is None
 
     manager.keep_alive_s = 0  # 0: unload right after each request
     manager.generate(_request())
     assert manager.load_count == 2
     new_pid = manager.backend.status()["pid"] or pid
-    assert _wait_for(lambda: manager.state == "unloaded", timeout=6)
-    assert _wait_for(lambda: _gone(new_pid), timeout=6)
+    assert wait_until(lambda: manager.state == "unloaded", timeout=6)
+    assert wait_until(lambda: _gone(new_pid), timeout=6)
 
 
 def test_corrupt_adapter_fails_with_reason_without_a_retry_storm(tiny_vlm, tmp_path, managers):
@@ -141,7 +133,7 @@ def test_load_timeout_fails_and_ends_the_worker(tiny_vlm, managers):
     with pytest.raises(BackendError) as err:
         manager.ensure_ready()
     assert err.value.code == "model_failed" and "did not load within 0.3 s" in err.value.message
-    assert _wait_for(lambda: backend.pid is None, timeout=10)
+    assert wait_until(lambda: backend.pid is None, timeout=10)
 
 
 def test_killed_worker_fails_its_request_and_the_next_one_reloads(tiny_vlm, managers):
@@ -174,7 +166,7 @@ def test_killed_worker_fails_its_request_and_the_next_one_reloads(tiny_vlm, mana
                          on_token=lambda t: os.kill(frozen, signal.SIGSTOP))
     assert err.value.code == "model_timeout" and err.value.status == 504
     assert time.monotonic() - started < 8
-    assert _wait_for(lambda: _gone(frozen), timeout=5)
+    assert wait_until(lambda: _gone(frozen), timeout=5)
     assert manager.generate(_request()).text is not None and manager.load_count == 3
 
     manager.unload()

@@ -7,18 +7,9 @@ import time
 import pytest
 
 from tests.fake_engines import FakeOllama, FakeOpenAI
+from tests.polling import wait_until
 from web import create_app
 from web.config import Config
-
-
-def _wait_for(predicate, timeout: float, every: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return predicate()
 
 
 @pytest.fixture
@@ -49,7 +40,7 @@ def _status(client) -> dict:
 def test_memory_and_expiry_come_from_ollamas_ps(ollama_client, engine):
     client, manager = ollama_client
     manager.ensure_ready(timeout=10)
-    status = _wait_for(lambda: (s := _status(client))["engine"].get("loaded") and s, 2)
+    status = wait_until(lambda: (s := _status(client))["engine"].get("loaded") and s, 2)
     assert status["state"] == "ready" and status["memory"]["gpu_bytes"] == FakeOllama.size_vram
     assert status["engine"]["expires_at"] == "2099-01-01T00:00:00Z" and status["engine"]["reachable"] is True
     assert status["engine"]["age_s"] is not None and status["engine"]["age_s"] < 2
@@ -61,7 +52,7 @@ def test_an_evicted_model_is_reported_unloaded_within_2s(ollama_client, engine):
     assert _status(client)["state"] == "ready"
     engine.loaded.clear()  # Ollama's own keep-alive or memory pressure dropped it
     started = time.monotonic()
-    status = _wait_for(lambda: (s := _status(client))["state"] == "unloaded" and s, 2.0)
+    status = wait_until(lambda: (s := _status(client))["state"] == "unloaded" and s, 2.0)
     assert status, "the evicted model must be reported within 2 s"
     assert status["engine"]["loaded"] is False and status["memory"]["gpu_bytes"] is None
     print(f"eviction reported after {time.monotonic() - started:.2f} s")
@@ -71,7 +62,7 @@ def test_a_down_engine_is_reported_within_2s(ollama_client, engine):
     client, manager = ollama_client
     manager.ensure_ready(timeout=10)
     engine.stop()
-    status = _wait_for(lambda: (s := _status(client))["state"] == "failed" and s, 2.0)
+    status = wait_until(lambda: (s := _status(client))["state"] == "failed" and s, 2.0)
     assert status, "a stopped engine must be reported within 2 s"
     assert status["engine"]["reachable"] is False and "not reachable" in status["error"]
 
@@ -95,7 +86,7 @@ def test_a_hung_engine_never_stalls_status_or_load(ollama_client, engine):
     r = client.post("/api/vlm/load")
     assert r.status_code == 202 and time.monotonic() - started < 0.5
     # the engine stays silent past the status read timeout (2 s): then it is reported as not reachable
-    status = _wait_for(lambda: (s := _status(client))["engine"].get("reachable") is False and s, 4.0)
+    status = wait_until(lambda: (s := _status(client))["engine"].get("reachable") is False and s, 4.0)
     assert status and status["state"] == "failed"
     engine.hang_gets = False
 
@@ -106,9 +97,9 @@ def test_openai_engine_that_stops_serving_the_model_is_unloaded(tmp_path):
         client, manager = app.test_client(), app.extensions["optim"].manager
         try:
             manager.ensure_ready(timeout=10)
-            assert _wait_for(lambda: _status(client)["engine"].get("loaded"), 2)
+            assert wait_until(lambda: _status(client)["engine"].get("loaded"), 2)
             fake.models = ["another-model"]
-            status = _wait_for(lambda: (s := _status(client))["state"] == "unloaded" and s, 2.0)
+            status = wait_until(lambda: (s := _status(client))["state"] == "unloaded" and s, 2.0)
             assert status and status["engine"]["served_models"] == ["another-model"]
         finally:
             app.extensions["optim"].shutdown()
