@@ -66,7 +66,8 @@ def _image_ext(data: bytes) -> str:
     raise DatasetError("only PNG and JPEG images are stored in a dataset")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """The file is the old content or the new, never part of either (a temporary, fsynced, then renamed)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -142,7 +143,7 @@ class DatasetLog:
         path = self.root / rel
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, data)
+            atomic_write(path, data)
         return {"sha256": digest, "file": rel}
 
     def make_example(self, *, outcome: str, system: str, user: str, images: list[tuple[str, bytes]] = (),
@@ -373,7 +374,7 @@ def export(src: Path | str, out_dir: Path | str) -> dict:
                 shutil.copyfile(image_path(root, img), dest)
             images.add(dest.name)
     lines = "".join(json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n" for e in examples)
-    _atomic_write(out / EXAMPLES_FILE, lines.encode("utf-8"))
+    atomic_write(out / EXAMPLES_FILE, lines.encode("utf-8"))
     return {**summarise(examples), "images": len(images),
             **{f"skipped_{k}": v for k, v in counts.items() if k != "lines"}, "lines": counts["lines"]}
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Callable
+
+from vlm.dataset import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -58,26 +58,10 @@ class LoadTimings:
                 data = {}
             data[key] = {**(data.get(key) or {}), **{k: round(v, 4) for k, v in durations.items()}}
             try:
-                _atomic_write(self.path, data)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
             except OSError as exc:  # progress is a nicety: a read-only data dir must not fail a load
                 log.warning("could not save load timings to %s: %s", self.path, exc)
-
-
-def _atomic_write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # housekeeping's pattern
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class LoadProgress:

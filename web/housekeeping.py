@@ -13,13 +13,13 @@ log = logging.getLogger(__name__)
 
 # (folder relative to the data dir, file pattern): the names each writer gives its temporaries.
 DATA_DIR_TEMPORARIES = (
-    (".", ".*.tmp"),  # vlm.load_progress: .vlm_load_timings.json.<random>.tmp
+    (".", ".*.tmp"),  # vlm.dataset.atomic_write from vlm.load_progress: .vlm_load_timings.json.<hex>.tmp
     ("sessions", ".*.tmp"),  # the JSON session files of earlier releases: .<model>.json.<random>.tmp
     ("targets", ".*.step"),  # cad.target_store.TargetStore.save: .<model>.<random>.step|stl (real ones: <model>.stl)
     ("targets", ".*.stl"),
     ("cache/*", ".tmp-*"),  # cad.build.Builder._write_disk
 )
-DATASET_TEMPORARY = ".*.tmp"  # vlm.dataset._atomic_write: .<name>.<hex>.tmp, in any folder of the dataset
+DATASET_TEMPORARY = ".*.tmp"  # vlm.dataset.atomic_write: .<name>.<hex>.tmp, in any folder of the dataset
 
 
 def _candidates(data_dir: Path, dataset_dir: Path) -> set[Path]:
