@@ -1,102 +1,339 @@
-"""Fit benchmark: can the numeric optimiser recover hidden parameters of each shipped model from its shape alone?
+"""Fit benchmark: optim's fit beside scipy Powell and Nelder-Mead on held-out parametric models, same cases and budget.
 
-For every model in cad/models and a few seeded cases: draw hidden numeric parameters (each within +-SPREAD of its
-range around the default, ints +-1; bools stay at their defaults), build the target and save it as STEP, then start
-from the defaults and run ``cad.optimise.optimise`` on the mesh (voxel) IoU. Reported IoUs are exact B-rep IoUs
-(``cad.target.compare_model``, method ``auto``); parameter error is the mean |found - hidden| over the numeric
-parameters, as a fraction of each parameter's range. Runs in-process (no build worker).
+Cases: seeded random models from ``bench/random_models.py`` (a family the search was never tuned on; size classes
+small 0.5-10 mm, medium 10-200 mm, large 0.2-2 m, drawn in turn) plus the shipped models (cad/models), or a user's
+scripts with ``--models-dir``. Every script goes through the real reader (``cad.registry.ModelRegistry``); with
+``--scale S`` every length parameter (range, default, hidden value) is multiplied by S first. Per case: hidden
+numeric values within +-``--spread`` of each range around the default (ints +-1..2), six significant digits; the
+target is the hidden state built and saved as STEP; every solver starts at the defaults with the same budget of
+objective evaluations (a build and IoU; a repeated state is answered from a cache and is free for everyone).
 
-Run: .venv/bin/python bench/fit.py [--cases 2] [--steps 300] [--models rover,bracket] [--spread 0.2] [--jobs 2]
+Solvers: ``optim`` (its own coarse-to-fine schedule, ``optim_fit``), ``powell`` and ``nelder-mead``
+(``scipy.optimize.minimize`` on the numeric parameters normalised to [0, 1], bounds respected, ints rounded inside
+the objective, 1 - IoU minimised on optim's final-stage objective: the ray IoU at 128, or ``--baseline-objective
+exact``). Each is stopped at the budget; the answer is the best state it evaluated. Final score for all: the exact
+B-rep IoU of the returned state (``cad.target.compare_model``, method ``auto``; ``mesh`` when a boolean fails).
+
+Run: .venv/bin/python bench/fit.py [--random 12] [--shipped bracket,pillow_block|all|none] [--models-dir DIR]
+     [--budget 300] [--scale 1] [--jobs 1] [--out bench-results/fit.json]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import random
 import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SPREAD = 0.2
+from bench.random_models import SIZE_CLASSES, generate, scale_script, write_model  # noqa: E402
 
+log = logging.getLogger("bench.fit")
+
+SOLVERS = ("optim", "powell", "nelder-mead")
+SPREAD = 0.25
+FINAL_STAGE = {"resolution": 128, "rays": True}  # optim's last stage (cad.optimise.VOXEL_STAGES[-1])
+MAX_CALLS_PER_EVALUATION = 20  # a baseline circling on cached states is stopped too
+SIMPLEX_STEP = 0.1  # Nelder-Mead's initial simplex, share of each range
+
+
+def optim_fit(schema, start: dict, objective, budget: int) -> tuple[dict, str]:
+    """optim's fit: the ONE call to switch when cad/fit lands (``cad.fit.fit(schema, start, objective,
+    max_evaluations=budget)``, fields values/evaluations/stopped). Returns (values, stopped)."""
+    from cad.optimise import VOXEL_STAGES, optimise
+
+    result = optimise(schema, start, objective, max_steps=budget, stages=VOXEL_STAGES)
+    return result.values, result.stopped
+
+
+# --- cases --------------------------------------------------------------------------------------------------------
 
 def hidden_values(schema, rng: random.Random, spread: float) -> dict:
+    """Within +-spread of each range around the default (floats, 6 significant digits), ints +-1..2; bools stay."""
     values = schema.defaults()
     for p in schema:
         if p.type == "float":
-            span = (p.max - p.min) * spread
-            values[p.name] = round(min(max(p.default + rng.uniform(-span, span), p.min), p.max), 2)
+            x = p.default + rng.uniform(-spread, spread) * (p.max - p.min)
+            values[p.name] = min(max(float(f"{x:.6g}"), p.min), p.max)
         elif p.type == "int":
-            values[p.name] = min(max(p.default + rng.choice((-1, 0, 1)), p.min), p.max)
+            moves = [m for m in (-2, -1, 1, 2) if p.min <= p.default + m <= p.max] or [0]
+            values[p.name] = p.default + rng.choice(moves)
     return values
 
 
-def parameter_error(schema, found: dict, hidden: dict) -> float:
-    errors = [abs(found[p.name] - hidden[p.name]) / (p.max - p.min) for p in schema if p.type in ("float", "int")]
-    return sum(errors) / len(errors)
+def prepare_cases(args, folder: Path) -> list[dict]:
+    """Write every case's script into ``folder`` (scaled) and describe the cases (plain, picklable)."""
+    from cad.registry import BUILTIN_MODELS_DIR, ModelRegistry
+
+    scripts: list[tuple[str, str, str]] = []  # (case class, name, source)
+    classes = sorted(SIZE_CLASSES, key=lambda c: SIZE_CLASSES[c])
+    for index in range(args.random):
+        model = generate(args.seed * 1000 + index, args.scale, classes[index % len(classes)])
+        scripts.append((f"random {model.size_class}", model.name, model.source))
+    shipped = sorted(p.stem for p in BUILTIN_MODELS_DIR.glob("*.py") if not p.stem.startswith("_"))
+    wanted = shipped if args.shipped == "all" else [n for n in args.shipped.split(",") if n and n != "none"]
+    for name in wanted:
+        if name not in shipped:
+            raise SystemExit(f"no shipped model {name!r} (shipped: {', '.join(shipped)})")
+        scripts.append(("shipped", f"shipped_{name}", (BUILTIN_MODELS_DIR / f"{name}.py").read_text()))
+    if args.models_dir:
+        for path in sorted(Path(args.models_dir).glob("*.py")):
+            scripts.append(("user", f"user_{path.stem.lower()}", path.read_text()))
+    registry = ModelRegistry([folder])
+    cases = []
+    for number, (case_class, name, source) in enumerate(scripts):
+        (folder / f"{name}.py").write_text(scale_script(source, args.scale), encoding="utf-8")
+        model = registry.get(name)
+        numeric = [p for p in model.schema if p.type in ("float", "int")]
+        if len(numeric) < 1:
+            log.warning("skipping %s: no numeric parameters", name)
+            continue
+        rng = random.Random(f"{args.seed}:{name}")
+        cases.append({"case": number, "name": name, "class": case_class, "path": str(model.path),
+                      "parameters": len(numeric), "hidden": hidden_values(model.schema, rng, args.spread)})
+    return cases
 
 
-def run_case(name: str, case: int, hidden: dict, steps: int) -> tuple:
-    """One fit: build the hidden target as STEP, optimise from the defaults, measure with the exact IoU."""
+# --- objectives ---------------------------------------------------------------------------------------------------
+
+class BudgetSpent(Exception):
+    pass
+
+
+class Evaluations:
+    """Counts objective evaluations (distinct states) for one solver, stops it at the budget, keeps its best."""
+
+    def __init__(self, score, budget: int, names: list[str]):
+        self.score, self.budget, self.names = score, budget, names
+        self.cache: dict[tuple, float] = {}
+        self.calls = 0
+        self.best_values, self.best = None, -1.0
+
+    def __call__(self, values: dict) -> float:
+        key = tuple(values[n] for n in self.names)
+        self.calls += 1
+        if key in self.cache:
+            if self.calls > MAX_CALLS_PER_EVALUATION * self.budget:
+                raise BudgetSpent
+            return self.cache[key]
+        if len(self.cache) >= self.budget:
+            raise BudgetSpent
+        iou = self.score(values)
+        self.cache[key] = iou
+        if iou > self.best:
+            self.best, self.best_values = iou, dict(values)
+        return iou
+
+
+def make_score(path: str, target: str, stage: dict | None, method: str = "mesh"):
+    """IoU of ``values`` against the target (``stage`` options of compare_model); 0 for a state that fails."""
+    from cad.target import compare_model
+
+    failures = {"count": 0}
+
+    def score(values: dict, stage=stage):
+        try:
+            answer = compare_model(path, values, target, method=method, detail=False, **(stage or {}))
+        except Exception as exc:  # noqa: BLE001 - a state that does not build (or an OCC failure) scores 0
+            failures["count"] += 1
+            log.debug("%s does not score at %s: %s", Path(path).stem, values, exc)
+            return 0.0
+        return answer
+
+    score.failures = failures
+    return score
+
+
+def run_optim(schema, start, path, target, budget):
+    """optim's fit on its own schedule; every objective call counts (optim caches repeated states itself)."""
+    score = make_score(path, target, None)
+    calls = {"count": 0}
+
+    def objective(values: dict, stage):
+        calls["count"] += 1
+        return score(values, stage)
+
+    values, stopped = optim_fit(schema, start, objective, budget)
+    return values, calls["count"], stopped, score.failures["count"]
+
+
+def run_scipy(method: str, schema, start, path, target, budget, baseline_objective: str):
+    import numpy as np
+    from scipy.optimize import minimize
+
+    numeric = [p for p in schema if p.type in ("float", "int")]
+    if baseline_objective == "exact":
+        raw = make_score(path, target, None, method="exact")
+    else:
+        raw = make_score(path, target, FINAL_STAGE)
+    score = Evaluations(lambda values: _iou(raw(values)), budget, schema.names())
+
+    def state(x) -> dict:
+        values = dict(start)
+        for p, u in zip(numeric, np.clip(x, 0.0, 1.0)):
+            v = p.min + float(u) * (p.max - p.min)
+            values[p.name] = int(round(v)) if p.type == "int" else min(max(v, p.min), p.max)
+        return values
+
+    x0 = np.array([(start[p.name] - p.min) / (p.max - p.min) for p in numeric], dtype=float)
+    options = {"maxfev": MAX_CALLS_PER_EVALUATION * budget, "xtol": 1e-4, "ftol": 1e-6}
+    if method == "Nelder-Mead":
+        simplex = [x0] + [x0 + np.eye(len(x0))[i] * (SIMPLEX_STEP if x0[i] + SIMPLEX_STEP <= 1 else -SIMPLEX_STEP)
+                          for i in range(len(x0))]
+        options = {"maxfev": options["maxfev"], "xatol": 1e-4, "fatol": 1e-6, "initial_simplex": np.array(simplex)}
+    stopped = "converged"
+    try:
+        minimize(lambda x: 1.0 - score(state(x)), x0, method=method, bounds=[(0.0, 1.0)] * len(x0),
+                 options=options)
+    except BudgetSpent:
+        stopped = "budget"
+    return score.best_values or dict(start), len(score.cache), stopped, raw.failures["count"]
+
+
+def _iou(answer) -> float:
+    return float(answer["iou"] if isinstance(answer, dict) else answer)
+
+
+def run_case(case: dict, budget: int, solvers: list[str], baseline_objective: str) -> dict:
+    """One case: build the hidden target as STEP, run every solver from the defaults, score with the exact IoU."""
     from cad import export
-    from cad.build import build_model
-    from cad.optimise import VOXEL_STAGES, optimise
+    from cad.build import build_model, clear_process_cache
     from cad.registry import ModelRegistry
     from cad.target import compare_model
 
-    model = ModelRegistry().get(name)
+    path = Path(case["path"])
+    schema = ModelRegistry([path.parent]).get(path.stem).schema
+    start = schema.defaults()
+    numeric = [p for p in schema if p.type in ("float", "int")]
+    result = dict(case, budget=budget, solvers={})
     with tempfile.TemporaryDirectory(prefix="optim-fit-") as folder:
-        target = Path(folder) / f"{name}-{case}.step"
-        target.write_bytes(export.step_bytes(build_model(model.path, hidden).assembly))
-        start = model.schema.defaults()
-        started = time.perf_counter()
-        result = optimise(model.schema, start, lambda v, stage: compare_model(
-            str(model.path), v, str(target), method="mesh", detail=False, **stage),
-            max_steps=steps, stages=VOXEL_STAGES)
-        elapsed = time.perf_counter() - started
-        before = compare_model(str(model.path), start, str(target))
-        after = compare_model(str(model.path), result.values, str(target))
-    numeric = sum(p.type in ("float", "int") for p in model.schema)
-    return (name, case, numeric, before["iou"], after["iou"], parameter_error(model.schema, result.values, hidden),
-            result.steps, elapsed, result.stopped, after["method"])
+        target = str(Path(folder) / f"{path.stem}.step")
+        Path(target).write_bytes(export.step_bytes(build_model(path, case["hidden"]).assembly))
+        before = compare_model(str(path), start, target, detail=False)
+        result["start_iou"] = before["iou"]
+        for solver in solvers:
+            clear_process_cache()
+            started = time.perf_counter()
+            if solver == "optim":
+                values, evaluations, stopped, failures = run_optim(schema, start, str(path), target, budget)
+            else:
+                method = {"powell": "Powell", "nelder-mead": "Nelder-Mead"}[solver]
+                values, evaluations, stopped, failures = run_scipy(method, schema, start, str(path), target,
+                                                                   budget, baseline_objective)
+            elapsed = time.perf_counter() - started
+            try:
+                after = compare_model(str(path), values, target, detail=False)
+            except Exception as exc:  # noqa: BLE001 - a returned state that does not build scores 0
+                log.warning("%s/%s: the returned state does not build: %s", case["name"], solver, exc)
+                after = {"iou": 0.0, "method": "failed"}
+            error = statistics.fmean(abs(values[p.name] - case["hidden"][p.name]) / (p.max - p.min) for p in numeric)
+            result["solvers"][solver] = {
+                "iou": after["iou"], "iou_method": after["method"], "evaluations": evaluations, "wall_s": elapsed,
+                "stopped": stopped, "failed_evaluations": failures, "parameter_error": error, "values": values}
+            log.info("%-22s %-12s IoU %.4f -> %.4f (%s)  %4d evaluations  %6.1f s  %s", case["name"], solver,
+                     before["iou"], after["iou"], after["method"], evaluations, elapsed, stopped)
+    return result
 
 
-def main() -> None:
+# --- report -------------------------------------------------------------------------------------------------------
+
+def summarise(results: list[dict], solvers: list[str]) -> dict:
+    classes = sorted({r["class"] for r in results}, key=lambda c: ("random small", "random medium", "random large",
+                                                                  "shipped", "user").index(c))
+    summary = {}
+    for case_class in classes + ["all"]:
+        rows = [r for r in results if case_class in ("all", r["class"])]
+        summary[case_class] = {}
+        for solver in solvers:
+            runs = [r["solvers"][solver] for r in rows]
+            ious = [run["iou"] for run in runs]
+            summary[case_class][solver] = {
+                "cases": len(runs), "median_iou": statistics.median(ious), "worst_iou": min(ious),
+                "at_least_0.99": sum(i >= 0.99 for i in ious),
+                "median_evaluations": statistics.median(run["evaluations"] for run in runs),
+                "median_wall_s": statistics.median(run["wall_s"] for run in runs)}
+    return summary
+
+
+def table(summary: dict) -> str:
+    lines = [f"{'class':<15}{'solver':<13}{'cases':>6}{'median IoU':>12}{'worst IoU':>11}{'>=0.99':>8}"
+             f"{'median evals':>14}{'median wall s':>15}"]
+    for case_class, by_solver in summary.items():
+        for solver, row in by_solver.items():
+            lines.append(f"{case_class:<15}{solver:<13}{row['cases']:>6}{row['median_iou']:>12.4f}"
+                         f"{row['worst_iou']:>11.4f}{row['at_least_0.99']:>5}/{row['cases']:<2}"
+                         f"{row['median_evaluations']:>14.0f}{row['median_wall_s']:>15.1f}")
+    return "\n".join(lines)
+
+
+def _run_cases(cases: list[dict], args, solvers: list[str], level: int, tqdm) -> list[dict]:
+    if args.jobs <= 1:
+        return [run_case(case, args.budget, solvers, args.baseline_objective)
+                for case in tqdm(cases, desc="cases", unit="case")]
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"),
+                             initializer=_worker_init, initargs=(level,)) as pool:
+        futures = [pool.submit(run_case, case, args.budget, solvers, args.baseline_objective) for case in cases]
+        return [future.result() for future in tqdm(as_completed(futures), total=len(futures), desc="cases",
+                                                   unit="case")]
+
+
+def _worker_init(level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(processName)s %(message)s", datefmt="%H:%M:%S")
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=2, help="cases per model")
-    parser.add_argument("--steps", type=int, default=1000, help="optimiser budget (objective evaluations)")
-    parser.add_argument("--models", default="", help="comma-separated model names (default: all shipped)")
-    parser.add_argument("--spread", type=float, default=SPREAD, help="hidden parameter spread, fraction of range")
-    parser.add_argument("--seed", type=int, default=8)
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cases run in parallel processes")
-    args = parser.parse_args()
-
-    from cad.registry import ModelRegistry
-
-    registry = ModelRegistry()
-    names = [n for n in args.models.split(",") if n] or registry.names()
-    rng = random.Random(args.seed)
-    cases = [(name, case, hidden_values(registry.get(name).schema, rng, args.spread), args.steps)
-             for name in names for case in range(args.cases)]
+    parser.add_argument("--random", type=int, default=12, help="random held-out models (size classes in turn)")
+    parser.add_argument("--shipped", default="all", help="shipped models: all, none or a comma-separated list")
+    parser.add_argument("--models-dir", default="", help="also every *.py model script in this folder")
+    parser.add_argument("--budget", type=int, default=300, help="objective evaluations per solver and case")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every length parameter by this")
+    parser.add_argument("--spread", type=float, default=SPREAD, help="hidden values: +- this share of each range")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--solvers", default=",".join(SOLVERS), help=f"comma-separated, of {', '.join(SOLVERS)}")
+    parser.add_argument("--baseline-objective", choices=("rays", "exact"), default="rays",
+                        help="the baselines' objective: optim's final stage (ray IoU at 128) or the exact IoU")
+    parser.add_argument("--jobs", type=int, default=1, help="cases run in parallel processes")
+    parser.add_argument("--out", default="bench-results/fit.json")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    solvers = [s for s in args.solvers.split(",") if s]
+    unknown = sorted(set(solvers) - set(SOLVERS))
+    if unknown:
+        parser.error(f"unknown solver(s): {', '.join(unknown)}")
+    level = logging.DEBUG if args.verbose else logging.INFO
+    _worker_init(level)
     started = time.perf_counter()
-    print(f"{'model':<14}{'case':>5}{'params':>7}{'IoU before':>12}{'IoU after':>11}{'param err':>11}"
-          f"{'steps':>7}{'time s':>8}  stop (IoU method)", flush=True)
-    rows = []
-    with ProcessPoolExecutor(max_workers=max(args.jobs, 1), mp_context=get_context("spawn")) as pool:
-        for row in pool.map(run_case, *zip(*cases)):
-            rows.append(row)
-            print(f"{row[0]:<14}{row[1]:>5}{row[2]:>7}{row[3]:>12.4f}{row[4]:>11.4f}{row[5]:>11.4f}"
-                  f"{row[6]:>7}{row[7]:>8.1f}  {row[8]} ({row[9]})", flush=True)
-    print(f"median IoU before {statistics.median(r[3] for r in rows):.4f}, "
-          f"after {statistics.median(r[4] for r in rows):.4f}; median parameter error "
-          f"{statistics.median(r[5] for r in rows):.4f}; {len(rows)} cases, spread {args.spread}, "
-          f"budget {args.steps} steps, wall time {time.perf_counter() - started:.0f} s with {args.jobs} jobs")
+    with tempfile.TemporaryDirectory(prefix="optim-fit-models-") as folder:
+        cases = prepare_cases(args, Path(folder))
+        log.info("%d cases, budget %d, scale x%g, %d job(s)", len(cases), args.budget, args.scale, args.jobs)
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():
+            results = _run_cases(cases, args, solvers, level, tqdm)
+    results.sort(key=lambda r: r["case"])
+    summary = summarise(results, solvers)
+    wall = time.perf_counter() - started
+    report = {"command": " ".join(["bench/fit.py", *(argv if argv is not None else sys.argv[1:])]),
+              "budget": args.budget, "scale": args.scale, "spread": args.spread, "seed": args.seed,
+              "baseline_objective": args.baseline_objective, "jobs": args.jobs, "cpus": os.cpu_count(),
+              "wall_s": wall, "fit": "cad.optimise.optimise (VOXEL_STAGES)", "summary": summary, "cases": results}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    print(table(summary))
+    print(f"{len(results)} cases, budget {args.budget}, scale x{args.scale:g}, wall {wall:.0f} s with {args.jobs} "
+          f"job(s); JSON in {out}")
+    return report
 
 
 if __name__ == "__main__":

@@ -1,0 +1,88 @@
+"""bench/fit.py and its held-out family (bench/random_models.py): deterministic, real scripts, real geometry, and a
+tiny end-to-end run that writes the JSON with all three solvers."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.random_models import SIZE_CLASSES, generate, scale_script, write_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_generator_is_deterministic_by_seed():
+    assert generate(7).source == generate(7).source
+    assert generate(7).source != generate(8).source
+    for seed in range(40):
+        model = generate(seed)
+        assert 2 <= len(model.parameters) <= 10
+        assert 2 <= len(model.features) <= 6
+        low, high = SIZE_CLASSES[model.size_class]
+        assert low <= model.size_mm <= high
+
+
+def test_scripts_load_through_the_registry_with_the_intended_parameters(tmp_path):
+    from cad.registry import ModelRegistry
+
+    models = [generate(seed) for seed in range(12)]
+    for model in models:
+        write_model(tmp_path, model)
+    registry = ModelRegistry([tmp_path])
+    for model in models:
+        schema = registry.get(model.name).schema
+        assert schema.names() == [d.name for d in model.parameters]
+        for dim in model.parameters:
+            p = schema[dim.name]
+            assert p.type == dim.kind
+            assert p.min < p.default < p.max or p.type == "int" and p.min <= p.default <= p.max
+            assert p.min == pytest.approx(dim.low, rel=1e-5) and p.max == pytest.approx(dim.high, rel=1e-5)
+
+
+def test_scale_multiplies_every_length_and_nothing_else(tmp_path):
+    from cad.script import parse_source
+
+    seed = next(s for s in range(100) if any(d.kind == "int" for d in generate(s).parameters))
+    plain = parse_source(generate(seed).source).schema
+    for factor in (0.01, 100):
+        scaled = parse_source(generate(seed, scale=factor).source).schema
+        rewritten = parse_source(scale_script(generate(seed).source, factor)).schema
+        for p in plain:
+            for other in (scaled[p.name], rewritten[p.name]):
+                k = factor if p.type == "float" else 1
+                assert (other.min, other.default, other.max) == pytest.approx((p.min * k, p.default * k, p.max * k),
+                                                                              rel=1e-5)
+    bracket = (ROOT / "cad" / "models" / "bracket.py").read_text()
+    scaled = parse_source(scale_script(bracket, 100)).schema
+    assert scaled["width"].default == 4000.0 and scaled["width"].step == 100.0
+    assert scaled["holes_per_leg"].max == 4
+
+
+def test_generated_models_build_real_geometry(tmp_path):
+    from cad.build import build_model
+    from cad.registry import ModelRegistry
+
+    for seed in (0, 10):  # a medium box with a fillet, shell, feet and a polar pattern; a 0.55 mm part
+        model = generate(seed)
+        write_model(tmp_path, model)
+        script = ModelRegistry([tmp_path]).get(model.name)
+        shape = build_model(script.path, script.schema.defaults()).parts[0].shape
+        assert shape.isValid() and len(shape.Solids()) == 1 and shape.Volume() > 0
+        size = max(shape.BoundingBox().xlen, shape.BoundingBox().ylen)
+        assert size == pytest.approx(model.size_mm, rel=0.5)
+
+
+def test_tiny_end_to_end_run_writes_all_three_solvers(tmp_path):
+    out = tmp_path / "fit.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "fit.py"), "--random", "1", "--shipped", "none",
+                           "--budget", "12", "--seed", "3", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (case,) = report["cases"]
+    assert set(case["solvers"]) == {"optim", "powell", "nelder-mead"}
+    for run in case["solvers"].values():
+        assert 0.0 <= run["iou"] <= 1.0 and 1 <= run["evaluations"] <= 12
+    assert set(report["summary"]["all"]) == {"optim", "powell", "nelder-mead"}
+    assert "median IoU" in done.stdout
