@@ -1,0 +1,176 @@
+"""``fit``: the coarse-to-fine schedule over a Problem, the integer strategy, the revert pass and the result.
+
+Each stage searches from the previous stage's answer under its own objective; a coarse stage's answer is then
+scored under the last stage's (real) objective, and the last stage starts from the best of them. One evaluation
+is one call of the objective; a repeated state is answered from a cache and costs nothing. Deterministic for a
+deterministic objective.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from cad.fit import integers, solvers
+from cad.fit.problem import Counter, OutOfBudget, Problem, StageObjective
+from cad.fit.schedule import DEFAULT_SCHEDULE
+
+log = logging.getLogger(__name__)
+
+MAX_EVALUATIONS_LIMIT = 5000
+TARGET_IOU = 1.0 - 1e-9
+# The revert pass refits the other floats with a pattern search of this first step (of each range) and allowance.
+REVERT_STEP = 1 / 32
+REVERT_REFIT_PER_FLOAT = 12
+REVERT_ROUNDS = 3
+
+
+@dataclass
+class FitResult:
+    start_values: dict
+    values: dict  # the best complete state found
+    start_iou: float
+    iou: float
+    evaluations: int
+    stopped: str  # "converged" | "budget" | "target_reached" | "cancelled"
+    trace: list[tuple[int, float]] = field(default_factory=list)  # (evaluations, best IoU) after each gain
+
+    def changes(self) -> dict:
+        """name -> new value for every parameter that moved."""
+        return {n: v for n, v in self.values.items() if v != self.start_values.get(n)}
+
+
+def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, cancel=None,
+        parameters: list[str] | None = None, extra_starts=(), schedule=DEFAULT_SCHEDULE) -> FitResult:
+    """Maximise ``objective(values, stage.options)`` (an IoU, or a dict with ``iou`` and ``residuals``) over the
+    numeric parameters of ``schema`` (or the ``parameters`` among them) from ``start``.
+
+    ``extra_starts`` are other states to start from (a VLM's proposal): the search starts from the one the real
+    objective scores best. ``progress(evaluations, best_iou, stage_index)`` follows every evaluation with the best
+    IoU under the last stage's objective so far. ``cancel`` (anything with ``is_set()``) stops before the next
+    evaluation; the result is the best state so far. Raises ValueError on a bad budget, schedule or name.
+    """
+    if isinstance(max_evaluations, bool) or not isinstance(max_evaluations, int) \
+            or not 1 <= max_evaluations <= MAX_EVALUATIONS_LIMIT:
+        raise ValueError(f"max_evaluations must be a whole number between 1 and {MAX_EVALUATIONS_LIMIT}, "
+                         f"got {max_evaluations!r}")
+    if not schedule:
+        raise ValueError("the schedule needs at least one stage")
+    problem = Problem(schema, start, parameters)
+    run = _Run(problem, objective, tuple(schedule), Counter(max_evaluations, cancel), progress)
+    return run.execute([schema.complete({**problem.start, **extra}) for extra in extra_starts])
+
+
+class _Run:
+    def __init__(self, problem, objective, schedule, counter, progress):
+        self.problem, self.objective, self.schedule = problem, objective, schedule
+        self.counter, self.progress = counter, progress
+        self.stage_index = 0
+        self.trace: list[tuple[int, float]] = []
+        self.final = self.stage_objective(len(schedule) - 1, target=TARGET_IOU)
+
+    def stage_objective(self, index, target=None) -> StageObjective:
+        options = self.schedule[index].options
+        return StageObjective(self.problem, lambda values: self.objective(values, options), self.counter,
+                              on_evaluation=self.report, target=target)
+
+    def report(self) -> None:
+        best = self.final.best_iou
+        if best > (self.trace[-1][1] if self.trace else -1.0):
+            self.trace.append((self.counter.evaluations, best))
+        if self.progress is not None:
+            self.progress(self.counter.evaluations, max(best, 0.0), self.stage_index)
+
+    def execute(self, extra_starts) -> FitResult:
+        start_u = self.problem.start_u
+        converged = False
+        try:
+            start_iou = self.final.iou(start_u)
+            checkpoint = max(((self.final.score(u), u) for u in
+                              [start_u, *(self.problem.to_unit(v) for v in extra_starts)]), key=lambda t: t[0])[1]
+            converged = self.stages(checkpoint)
+            for _ in range(REVERT_ROUNDS):
+                if not self.revert():
+                    break
+                # A partner took up a reverted change: polish the new point (which may move another a little).
+                converged = self.solve_stage(self.schedule[-1], self.final, self.final.best_u, self.counter.budget)
+        except OutOfBudget:
+            start_iou = self.final.scores.get(self.problem.key(start_u), 0.0)
+        return self.result(start_iou, converged)
+
+    def stages(self, checkpoint) -> bool:
+        """Run every stage; True when the last one converged."""
+        u, last = checkpoint, len(self.schedule) - 1
+        for index, stage in enumerate(self.schedule):
+            self.stage_index = index
+            if index == last:
+                return self.solve_stage(stage, self.final, checkpoint, self.counter.budget)
+            share = max(int(self.counter.budget * stage.share), 1)
+            objective = self.stage_objective(index)
+            self.solve_stage(stage, objective, u, share)
+            u = objective.best_u or u
+            if self.final.score(u) > self.final.score(checkpoint):
+                checkpoint = u
+        return False
+
+    def solve_stage(self, stage, objective, u, allowance) -> bool:
+        """The stage's solver, then the integer strategy, until neither moves; True when that happened within the
+        stage's allowance (the result is ``objective.best_u`` either way)."""
+        solve = solvers.get(stage.solver)
+        budget = allowance
+
+        def refit(candidate):
+            return solve(self.problem, objective, candidate, budget, **stage.solver_options)
+
+        confirm = None if objective is self.final else (
+            lambda new, old: self.final.score(new) > self.final.score(old))
+        with self.counter.allowance(allowance):
+            try:
+                u, score = refit(u)
+                while True:
+                    u, score, moved = integers.improve(self.problem, objective, refit, u, score, confirm=confirm)
+                    if not moved:
+                        return True
+                    u, score = refit(u)
+            except OutOfBudget:
+                if self.counter.spent or self.counter.target_reached:
+                    raise
+                return False
+
+    def revert(self) -> bool:
+        """Put back every parameter whose move does not raise the real score: alone first, then with a short
+        refit of the floats (a trade-off partner takes up the change). Ties go to the start. True when a refit
+        changed the answer."""
+        u = self.final.best_u
+        for index in range(len(self.problem)):
+            if u[index] == self.problem.start_u[index]:
+                continue
+            candidate = list(u)
+            candidate[index] = self.problem.start_u[index]
+            self.final.score(tuple(candidate))
+            u = self.final.best_u
+        solve, before = solvers.get("pattern"), u
+        for index in range(len(self.problem)):
+            if u[index] == self.problem.start_u[index]:
+                continue
+            candidate = list(u)
+            candidate[index] = self.problem.start_u[index]
+            with self.problem.holding(index):
+                integers.refit_within(self.problem, self.final,
+                                      lambda c: solve(self.problem, self.final, c, 0, initial_step=REVERT_STEP),
+                                      tuple(candidate), per_float=REVERT_REFIT_PER_FLOAT)
+            u = self.final.best_u
+        return u != before
+
+    def result(self, start_iou, converged) -> FitResult:
+        values = self.problem.to_values(self.final.best_u) if self.final.best_u else dict(self.problem.start)
+        iou = self.final.scores.get(self.problem.key(self.final.best_u), start_iou) if self.final.best_u \
+            else start_iou
+        if self.counter.target_reached:
+            stopped = "target_reached"
+        elif self.counter.cancelled:
+            stopped = "cancelled"
+        else:
+            stopped = "converged" if converged else "budget"
+        log.info("fit: IoU %.4f -> %.4f in %d evaluations (%s)", start_iou, iou, self.counter.evaluations, stopped)
+        return FitResult(start_values=dict(self.problem.start), values=values, start_iou=start_iou, iou=iou,
+                         evaluations=self.counter.evaluations, stopped=stopped, trace=list(self.trace))

@@ -1,0 +1,64 @@
+"""The one integer strategy: neighbour moves of each int (+-1, +-2) with a short warm-started refit of the floats.
+
+A count changes what the floats should be (three wheels instead of two want a longer chassis, seven vents a
+closer spacing), so a neighbour is compared with its floats refitted a little, not with the old floats; +-2 keeps
+a centred pattern's parity (from seven vents, six loses its middle slot where five keeps it).
+"""
+from __future__ import annotations
+
+from cad.fit.problem import OutOfBudget
+
+NEIGHBOURS = (1, -1, 2, -2)
+REFIT_PER_FLOAT = 6  # evaluations of a count's refit per float coordinate (plus REFIT_BASE)
+REFIT_BASE = 4
+
+
+def improve(problem, objective, refit, u, score, *, confirm=None):
+    """Take neighbour moves of the ints from ``u`` while one raises ``objective.score``; returns (u, score, moved).
+
+    ``refit(u) -> (u, score)`` is the stage's solver (its allowance is set here). ``confirm(new_u, old_u)`` may veto
+    a move (a coarse stage's field can prefer a count on noise: the real objective has the last word).
+    """
+    moved = False
+    improved = True
+    while improved:
+        improved = False
+        for index in problem.int_indices():
+            found = _best_neighbour(problem, objective, refit, u, score, index)
+            if found is not None and (confirm is None or confirm(found[0], u)):
+                u, score = found
+                improved = moved = True
+    return u, score, moved
+
+
+def _best_neighbour(problem, objective, refit, u, score, index):
+    """The first neighbour of int ``index`` that beats ``score`` (refitted where the plain move does not)."""
+    unit = problem.resolution(index)
+    for units in NEIGHBOURS:
+        candidate = list(u)
+        candidate[index] = min(max(u[index] + units * unit, 0.0), 1.0)
+        candidate = problem.snap(candidate)
+        if candidate == u:
+            continue
+        plain = objective.score(candidate)
+        if plain > score:
+            return candidate, plain
+        refitted = refit_within(problem, objective, refit, candidate)
+        if refitted is not None and refitted[1] > score:
+            return refitted
+    return None
+
+
+def refit_within(problem, objective, refit, u, per_float: int = REFIT_PER_FLOAT):
+    """``refit(u)`` within a short allowance; its best point (or None). Only the outer budget ending propagates."""
+    floats = problem.float_indices()
+    if not floats:
+        return None
+    allowance = per_float * len(floats) + REFIT_BASE
+    with objective.counter.allowance(allowance), objective.tracking() as best:
+        try:
+            return refit(u)
+        except OutOfBudget:
+            if objective.counter.exhausted:
+                raise
+    return (best.best_u, best.best_score) if best.best_u else None

@@ -1,0 +1,243 @@
+"""The fitting problem: a model's numeric parameters as a point ``u`` in the unit cube, and a counted objective.
+
+Every move, rounding and tolerance is relative to a parameter (its range or its schema step), never an absolute
+number of model units, so a part at 0.01 scale fits like the same part at 100 scale. Pure Python: no numpy here,
+the web process imports this package at start.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+# A float without a schema step snaps to this share of its range: fine enough that IoU cannot tell the difference,
+# coarse enough that a search's last moves are not lost in float noise.
+UNSTEPPED_RESOLUTION = 1e-4
+# Weight of the pull toward the start (per unit of normalised L1 distance): it only breaks near-ties, so that
+# parameters that trade off (a lid's lift against the box height) end at the smallest change.
+REGULARISATION = 1e-4
+RESIDUAL_CACHE = 8  # residual vectors (up to a few MB each) kept per stage; a miss re-evaluates
+
+
+class OutOfBudget(Exception):
+    """The evaluation budget is spent or the fit was cancelled: solvers let it propagate."""
+
+
+@dataclass(frozen=True)
+class Coordinate:
+    """One free parameter: its schema entry, the start value and the resolution it snaps to."""
+    parameter: object
+    start: float | int
+    resolution: float  # in model units: the schema step, range * UNSTEPPED_RESOLUTION, or 1 for an int
+
+    @property
+    def low(self):
+        return self.parameter.min
+
+    @property
+    def span(self):
+        return self.parameter.max - self.parameter.min
+
+    @property
+    def is_int(self) -> bool:
+        return self.parameter.type == "int"
+
+    def value(self, u: float):
+        """The value at unit position ``u``: on the grid through the start value, clamped to the bounds."""
+        raw = self.low + min(max(u, 0.0), 1.0) * self.span
+        # The grid goes through the start value, so a parameter that does not need to move stays exactly there.
+        # Round half up with a margin: a move of exactly half a grid step must round the same way at every
+        # scale (the float error of raw differs by scale), or the same problem takes different paths.
+        snapped = self.start + math.floor((raw - self.start) / self.resolution + 0.5 + 1e-9) * self.resolution
+        snapped = min(max(snapped, self.parameter.min), self.parameter.max)
+        if self.is_int:
+            return int(round(snapped))
+        return float(f"{snapped:.12g}")  # 40 + 3 * 0.1 is 40.300000000000004: drop the float noise
+
+    def unit(self, value) -> float:
+        return (value - self.low) / self.span
+
+
+class Problem:
+    """The free numeric parameters of ``schema`` (floats and ints with a proper range; bools stay fixed)."""
+
+    def __init__(self, schema, start: dict, parameters: list[str] | None = None):
+        self.schema = schema
+        self.start = schema.complete(start)
+        numeric = [p for p in schema if p.type in ("float", "int")]
+        if parameters is not None:
+            unknown = sorted(set(parameters) - {p.name for p in numeric})
+            if unknown:
+                raise ValueError(f"not numeric parameters of this model: {', '.join(unknown)}")
+            numeric = [p for p in numeric if p.name in parameters]
+        self.coordinates = [Coordinate(p, self.start[p.name], _resolution(p)) for p in numeric
+                            if p.min is not None and p.max is not None and p.max > p.min]
+        self.names = [c.parameter.name for c in self.coordinates]
+        self.start_u = self.to_unit(self.start)
+        self.held: set[int] = set()  # coordinates no solver may move just now
+
+    @contextmanager
+    def holding(self, index: int):
+        """Solvers leave coordinate ``index`` where it is inside the block."""
+        self.held.add(index)
+        try:
+            yield
+        finally:
+            self.held.discard(index)
+
+    def __len__(self) -> int:
+        return len(self.coordinates)
+
+    def float_indices(self) -> list[int]:
+        return [i for i, c in enumerate(self.coordinates) if not c.is_int and i not in self.held]
+
+    def int_indices(self) -> list[int]:
+        return [i for i, c in enumerate(self.coordinates) if c.is_int]
+
+    def to_values(self, u) -> dict:
+        values = dict(self.start)
+        values.update({c.parameter.name: c.value(x) for c, x in zip(self.coordinates, u)})
+        return values
+
+    def to_unit(self, values: dict) -> tuple:
+        return tuple(c.unit(values[c.parameter.name]) for c in self.coordinates)
+
+    def snap(self, u) -> tuple:
+        """``u`` moved onto the grid (the unit position of the values it stands for)."""
+        return self.to_unit(self.to_values(u))
+
+    def key(self, u) -> tuple:
+        values = self.to_values(u)
+        return tuple(values[n] for n in self.names)
+
+    def distance(self, u) -> float:
+        """Normalised L1 distance from the start: what the regulariser charges for."""
+        return sum(abs(a - b) for a, b in zip(self.snap(u), self.start_u))
+
+    def resolution(self, index: int) -> float:
+        """The smallest move of coordinate ``index`` that changes its value, in unit positions."""
+        coordinate = self.coordinates[index]
+        return coordinate.resolution / coordinate.span
+
+
+def _resolution(parameter) -> float:
+    if parameter.type == "int":
+        return max(int(parameter.step or 1), 1)
+    if parameter.step:
+        return float(parameter.step)
+    return (parameter.max - parameter.min) * UNSTEPPED_RESOLUTION
+
+
+def finite_score(answer) -> float:
+    """The objective answers an IoU, or a dict with ``iou`` (and ``residuals``); a non-finite score counts as 0."""
+    score = float(answer["iou"] if isinstance(answer, dict) else answer)
+    return score if math.isfinite(score) else 0.0
+
+
+@dataclass
+class Counter:
+    """Evaluations shared by every stage: the budget, the cancel token and progress reports."""
+    budget: int
+    cancel: object = None
+    evaluations: int = 0
+    cancelled: bool = False
+    target_reached: bool = False
+    limits: list = field(default_factory=list)  # nested ceilings (a stage's share, a refit's allowance)
+
+    def charge(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            self.cancelled = True
+        if self.cancelled or self.target_reached or self.evaluations >= min([self.budget, *self.limits]):
+            raise OutOfBudget
+        self.evaluations += 1
+
+    @contextmanager
+    def allowance(self, evaluations: int):
+        """At most ``evaluations`` more inside the block (within any outer ceiling)."""
+        self.limits.append(self.evaluations + max(evaluations, 0))
+        try:
+            yield
+        finally:
+            self.limits.pop()
+
+    @property
+    def exhausted(self) -> bool:
+        """No evaluation is left under the outer ceilings (as opposed to an inner allowance that ran out)."""
+        return self.spent or self.target_reached or self.evaluations >= min([self.budget, *self.limits[:-1]])
+
+    @property
+    def spent(self) -> bool:
+        return self.cancelled or self.evaluations >= self.budget
+
+
+@dataclass
+class StageObjective:
+    """One stage's objective over unit positions: cached scores, the last few residual vectors, and the best
+    (regularised) point seen, which is the stage's answer even when the budget ends mid-solve."""
+    problem: Problem
+    evaluate: object  # values -> IoU | {"iou", "residuals"}
+    counter: Counter
+    on_evaluation: object = None  # called after every real evaluation
+    target: float | None = None  # an IoU that ends the whole fit (the final objective only)
+    scores: dict = field(default_factory=dict)
+    residual_cache: OrderedDict = field(default_factory=OrderedDict)
+    best_u: tuple = ()
+    best_score: float = -math.inf
+    best_iou: float = -math.inf  # plain IoU, for progress reports
+    trackers: list = field(default_factory=list)
+
+    def iou(self, u, want_residuals: bool = False) -> float:
+        key = self.problem.key(u)
+        if key in self.scores and not (want_residuals and key not in self.residual_cache):
+            return self.scores[key]
+        self.counter.charge()
+        answer = self.evaluate(self.problem.to_values(u))
+        self.residual_cache[key] = answer.get("residuals") if isinstance(answer, dict) else None
+        while len(self.residual_cache) > RESIDUAL_CACHE:
+            self.residual_cache.popitem(last=False)
+        self.scores[key] = score = finite_score(answer)
+        regularised = score - REGULARISATION * self.problem.distance(u)
+        for tracker in [self, *self.trackers]:
+            tracker.offer(self.problem.snap(u), regularised)
+        self.best_iou = max(self.best_iou, score)
+        if self.target is not None and score >= self.target:
+            self.counter.target_reached = True
+        if self.on_evaluation is not None:
+            self.on_evaluation()
+        return score
+
+    def offer(self, u, score) -> None:
+        if score > self.best_score:
+            self.best_u, self.best_score = u, score
+
+    @contextmanager
+    def tracking(self):
+        """A Best that sees only the evaluations inside the block (a refit's own answer)."""
+        tracker = Best()
+        self.trackers.append(tracker)
+        try:
+            yield tracker
+        finally:
+            self.trackers.remove(tracker)
+
+    def score(self, u) -> float:
+        """What solvers maximise: the IoU less a tiny pull toward the start (ties go to the smaller change)."""
+        return self.iou(u) - REGULARISATION * self.problem.distance(u)
+
+    def residuals(self, u):
+        """The residual vector at ``u`` (None where the state does not build or the stage gives none)."""
+        self.iou(u, want_residuals=True)
+        key = self.problem.key(u)
+        self.residual_cache.move_to_end(key)
+        return self.residual_cache[key]
+
+
+@dataclass
+class Best:
+    best_u: tuple = ()
+    best_score: float = -math.inf
+
+    def offer(self, u, score) -> None:
+        if score > self.best_score:
+            self.best_u, self.best_score = u, score

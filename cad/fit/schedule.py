@@ -1,0 +1,32 @@
+"""The coarse-to-fine schedule as data: which objective each stage scores, its share of the budget, its solver.
+
+A stage's ``options`` go to the objective (``cad.target.compare_model(method="mesh", **options)`` in the web
+layer); the last stage is the real objective, gets whatever budget is left and starts from the coarse result it
+scores best.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Stage:
+    options: object  # passed to objective(values, options); a dict of compare_model options in practice
+    share: float  # of the whole budget (ignored for the last stage)
+    solver: str = "pattern"  # a name in cad.fit.solvers.SOLVERS
+    solver_options: dict = field(default_factory=dict)
+
+
+# Least squares from coarse to fine: cumulative volume profiles first (they pull a part toward its place from
+# anywhere: a length 40 mm short, a lid lifted off), then occupancy fields less and less blurred, then the pattern
+# search on the ray IoU, where thin walls are finally resolved (it was the stage that ran out of budget).
+DEFAULT_SCHEDULE = (
+    Stage({"field": {"resolution": 64, "cumulative": True}}, 0.2, "least_squares"),
+    Stage({"field": {"resolution": 48, "blur": 1.5}}, 0.1, "least_squares"),
+    Stage({"field": {"resolution": 64, "blur": 0.75}}, 0.1, "least_squares"),
+    Stage({"field": {"resolution": 96, "blur": 0.5}}, 0.2, "least_squares"),
+    # The coarse stages leave it close: start with fine steps (1/128 of each range) rather than re-exploring.
+    Stage({"resolution": 128, "rays": True}, 1.0, "pattern", {"initial_step": 1 / 128}),
+)
+# The same search on one objective that gives only a score (no residual fields).
+SINGLE_STAGE = (Stage(None, 1.0, "pattern"),)

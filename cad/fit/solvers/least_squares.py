@@ -1,0 +1,127 @@
+"""Levenberg-Marquardt over the float coordinates, for stages whose objective gives residuals.
+
+The objective gives a residual vector per state (``cad.target.occupancy_residuals``: blurred occupancy of the
+model minus the target's, or cumulative volume profiles). The Jacobian comes from one forward difference per
+coordinate, so one iteration costs ``n + 1`` to ``n + 5`` evaluations and moves every coordinate at once: coupled
+parameters (a box's height and its lid's lift) move together, which a coordinate search does only by slow
+zig-zags. Each iteration moves no coordinate more than a share of its range (a trust region). numpy is imported
+here only: the package imports this module when a stage first needs it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DIFFERENCE_STEP = 0.01  # of each range
+MIN_DIFFERENCE_STEP = 1 / 1024
+MAX_MOVE = 0.05  # largest move of one coordinate per iteration, of its range (a trust region)
+MIN_IMPROVEMENT = 1e-4  # relative drop of the squared residual below which an iteration counts as stalled
+MAX_ITERATIONS = 100
+
+
+def solve(problem, objective, start_u, budget, *, max_iterations: int = MAX_ITERATIONS, max_move: float = MAX_MOVE):
+    """Minimise |residuals|^2 from ``start_u``; returns (u, score) once it stalls. Without residuals (the state
+    does not build, or the stage gives none) it returns the start."""
+    fit = _LevenbergMarquardt(problem, objective, max_move)
+    u = fit.run(problem.snap(start_u), max_iterations)
+    return u, objective.score(u)
+
+
+class _LevenbergMarquardt:
+    def __init__(self, problem, objective, max_move):
+        self.problem, self.objective, self.max_move = problem, objective, max_move
+        self.indices = problem.float_indices()
+
+    def residuals(self, u):
+        found = self.objective.residuals(u)
+        return None if found is None else np.asarray(found, dtype=np.float32)
+
+    def run(self, u, max_iterations):
+        # (Broyden's rank-one updates instead of a new difference Jacobian per iteration were tried: cheaper per
+        # iteration, but on the enclosure they stalled at a cost eight times higher.)
+        current = self.residuals(u)
+        if current is None or not self.indices:
+            return u
+        cost, damping, stalled, difference_step = float(current @ current), 1e-3, 0, DIFFERENCE_STEP
+        for _ in range(max_iterations):
+            if stalled >= 2:
+                break
+            jacobian = self.jacobian(u, current, difference_step)
+            candidate, trial, damping = self.damped_step(u, current, cost, jacobian, damping)
+            if candidate is None:
+                if difference_step / 4 < MIN_DIFFERENCE_STEP:
+                    break
+                # Near a sharp optimum (a thin wall in a barely blurred field) a difference over 1% of the range
+                # is a secant across the bottom, not the slope: difference over shorter steps and try again.
+                difference_step, damping = difference_step / 4, 1e-3
+                continue
+            trial_cost = float(trial @ trial)
+            stalled = stalled + 1 if trial_cost > cost * (1 - MIN_IMPROVEMENT) else 0
+            u, current, cost = candidate, trial, trial_cost
+        return u
+
+    def jacobian(self, u, current, step):
+        """One forward difference per coordinate (backward at the top of its range)."""
+        jacobian = np.zeros((len(current), len(self.indices)), dtype=np.float32)
+        for column, index in enumerate(self.indices):
+            for sign in ((1, -1) if u[index] + step <= 1 else (-1, 1)):
+                candidate = self.moved(u, {index: sign * step})
+                moved = candidate[index] - u[index]
+                if moved == 0:
+                    continue
+                shifted = self.residuals(candidate)
+                if shifted is not None:
+                    jacobian[:, column] = (shifted - current) / moved
+                    break
+        return jacobian
+
+    def moved(self, u, deltas: dict) -> tuple:
+        x = list(u)
+        for index, amount in deltas.items():
+            x[index] = min(max(x[index] + amount, 0.0), 1.0)
+        return self.problem.snap(x)
+
+    def damped_step(self, u, current, cost, jacobian, damping):
+        """Try Levenberg steps of growing damping until one lowers the cost: (u, residuals, next damping), or
+        Nones and the damping when no step within the trust region helps."""
+        normal = (jacobian.T @ jacobian).astype(np.float64)
+        gradient = (jacobian.T @ current).astype(np.float64)
+        # Levenberg's damping (the same for every coordinate), not Marquardt's (scaled by each one's curvature):
+        # a parameter with little effect (a fillet, a hole) has a noisy, tiny column, and Marquardt would let it
+        # take huge steps while the trust region freezes the ones that matter.
+        scale = max(float(np.diag(normal).max()), 1e-12)
+        identity = np.eye(len(self.indices))
+
+        def step_for(damped):
+            return np.linalg.solve(normal + damped * scale * identity, -gradient)
+
+        for _ in range(5):
+            try:
+                damping, delta = self.trust_region(step_for, damping)
+            except np.linalg.LinAlgError:
+                damping *= 10
+                continue
+            candidate = self.moved(u, {i: float(d) for i, d in zip(self.indices, delta)})
+            if candidate == u:
+                break
+            trial = self.residuals(candidate)
+            if trial is not None and float(trial @ trial) < cost:
+                return candidate, trial, max(damping / 3, 1e-7)
+            damping *= 4
+        return None, None, damping
+
+    def trust_region(self, step_for, damping):
+        """The least damping (from ``damping`` up) whose step moves no coordinate more than max_move, found by
+        bisection in log space: scaling a step down instead would keep a wild direction."""
+        delta = step_for(damping)
+        if float(np.abs(delta).max()) <= self.max_move:
+            return damping, delta
+        low, high = damping, damping
+        while float(np.abs(step_for(high)).max()) > self.max_move and high < 1e12:
+            low, high = high, high * 4
+        for _ in range(8):
+            middle = math.sqrt(low * high)
+            low, high = (middle, high) if float(np.abs(step_for(middle)).max()) > self.max_move else (low, middle)
+        delta = step_for(high)
+        return high, delta * min(1.0, self.max_move / max(float(np.abs(delta).max()), 1e-12))
