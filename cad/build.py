@@ -128,9 +128,8 @@ def build_count() -> int:
 
 def build_model(script_path: str | Path, values: dict) -> BuiltModel:
     """Run the script with complete, validated ``values``; recent results are reused in this process."""
-    import cadquery as cq
-
-    from cad.script import run_build, source_hash
+    from cad.script import source_hash
+    from cad.script_run import run_build, to_assembly
 
     path = Path(script_path).resolve()
     key = hashlib.sha256(json.dumps([str(path), source_hash(path.read_text(encoding="utf-8")), values],
@@ -140,10 +139,7 @@ def build_model(script_path: str | Path, values: dict) -> BuiltModel:
             _built.move_to_end(key)
             return _built[key]
         _counters["builds"] += 1
-        assembly = run_build(path, values)
-        if not isinstance(assembly, cq.Assembly):
-            kind = type(assembly).__name__
-            raise BuildError(str(path), None, f"build(p) must return a cadquery Assembly, got {kind}")
+        assembly = to_assembly(run_build(path, values), str(path))
         built = BuiltModel(assembly, _flatten(assembly, str(path)))
         _refuse_empty(built, str(path), values)
         _built[key] = built

@@ -5,7 +5,7 @@ Pure Python: importing this module never imports cadquery.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cad.errors import ParameterError
@@ -25,13 +25,28 @@ class Parameter:
     default: float | int | bool
     group: str
     description: str
+    inferred: bool = False  # the script gives no range: min/max were inferred from the default
+    script_range: tuple | None = None  # (min, max) of the script when a session narrowed the range
 
     def to_json(self) -> dict:
-        return {
+        data = {
             "name": self.name, "label": self.label, "unit": self.unit, "type": self.type,
             "min": self.min, "max": self.max, "step": self.step, "default": self.default,
             "group": self.group, "description": self.description,
         }
+        if self.inferred:
+            data["inferred"] = True
+        if self.script_range is not None:
+            data["range_override"] = True
+            data["script_min"], data["script_max"] = self.script_range
+        return data
+
+    def narrowed(self, low: float | int, high: float | int) -> "Parameter":
+        """This parameter with its range narrowed to ``low..high`` (checked by the caller); the default is
+        clamped into it."""
+        script_range = self.script_range or (self.min, self.max)
+        default = min(max(self.default, low), high)
+        return replace(self, min=low, max=high, default=default, script_range=script_range)
 
     def _range_text(self) -> str:
         unit = f" {self.unit}" if self.unit else ""
@@ -110,6 +125,27 @@ class Schema:
             if missing:
                 raise ParameterError(missing[0], f"missing parameter(s): {', '.join(missing)}")
         return coerced
+
+    def with_ranges(self, ranges: dict[str, tuple]) -> "Schema":
+        """A copy with the number parameters in ``ranges`` (name -> (min, max)) narrowed; others unchanged."""
+        return Schema([p.narrowed(*ranges[p.name]) if p.name in ranges else p for p in self.parameters])
+
+    def check_range(self, name: str, low, high) -> tuple:
+        """``(low, high)`` coerced for parameter ``name`` when it narrows (or equals) its range; else
+        ParameterError. Whole numbers for ints; bools have no range."""
+        parameter = self._by_name.get(name) if isinstance(name, str) else None
+        if parameter is None:
+            raise ParameterError(str(name), f"unknown parameter {name!r} (known: {', '.join(self.names())})")
+        if parameter.type == "bool":
+            raise ParameterError(name, f"{name} is a bool: it has no range")
+        bounds = parameter.script_range or (parameter.min, parameter.max)
+        probe = Parameter(name, parameter.label, parameter.unit, parameter.type, bounds[0], bounds[1],
+                          parameter.step, parameter.default, parameter.group, "")
+        low, high = probe.coerce(low), probe.coerce(high)
+        if not low < high:
+            raise ParameterError(name, f"{name}: range min {_fmt(low)} must be below max {_fmt(high)}",
+                                 min=bounds[0], max=bounds[1])
+        return low, high
 
     def complete(self, values: dict) -> dict:
         """Defaults overlaid with validated ``values``, in schema order (the canonical full state)."""

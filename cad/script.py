@@ -16,7 +16,8 @@ A CAD model is a plain Python file::
         ...  # return a cq.Assembly with one named child per part
 
 Parameters are the module-level annotated assignments whose annotation is ``float``, ``int`` or ``bool`` and whose
-name does not start with ``_``. The default must be a literal. The trailing comment is the schema:
+name does not start with ``_``. The default is a literal or constant arithmetic on literals (``1.5 / 2``, folded
+with ``ast``, never evaluated). The trailing comment is the schema:
 
 * numbers: ``# [unit,] min..max, Group[, step=S][, label=Text][: description]``
   The unit is optional (``# 1..4, Wheels`` or ``# , 1..4, Wheels`` for a count); min/max are literals.
@@ -25,31 +26,45 @@ name does not start with ``_``. The default must be a literal. The trailing comm
 Everything after the first ``:`` is the description. ``label`` defaults to the name in words ("Chassis length");
 ``step`` defaults to 1 for ints and to a round fraction (~1/100) of the range for floats.
 
-The script must define a top-level ``build(p)``; ``p`` is a namespace with one typed attribute per parameter.
-Parsing uses ``ast`` and ``tokenize`` only, so listing models and validating values never imports cadquery.
+The script defines a top-level ``build(p)``; ``p`` is a namespace with one typed attribute per parameter (and per
+derived value). It returns a cadquery Assembly, Workplane, Shape or Compound.
+
+CQGI-style scripts (no schema comment anywhere; see ``cad.script_cqgi``) are read too: every top-level constant
+number or bool is a parameter with an inferred range (``"inferred": true`` in the schema), ``describe_parameter``
+gives descriptions and ``show_object`` calls give the parts. Where a schema comment is present it wins.
+Assignments computed from parameters (``extrude = length / 2``) are derived values, recomputed at build time.
+Running scripts is ``cad.script_run``'s job.
 Every problem is reported as ``ScriptError`` with file and line.
 """
 from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 import io
 import math
 import re
-import sys
-import threading
 import tokenize
-import traceback
-import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from cad.errors import BuildError, ScriptError
+from cad import script_cqgi as cqgi
+from cad.errors import ScriptError
 from cad.schema import Parameter, Schema
 
 _RANGE = re.compile(r"^\s*(-?[0-9.eE+-]+)\s*\.\.\s*(-?[0-9.eE+-]+)\s*$")
 _OPTION = re.compile(r"^\s*(step|label)\s*=\s*(.+?)\s*$")
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A top-level value computed from parameters (``extrude = box_length``): recomputed at build time."""
+    name: str
+    expression: str
+    line: int
+    uses: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "expression": self.expression, "line": self.line, "uses": list(self.uses)}
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,9 @@ class ScriptInfo:
     description: str
     schema: Schema
     source_hash: str
+    kind: str = "build"  # "build": a build(p) function; "cqgi": top-level code that calls show_object/show
+    derived: tuple[Derived, ...] = ()
+    lines: dict = field(default_factory=dict)  # parameter name -> line of the assignment that defines it
 
 
 def source_hash(source: str) -> str:
@@ -82,27 +100,87 @@ def parse_source(source: str, filename: str = "<script>") -> ScriptInfo:
     comments = _comments_by_line(source, filename)
     docstring = ast.get_docstring(tree) or ""
     title, _, description = docstring.strip().partition("\n")
-    parameters: list[Parameter] = []
-    seen: set[str] = set()
-    has_build = False
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == "build":
-            has_build = True
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
-            continue
-        name = node.target.id
-        kind = node.annotation.id if isinstance(node.annotation, ast.Name) else None
-        if kind not in ("float", "int", "bool") or name.startswith("_"):
-            continue
-        if name in seen:
-            raise ScriptError(filename, node.lineno, f"parameter {name!r} is defined twice")
-        seen.add(name)
-        parameters.append(_parameter(node, name, kind, comments.get(node.end_lineno), filename))
-    if not has_build:
-        raise ScriptError(filename, None, "script must define a top-level function build(p)")
+    build = cqgi.has_build(tree)
+    if not build and not cqgi.shows_objects(tree):
+        raise ScriptError(filename, None, "script must define a top-level function build(p) or call "
+                                          "show_object(...) / show(...) with its parts")
+    parameters, derived, lines = _collect(tree, comments, filename)
     stem = Path(filename).stem
     return ScriptInfo(title=title.strip() or stem, description=" ".join(description.split()),
-                      schema=Schema(parameters), source_hash=source_hash(source))
+                      schema=Schema(parameters), source_hash=source_hash(source),
+                      kind="build" if build else "cqgi", derived=tuple(derived), lines=lines)
+
+
+def _is_schema_comment(kind: str | None, annotation: str | None, comment: str | None) -> bool:
+    """A trailing comment is the declared schema when it gives a range (numbers) or is on an annotated bool."""
+    if not comment:
+        return False
+    if kind == "bool":
+        return annotation == "bool"
+    return ".." in comment.partition(":")[0]
+
+
+def _collect(tree: ast.Module, comments: dict[int, str], filename: str):
+    """Parameters (declared or inferred), derived values and each parameter's line, in script order.
+
+    Declared mode (the script has an annotated parameter with a schema comment): only annotated float/int/bool
+    assignments are parameters, as before. Otherwise (CQGI mode) every top-level assignment of a constant
+    number or bool is one."""
+    items = [a for a in cqgi.assignments(tree) if not a.name.startswith("_")]
+    declared_mode = any(a.annotation in cqgi.NUMBER_KINDS and _is_schema_comment(
+        a.annotation, a.annotation, comments.get(a.node.end_lineno)) for a in items)
+    described = cqgi.descriptions(tree)
+    candidates, derived, lines = [], [], {}
+    for a in items:
+        if a.name in lines or any(d.name == a.name for d in derived):
+            if declared_mode and a.annotation in cqgi.NUMBER_KINDS:
+                raise ScriptError(filename, a.node.lineno, f"parameter {a.name!r} is defined twice")
+            continue  # CQGI: the first assignment is the parameter; later ones are script code
+        if a.annotation not in ((*cqgi.NUMBER_KINDS,) if declared_mode else (None, *cqgi.NUMBER_KINDS)):
+            continue
+        try:
+            value = cqgi.fold(a.value)
+        except cqgi.NotConstant:
+            uses = cqgi.derived_from(a.value, set(lines) | {d.name for d in derived})
+            if uses:
+                derived.append(Derived(a.name, ast.unparse(a.value), a.node.lineno, tuple(uses)))
+            elif a.annotation in cqgi.NUMBER_KINDS and comments.get(a.node.end_lineno):
+                raise ScriptError(filename, a.node.lineno, f"parameter {a.name!r}: default must be a literal or "
+                                  "constant arithmetic on literals (e.g. 1.5 / 2)")
+            continue
+        kind = cqgi.literal_kind(value, a.annotation)
+        if kind is None:
+            continue
+        lines[a.name] = a.node.lineno
+        candidates.append((a, kind, value))
+    scale = cqgi.scale_of([v for _, k, v in candidates if k == "float"])
+    parameters = []
+    for a, kind, value in candidates:
+        comment = comments.get(a.node.end_lineno)
+        if _is_schema_comment(kind, a.annotation, comment):
+            parameters.append(_parameter(a.node, a.name, kind, value, comment, filename))
+        else:
+            text = described.get(a.name) or (comment or "")
+            parameters.append(_inferred(a.node, a.name, kind, value, text, scale, filename))
+    return parameters, derived, lines
+
+
+def _inferred(node: ast.stmt, name: str, kind: str, default, description: str, scale: float,
+              filename: str) -> Parameter:
+    """A parameter without a declared range: the range is inferred (``cad.script_cqgi.infer_range``)."""
+    label = name.replace("_", " ").capitalize()
+    if kind == "bool":
+        if not isinstance(default, bool):
+            raise ScriptError(filename, node.lineno, f"parameter {name!r}: default must be True or False")
+        return Parameter(name, label, "", "bool", None, None, None, default, cqgi.INFERRED_GROUP, description)
+    low, high = cqgi.infer_range(kind, default, scale)
+    if kind == "int":
+        if isinstance(default, float) and not default.is_integer():
+            raise ScriptError(filename, node.lineno, f"parameter {name!r}: default must be an int, got {default!r}")
+        return Parameter(name, label, "", "int", int(low), int(high), 1, int(default), cqgi.INFERRED_GROUP,
+                         description, inferred=True)
+    return Parameter(name, label, "", "float", float(low), float(high), _default_step(low, high), float(default),
+                     cqgi.INFERRED_GROUP, description, inferred=True)
 
 
 def _comments_by_line(source: str, filename: str) -> dict[int, str]:
@@ -116,20 +194,12 @@ def _comments_by_line(source: str, filename: str) -> dict[int, str]:
     return comments
 
 
-def _parameter(node: ast.AnnAssign, name: str, kind: str, comment: str | None, filename: str) -> Parameter:
+def _parameter(node: ast.stmt, name: str, kind: str, default, comment: str | None, filename: str) -> Parameter:
     line = node.lineno
 
     def fail(message: str) -> ScriptError:
         return ScriptError(filename, line, f"parameter {name!r}: {message}")
 
-    if node.value is None:
-        raise fail("needs a default value")
-    try:
-        default = ast.literal_eval(node.value)
-    except ValueError:
-        raise fail("default must be a literal") from None
-    if not comment:
-        raise fail("needs a schema comment, e.g. '# mm, 0..100, Group: description'")
     head, _, description = comment.partition(":")
     fields = [f.strip() for f in head.split(",")]
     options: dict[str, str] = {}
@@ -189,53 +259,3 @@ def _number(text: str, fail) -> float:
 
 def _default_step(low: float, high: float) -> float:
     return 10.0 ** math.floor(math.log10(high - low)) / 100.0
-
-
-# --- loading and running (imports whatever the script imports, e.g. cadquery) ---
-
-_modules: dict[tuple[str, str], types.ModuleType] = {}
-_modules_lock = threading.Lock()
-
-
-def load_module(path: Path | str) -> types.ModuleType:
-    """Execute the script as a fresh module (cached per path and source hash)."""
-    path = Path(path).resolve()
-    source = path.read_text(encoding="utf-8")
-    key = (str(path), source_hash(source))
-    with _modules_lock:
-        module = _modules.get(key)
-        if module is not None:
-            return module
-        name = f"_cad_model_{path.stem}_{key[1][:12]}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)  # the designer's own script file; model output is never executed
-        except SyntaxError as exc:
-            raise ScriptError(str(path), exc.lineno, f"syntax error: {exc.msg}") from None
-        except Exception as exc:
-            raise BuildError(str(path), _script_line(exc, path), f"script failed to load: {exc!r}") from None
-        if not callable(getattr(module, "build", None)):
-            raise ScriptError(str(path), None, "script must define a top-level function build(p)")
-        sys.modules.pop(name, None)
-        _modules[key] = module
-        return module
-
-
-def run_build(path: Path | str, values: dict):
-    """Call the script's ``build(p)`` with ``values`` (already validated and complete); return its result."""
-    path = Path(path).resolve()
-    module = load_module(path)
-    try:
-        return module.build(types.SimpleNamespace(**values))
-    except Exception as exc:
-        raise BuildError(str(path), _script_line(exc, path), f"build failed: {exc!r}") from None
-
-
-def _script_line(exc: BaseException, path: Path) -> int | None:
-    """Line of the deepest traceback frame inside the script, so the error points at the user's code."""
-    line = None
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if Path(frame.filename) == path:
-            line = frame.lineno
-    return line

@@ -185,13 +185,13 @@ def test_script_runtime_error_points_at_the_line(tmp_path):
         'def build(p):\n    box = cq.Workplane().box(p.size, p.size, p.size)\n    return box.fillet(p.size)\n')
     (models / "not_assembly.py").write_text(
         '"""Plain"""\nimport cadquery as cq\n\nsize: float = 10.0  # mm, 1..20, Size\n\n\n'
-        'def build(p):\n    return cq.Workplane().box(p.size, p.size, p.size)\n')
+        'def build(p):\n    return cq.Workplane().sketch().rect(p.size, p.size).finalize()\n')
     registry = ModelRegistry([models])
     builder = Builder(tmp_path / "cache")
     with pytest.raises(BuildError) as error:
         builder.export(registry.get("faulty"), {}, "glb")
     assert error.value.line == 9 and error.value.path.endswith("faulty.py")
-    with pytest.raises(BuildError, match="Assembly"):
+    with pytest.raises(BuildError, match="no solid geometry"):  # a Workplane is accepted, a bare sketch is not
         builder.export(registry.get("not_assembly"), {}, "glb")
     assert builder.stats()["misses"] == 0 and builder.stats()["errors"] == 2
 

@@ -52,13 +52,13 @@ def test_parse_reads_title_description_and_every_field():
 
 
 @pytest.mark.parametrize("line, fragment", [
-    ("width: float = 5.0", "schema comment"),
+    ("width: float = open('x').read()  # mm, 1..10, Size", "literal"),
     ("width: float = 500.0  # mm, 1..10, Size", "outside"),
     ("width: float = 5.0  # mm, 10..1, Size", "below max"),
     ("width: float = 5.0  # mm, 1..10", "group"),
     ("width: int = 5  # 1..10.5, Size", "whole numbers"),
     ("width: bool = 1  # Size", "True or False"),
-    ("width: float = 2.0 * 3  # mm, 1..10, Size", "literal"),
+    ("width: float = 2.0 * 30  # mm, 1..10, Size", "outside"),  # folded (60.0), then checked
     ("width: float = 5.0  # mm, a..b, Size", "min..max"),
 ])
 def test_bad_schema_is_reported_with_file_and_line(line, fragment):
