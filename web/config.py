@@ -40,7 +40,8 @@ class Config:
     channel_timeout_s: int = 30  # CHANNEL_TIMEOUT: seconds a connection may sit idle (no request running)
     data_dir: Path = REPO_ROOT / "data"
     runs_dir: Path = REPO_ROOT / "runs"
-    models_dir: Path | None = None  # OPTIM_MODELS_DIR: extra user CAD models
+    # OPTIM_MODELS_DIR: extra user CAD model folders (os.pathsep-separated, each searched recursively)
+    models_dir: Path | list[Path] | None = None
     backend: str = "finetuned"  # finetuned | ollama | openai
     finetuned_model_path: Path = REPO_ROOT / "runs" / "onevision_lora_small"
     vlm_base_model: str | None = None  # None: the base named in adapter_config.json, else DEFAULT_BASE_MODEL
@@ -86,7 +87,7 @@ class Config:
         if env.get("OPTIM_RUNS_DIR"):
             c.runs_dir = Path(env["OPTIM_RUNS_DIR"])
         if env.get("OPTIM_MODELS_DIR"):
-            c.models_dir = Path(env["OPTIM_MODELS_DIR"])
+            c.models_dir = [Path(d) for d in env["OPTIM_MODELS_DIR"].split(os.pathsep) if d.strip()]
         backend = env.get("VLM_BACKEND", "").strip().lower()
         if not backend:
             backend = "finetuned" if _bool(env.get("USE_FINETUNED_MODEL"), True) else "ollama"

@@ -53,7 +53,8 @@ class Services:
         self.config = config
         # Before any store is used: a temporary of this process is never mistaken for a leftover.
         remove_leftover_temporaries(config.data_dir, config.dataset_dir)
-        extra = [config.models_dir] if config.models_dir else []
+        dirs = config.models_dir
+        extra = list(dirs) if isinstance(dirs, (list, tuple)) else [dirs] if dirs else []
         self.registry = ModelRegistry(extra_dirs=extra)
         self.builder = Builder(config.data_dir / "cache", timeout_s=config.build_timeout_s,
                                disk_limit_bytes=int(config.cache_mb * 1024 * 1024))
