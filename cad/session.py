@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import ParameterError
 from .session_db import (DB_NAME, HistoryEntry, SessionDB, StoredSession, migrate_json_session, put_entry,
-                         put_state, read_json_session)
+                         put_range, put_state, read_json_session)
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,28 @@ class DesignSession:
     def __init__(self, model_name: str, schema, db: SessionDB, *, fallback: StoredSession | None = None,
                  read_only_reason: str | None = None):
         self.model_name = model_name
-        self.schema = schema
+        self.base_schema = schema  # the script's schema; ``schema`` has this session's narrowed ranges
         self.db = db
         self._lock = threading.RLock()
         self._read_only = read_only_reason
+        self._ranges = self._load_ranges()
+        self.schema = schema.with_ranges(self._ranges)
         self._state = self._load(fallback)
+
+    def _load_ranges(self) -> dict[str, tuple]:
+        """Stored range overrides that still narrow the script's ranges (the script may have changed)."""
+        try:
+            stored = self.db.ranges(self.model_name)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("session %s: range overrides could not be read (%s); using the script's", self.model_name, exc)
+            return {}
+        ranges = {}
+        for name, (low, high) in stored.items():
+            try:
+                ranges[name] = self.base_schema.check_range(name, low, high)
+            except ParameterError as exc:
+                log.warning("%s: ignoring stored range of %s (%s)", self.model_name, name, exc)
+        return ranges
 
     # -- persistence -------------------------------------------------------------------------
     def _load(self, fallback: StoredSession | None) -> StoredSession:
@@ -113,7 +130,7 @@ class DesignSession:
                 log.warning("%s: dropping stored value %s=%r that the current schema rejects", self.model_name, name, value)
         return values
 
-    def _commit(self, new: StoredSession, entry: HistoryEntry | None = None) -> None:
+    def _commit(self, new: StoredSession, entry: HistoryEntry | None = None, also=None) -> None:
         """Write `new` in one transaction (with `entry` as its newest history row), then make it current."""
         if self._read_only:
             raise PersistError(f"could not save the design session ({self._read_only}); nothing was changed")
@@ -126,6 +143,8 @@ class DesignSession:
                                  (self.model_name, old.applied_seq, new.first_seq))
                     put_entry(conn, self.model_name, seq, entry)
                 put_state(conn, self.model_name, new)
+                if also is not None:
+                    also(conn)
         except (sqlite3.Error, OSError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise PersistError(f"could not save the design session ({reason}); nothing was changed") from exc
@@ -219,6 +238,48 @@ class DesignSession:
             values = {**s.values, **{n: c["to"] for n, c in entry.changes.items()}}
             self._commit(StoredSession(s.version + 1, self._reconcile(values), list(s.entries), s.position + 1,
                                        s.first_seq))
+            return entry
+
+    def ranges(self) -> dict[str, tuple]:
+        with self._lock:
+            return dict(self._ranges)
+
+    def set_range(self, name: str, low=None, high=None, expected_version: int | None = None) -> HistoryEntry | None:
+        """Narrow parameter ``name`` to ``low..high`` for this session (both None: back to the script's range).
+        A current value outside the new range is clamped into it as one history entry (returned)."""
+        with self._lock:
+            if low is None and high is None:
+                if name not in self.base_schema:
+                    self.base_schema.check_range(name, 0, 1)  # raises: unknown parameter
+                bounds = None
+            else:
+                bounds = self.base_schema.check_range(name, low, high)
+            self._check_version(expected_version)
+            ranges = {k: v for k, v in self._ranges.items() if k != name}
+            if bounds is not None:
+                ranges[name] = bounds
+            schema = self.base_schema.with_ranges(ranges)
+            s = self._state
+            current = s.values.get(name, schema[name].default)
+            clamped = min(max(current, schema[name].min), schema[name].max)
+            shown = f"{bounds[0]}..{bounds[1]}" if bounds else "the script's range"
+            entry = entries = None
+            position, first_seq = s.position, s.first_seq
+            if not _same(current, clamped):
+                diff = {name: {"from": current, "to": clamped}}
+                entry = HistoryEntry(id=uuid.uuid4().hex[:12], source={"kind": "range"},
+                                     summary=f"range of {name} set to {shown}; {_describe(diff)}", changes=diff,
+                                     timestamp=time.time())
+                entries = s.entries[: s.position + 1] + [entry]
+                position = len(entries) - 1
+                if len(entries) > MAX_HISTORY:
+                    drop = len(entries) - MAX_HISTORY
+                    entries, position, first_seq = entries[drop:], position - drop, first_seq + drop
+            new = StoredSession(version=s.version + 1, values={**s.values, name: clamped},
+                                entries=entries if entries is not None else list(s.entries), position=position,
+                                first_seq=first_seq)
+            self._commit(new, entry, also=lambda conn: put_range(conn, self.model_name, name, bounds))
+            self._ranges, self.schema = ranges, schema
             return entry
 
     def reset(self, expected_version: int | None = None) -> HistoryEntry | None:

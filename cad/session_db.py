@@ -39,6 +39,13 @@ CREATE TABLE IF NOT EXISTS entries (
     timestamp REAL NOT NULL,
     PRIMARY KEY (model, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ranges (  -- a session's narrowed parameter ranges (the script file is never edited)
+    model TEXT NOT NULL,
+    parameter TEXT NOT NULL,
+    low REAL NOT NULL,
+    high REAL NOT NULL,
+    PRIMARY KEY (model, parameter)
+) WITHOUT ROWID;
 """
 
 
@@ -184,6 +191,11 @@ class SessionDB:
                                       timestamp=ts)) for seq, eid, src, summary, ch, ts in rows]
         return int(row[0]), int(row[1]), json.loads(row[2]), entries
 
+    def ranges(self, model: str) -> dict[str, tuple[float, float]]:
+        with self.read() as conn:
+            rows = conn.execute("SELECT parameter, low, high FROM ranges WHERE model = ?", (model,)).fetchall()
+        return {name: (low, high) for name, low, high in rows}
+
     def exists(self, model: str) -> bool:
         with self.read() as conn:
             return conn.execute("SELECT 1 FROM sessions WHERE model = ?", (model,)).fetchone() is not None
@@ -194,6 +206,14 @@ def put_state(conn: sqlite3.Connection, model: str, state: StoredSession) -> Non
                  "ON CONFLICT (model) DO UPDATE SET version = excluded.version, "
                  "applied_seq = excluded.applied_seq, current_values = excluded.current_values",
                  (model, state.version, state.applied_seq, dumps(state.values)))
+
+
+def put_range(conn: sqlite3.Connection, model: str, parameter: str, bounds: tuple | None) -> None:
+    """Store a narrowed range of ``parameter`` (None: forget it, the script's range applies again)."""
+    conn.execute("DELETE FROM ranges WHERE model = ? AND parameter = ?", (model, parameter))
+    if bounds is not None:
+        conn.execute("INSERT INTO ranges (model, parameter, low, high) VALUES (?, ?, ?, ?)",
+                     (model, parameter, float(bounds[0]), float(bounds[1])))
 
 
 def put_entry(conn: sqlite3.Connection, model: str, seq: int, e: HistoryEntry) -> None:

@@ -22,15 +22,48 @@ MIN_RENDER_SIZE, MAX_RENDER_SIZE = 64, 1024
 def state_json(name: str, **extra) -> dict:
     svc = services()
     model = svc.registry.get(name)
-    snap = extra.pop("snapshot", None) or svc.sessions.get(name).snapshot()
-    return {"model": model.name, "title": model.title, "version": snap["version"], "schema": model.schema.to_json(),
+    session = svc.sessions.get(name)
+    snap = extra.pop("snapshot", None) or session.snapshot()
+    return {"model": model.name, "title": model.title, "version": snap["version"],
+            "schema": session.schema.to_json(), "derived": [d.to_json() for d in model.derived],
             "values": snap["values"], "can_undo": snap["can_undo"], "can_redo": snap["can_redo"], **extra}
 
 
 @bp.get("/models")
 def list_models():
     reg = services().registry
-    return jsonify({"models": reg.list(), "default": reg.default_name})
+    return jsonify({"models": reg.list(), "default": reg.default_name, "scripts": reg.scripts()})
+
+
+@bp.put("/params/range")
+def put_range():
+    """Narrow one parameter's range for this session: {"parameter", "min", "max", "version"?, "model"?}."""
+    body = json_body()
+    name = model_name(body)
+    parameter = body.get("parameter")
+    if not isinstance(parameter, str) or "min" not in body or "max" not in body:
+        raise ApiError(400, "bad_range", 'send {"parameter": name, "min": low, "max": high, "version": N}')
+    return _set_range(name, parameter, body["min"], body["max"], body)
+
+
+@bp.delete("/params/range")
+def delete_range():
+    """Back to the script's range: ?parameter=name (and model, version)."""
+    body = json_body(required=False)
+    name = model_name(body)
+    parameter = body.get("parameter", request.args.get("parameter"))
+    if not isinstance(parameter, str):
+        raise ApiError(400, "bad_range", "say which parameter: ?parameter=name")
+    return _set_range(name, parameter, None, None, body)
+
+
+def _set_range(name: str, parameter: str, low, high, body: dict):
+    if (low is None) != (high is None):
+        raise ApiError(400, "bad_range", "min and max must both be numbers")
+    session = services().sessions.get(name)
+    with session.lock:
+        entry = session.set_range(parameter, low, high, expected_version(body))
+        return jsonify(state_json(name, entry=entry_json(name, entry), snapshot=session.snapshot()))
 
 
 @bp.get("/params")
