@@ -4,6 +4,7 @@
 import * as THREE from 'three';
 import { OrbitControls } from 'three/addons/controls/OrbitControls.js';
 import { GLTFLoader } from 'three/addons/loaders/GLTFLoader.js';
+import { makeGhost, materialsOf } from './viewer-ghost.js';
 
 // glTF is Y-up; CadQuery models are Z-up with X forward, Y left. The exporter maps (x, y, z) -> (x, z, -y),
 // so "front" (looking at the rover's nose, from +X) is +X here, its right side is +Z and top is +Y.
@@ -14,7 +15,6 @@ const VIEW_DIRECTIONS = {
   iso: new THREE.Vector3(1, 0.8, 1),
 };
 const HIGHLIGHT = new THREE.Color(0x3b82f6);
-const GHOST_COLOUR = 0xf97316; // the target: orange, so it never reads as one of the model's own parts
 
 export class Viewer {
   constructor(container, { onPick = () => {}, onStatus = () => {} } = {}) {
@@ -30,12 +30,18 @@ export class Viewer {
     this.ghostToken = 0;
     this.ghostVisible = true;
     this.pendingFrame = false;
+    // Hooks for the viewer tools (static/js/viewer-*.js): 'model' after each model load, 'pick' on selection;
+    // clickTool, when set, takes canvas clicks instead of picking; clipPlanes make clipped surfaces unpickable.
+    this.events = new EventTarget();
+    this.clickTool = null;
+    this.clipPlanes = [];
 
     this.renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
     this.renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
     this.renderer.outputColorSpace = THREE.SRGBColorSpace;
     this.renderer.domElement.dataset.testid = 'viewer-canvas';
     this.renderer.domElement.id = 'viewer-canvas';
+    this.renderer.localClippingEnabled = true;
     container.prepend(this.renderer.domElement);
 
     this.scene = new THREE.Scene();
@@ -117,7 +123,7 @@ export class Viewer {
   }
 
   forEachMesh(fn) {
-    if (this.model) this.model.traverse((o) => { if (o.isMesh) fn(o); });
+    if (this.model) this.model.traverse((o) => { if (o.isMesh && !o.userData.overlay) fn(o); });
   }
 
   // Fetch and show a GLB. Returns a promise that resolves once the new model is on screen; a newer call
@@ -191,6 +197,7 @@ export class Viewer {
       this.hasFitted = true;
       this.setView('iso');
     }
+    this.events.dispatchEvent(new Event('model'));
     this.requestRender();
   }
 
@@ -279,13 +286,29 @@ export class Viewer {
       ((event.clientX - rect.left) / rect.width) * 2 - 1,
       -((event.clientY - rect.top) / rect.height) * 2 + 1,
     );
-    this.raycaster.setFromCamera(ndc, this.camera);
-    const hit = this.raycaster.intersectObject(this.model, true)[0];
+    const hit = this.pickAt(ndc);
+    if (this.clickTool) {
+      this.clickTool(hit, event);
+      return;
+    }
     if (!hit) {
       this.select(null);
       return;
     }
-    this.select(partOf(hit.object, this.model));
+    this.select(hit.part);
+  }
+
+  // The nearest visible, unclipped model surface under a canvas point (normalised device coordinates), with its
+  // part; overlays (edges, section caps) and hidden parts are skipped.
+  pickAt(ndc) {
+    if (!this.model) return null;
+    this.raycaster.setFromCamera(ndc, this.camera);
+    for (const hit of this.raycaster.intersectObject(this.model, true)) {
+      if (!hit.object.isMesh || hit.object.userData.overlay || !shown(hit.object)) continue;
+      if (this.clipPlanes.some((plane) => plane.distanceToPoint(hit.point) < 0)) continue;
+      return { ...hit, part: partOf(hit.object, this.model) };
+    }
+    return null;
   }
 
   select(part, notify = true) {
@@ -293,49 +316,31 @@ export class Viewer {
     this.picked = part;
     if (part) setHighlight(part, true);
     this.requestRender();
-    if (notify || !part) this.onPick(part ? part.name : null);
+    if (notify || !part) this.onPick(part ? part.name : null, part ? partLabel(part) : null);
+    this.events.dispatchEvent(new CustomEvent('pick', { detail: part }));
+  }
+
+  // Millimetres per scene unit: the GLB names its units on the root node (cad.export writes metres).
+  mmPerUnit() {
+    let units = null;
+    if (this.model) this.model.traverse((o) => { if (!units && o.userData.units) units = o.userData.units; });
+    return units === 'mm' ? 1 : 1000;
+  }
+
+  // The model's parts (named nodes holding meshes), in file order.
+  parts() {
+    const parts = new Set();
+    this.forEachMesh((mesh) => {
+      if (mesh.userData.overlay) return;
+      const p = partOf(mesh, this.model);
+      if (p && p.name) parts.add(p);
+    });
+    return [...parts];
   }
 
   partNames() {
-    const names = new Set();
-    this.forEachMesh((mesh) => { const p = partOf(mesh, this.model); if (p && p.name) names.add(p.name); });
-    return [...names];
+    return this.parts().map((p) => p.name);
   }
-}
-
-// Translucent faces plus crease edges: the faces show the volume, the edges keep its outline readable through
-// the model. Drawn after the opaque model (renderOrder) and never written to the depth buffer.
-function makeGhost(root) {
-  const group = new THREE.Group();
-  group.name = 'target-ghost';
-  const faces = new THREE.MeshStandardMaterial({
-    color: GHOST_COLOUR, transparent: true, opacity: 0.25, depthWrite: false, side: THREE.DoubleSide,
-    roughness: 0.8, metalness: 0,
-    // Where the target and the model share a face, pull the ghost forward so the face is tinted evenly
-    // instead of flickering between the two (z-fighting).
-    polygonOffset: true, polygonOffsetFactor: -1, polygonOffsetUnits: -4,
-  });
-  const lines = new THREE.LineBasicMaterial({ color: GHOST_COLOUR, transparent: true, opacity: 0.8 });
-  root.updateMatrixWorld(true);
-  root.traverse((o) => {
-    if (!o.isMesh) return;
-    const geometry = o.geometry.clone().applyMatrix4(o.matrixWorld);
-    const mesh = new THREE.Mesh(geometry, faces);
-    mesh.renderOrder = 2;
-    const edges = new THREE.LineSegments(new THREE.EdgesGeometry(geometry, 30), lines);
-    edges.renderOrder = 3;
-    group.add(mesh, edges);
-  });
-  root.traverse((o) => {
-    if (o.geometry) o.geometry.dispose();
-    for (const m of materialsOf(o)) m.dispose();
-  });
-  return group;
-}
-
-function materialsOf(object) {
-  if (!object.material) return [];
-  return Array.isArray(object.material) ? object.material : [object.material];
 }
 
 // The part a mesh belongs to: its nearest named node (GLB nodes are named per part; a multi-primitive mesh
@@ -347,6 +352,17 @@ function partOf(object, root) {
     node = node.parent;
   }
   return object;
+}
+
+// A part's name as the model names it: three.js makes node names unique (a part named like its model becomes
+// "bracket_2"); the GLB's own name is kept in userData.
+export function partLabel(part) {
+  return (part.userData && part.userData.name) || part.name;
+}
+
+function shown(object) {
+  for (let node = object; node; node = node.parent) if (!node.visible) return false;
+  return true;
 }
 
 function findPart(root, name) {

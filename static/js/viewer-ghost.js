@@ -1,0 +1,39 @@
+// The target drawn as a ghost over the model (used by viewer.js), and a helper the viewer modules share.
+import * as THREE from 'three';
+
+const GHOST_COLOUR = 0xf97316; // the target: orange, so it never reads as one of the model's own parts
+
+// Translucent faces plus crease edges: the faces show the volume, the edges keep its outline readable through
+// the model. Drawn after the opaque model (renderOrder) and never written to the depth buffer.
+export function makeGhost(root) {
+  const group = new THREE.Group();
+  group.name = 'target-ghost';
+  const faces = new THREE.MeshStandardMaterial({
+    color: GHOST_COLOUR, transparent: true, opacity: 0.25, depthWrite: false, side: THREE.DoubleSide,
+    roughness: 0.8, metalness: 0,
+    // Where the target and the model share a face, pull the ghost forward so the face is tinted evenly
+    // instead of flickering between the two (z-fighting).
+    polygonOffset: true, polygonOffsetFactor: -1, polygonOffsetUnits: -4,
+  });
+  const lines = new THREE.LineBasicMaterial({ color: GHOST_COLOUR, transparent: true, opacity: 0.8 });
+  root.updateMatrixWorld(true);
+  root.traverse((o) => {
+    if (!o.isMesh) return;
+    const geometry = o.geometry.clone().applyMatrix4(o.matrixWorld);
+    const mesh = new THREE.Mesh(geometry, faces);
+    mesh.renderOrder = 2;
+    const edges = new THREE.LineSegments(new THREE.EdgesGeometry(geometry, 30), lines);
+    edges.renderOrder = 3;
+    group.add(mesh, edges);
+  });
+  root.traverse((o) => {
+    if (o.geometry) o.geometry.dispose();
+    for (const m of materialsOf(o)) m.dispose();
+  });
+  return group;
+}
+
+export function materialsOf(object) {
+  if (!object.material) return [];
+  return Array.isArray(object.material) ? object.material : [object.material];
+}
