@@ -4,6 +4,7 @@ import { api, ApiError, withModel } from './api.js';
 import { $, hideBanner, isTypingTarget, showBanner, toast } from './dom.js';
 import { Viewer } from './viewer.js';
 import { FallbackViewer } from './viewer-fallback.js';
+import { installViewerTools } from './viewer-tools.js';
 import { ParamsPanel, renderHistory } from './params.js';
 import { StatusBadge } from './status.js';
 import { AssistantPanel } from './assistant.js';
@@ -226,9 +227,9 @@ async function loadModels() {
 async function main() {
   const body = document.body;
   const viewerOptions = {
-    onPick: (name) => {
+    onPick: (name, label) => {
       const node = $('picked-part');
-      node.textContent = name ? `Selected: ${name}` : '';
+      node.textContent = name ? `Selected: ${label || name}` : '';
       node.hidden = !name;
       node.dataset.part = name || '';
     },
@@ -245,6 +246,7 @@ async function main() {
     console.warn('3D view unavailable:', err);
     app.viewer = new FallbackViewer($('viewer'), viewerOptions);
   }
+  app.tools = installViewerTools(app.viewer);
   app.params = new ParamsPanel($('params-form'), {
     onCommit: commitValues,
     onUnreachable: (err) => showUnreachable(err.message),

@@ -1,0 +1,132 @@
+// Measure: with the tool on, a click on a part shows its bounding-box size in mm and drops a point on the
+// surface; two points give their distance (a line between two markers). A third click starts a new pair;
+// Escape (or turning the tool off) clears. Sizes are in the model's axes (X forward, Y left, Z up).
+import * as THREE from 'three';
+import { $, el, isTypingTarget } from './dom.js';
+import { partLabel } from './viewer.js';
+
+const POINT_COLOUR = 0xdb2777;
+const LINE_COLOUR = 0xdb2777;
+
+export class MeasureTool {
+  constructor(viewer) {
+    this.viewer = viewer;
+    this.button = $('tool-measure');
+    this.panel = $('measure-panel');
+    this.active = false;
+    this.points = [];
+    this.group = new THREE.Group();
+    this.group.name = 'measure-overlay';
+    this.group.renderOrder = 10;
+    viewer.scene.add(this.group);
+    this.pointMaterial = new THREE.MeshBasicMaterial({ color: POINT_COLOUR, depthTest: false, transparent: true });
+    this.lineMaterial = new THREE.LineBasicMaterial({ color: LINE_COLOUR, depthTest: false, transparent: true });
+    this.button.addEventListener('click', () => this.setActive(!this.active));
+    document.addEventListener('keydown', (e) => {
+      if (e.key !== 'Escape' || isTypingTarget(e.target)) return;
+      if (this.points.length || this.partInfo) this.clear();
+      else if (this.active) this.setActive(false);
+    });
+    viewer.events.addEventListener('model', () => this.clear());
+  }
+
+  setActive(on) {
+    this.active = on;
+    this.button.setAttribute('aria-pressed', String(on));
+    this.viewer.container.dataset.tool = on ? 'measure' : '';
+    this.viewer.clickTool = on ? (hit) => this.click(hit) : null;
+    if (!on) this.clear();
+    else this.render();
+  }
+
+  // Scene (glTF, Y up) -> model axes (Z up), in mm.
+  toModel(v) {
+    const k = this.viewer.mmPerUnit();
+    return { x: v.x * k, y: -v.z * k, z: v.y * k };
+  }
+
+  click(hit) {
+    if (!hit) {
+      this.clear();
+      return;
+    }
+    this.viewer.select(hit.part);
+    const box = new THREE.Box3().setFromObject(hit.part);
+    const size = box.getSize(new THREE.Vector3());
+    const k = this.viewer.mmPerUnit();
+    this.partInfo = { name: partLabel(hit.part), x: size.x * k, y: size.z * k, z: size.y * k };
+    if (this.points.length >= 2) this.clearPoints();
+    this.points.push(hit.point.clone());
+    this.drawPoints();
+    this.render();
+  }
+
+  distance() {
+    if (this.points.length < 2) return null;
+    const [a, b] = this.points.map((p) => this.toModel(p));
+    const d = { dx: b.x - a.x, dy: b.y - a.y, dz: b.z - a.z };
+    return { ...d, total: Math.hypot(d.dx, d.dy, d.dz) };
+  }
+
+  drawPoints() {
+    this.disposeOverlay();
+    const bounds = this.viewer.bounds;
+    const diagonal = bounds && !bounds.isEmpty() ? bounds.getSize(new THREE.Vector3()).length() : 1;
+    const sphere = new THREE.SphereGeometry(diagonal * 0.008, 12, 8);
+    for (const p of this.points) {
+      const marker = new THREE.Mesh(sphere, this.pointMaterial);
+      marker.position.copy(p);
+      marker.renderOrder = 10;
+      this.group.add(marker);
+    }
+    if (this.points.length === 2) {
+      const line = new THREE.Line(new THREE.BufferGeometry().setFromPoints(this.points), this.lineMaterial);
+      line.renderOrder = 10;
+      this.group.add(line);
+    }
+    this.viewer.container.dataset.measurePoints = String(this.points.length);
+    this.viewer.requestRender();
+  }
+
+  disposeOverlay() {
+    const geometries = new Set();
+    this.group.traverse((o) => { if (o.geometry) geometries.add(o.geometry); });
+    for (const g of geometries) g.dispose();
+    this.group.clear();
+  }
+
+  clearPoints() {
+    this.points = [];
+    this.drawPoints();
+  }
+
+  clear() {
+    this.partInfo = null;
+    this.clearPoints();
+    this.render();
+  }
+
+  render() {
+    const rows = [];
+    const mm = (v) => `${v.toFixed(1)} mm`;
+    if (this.partInfo) {
+      const { name, x, y, z } = this.partInfo;
+      rows.push(el('div', { className: 'measure-row', dataset: { testid: 'measure-size', x: x.toFixed(3), y: y.toFixed(3), z: z.toFixed(3) } },
+        el('strong', { text: name }), ` ${x.toFixed(1)} × ${y.toFixed(1)} × ${z.toFixed(1)} mm`,
+        el('span', { className: 'muted small', text: ' (X × Y × Z box)' })));
+    }
+    const d = this.distance();
+    if (d) {
+      rows.push(el('div', { className: 'measure-row', dataset: { testid: 'measure-distance', mm: d.total.toFixed(3) } },
+        el('strong', { text: 'Distance' }), ` ${mm(d.total)}`,
+        el('span', { className: 'muted small', text: ` (ΔX ${d.dx.toFixed(1)}, ΔY ${d.dy.toFixed(1)}, ΔZ ${d.dz.toFixed(1)})` })));
+    } else if (this.active && this.points.length === 1) {
+      rows.push(el('div', { className: 'muted small', text: 'Click a second point for the distance.' }));
+    }
+    if (this.active && !rows.length) {
+      rows.push(el('div', { className: 'muted small', text: 'Click a part for its size; two points for a distance. Esc clears.' }));
+    }
+    this.panel.replaceChildren(...rows);
+    this.panel.hidden = !rows.length;
+  }
+}

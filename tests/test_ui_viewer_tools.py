@@ -1,0 +1,317 @@
+"""Browser tests for the viewer's CAD tools: part tree, measure, feature edges, section plane, keyboard orbit.
+
+One real server (subprocess, Ollama backend on the scripted local engine) driven through the Debian chromium;
+screenshots go to test-artifacts/ui/viewer-tools-*.png. The bracket's dimensions come from its parameters
+(base leg along X, width along Y, upright along Z, in mm), so the measured figures are checked against them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.fixtures_server import start_live_server
+from tests.test_ui import ARTIFACTS, browser, page, playwright  # noqa: F401  (fixtures used by name)
+
+pytestmark = pytest.mark.browser
+
+# Model-axes point (mm) -> page coordinates of its projection on the canvas.
+PROJECT = """([x, y, z]) => {
+    const v = window.optim.viewer;
+    const k = v.mmPerUnit();
+    const p = new v.bounds.min.constructor(x / k, z / k, -y / k).project(v.camera);
+    const r = v.renderer.domElement.getBoundingClientRect();
+    return {x: r.left + (p.x + 1) / 2 * r.width, y: r.top + (1 - p.y) / 2 * r.height};
+}"""
+
+
+@pytest.fixture(scope="module")
+def server(scripted_engine, tmp_path_factory):
+    root = tmp_path_factory.mktemp("viewer_tools")
+    s = start_live_server({"VLM_BACKEND": "ollama", "OLLAMA_URL": scripted_engine.url,
+                           "OLLAMA_MODEL": "llava:latest", "PRELOAD_MODEL": "0"}, root / "data")
+    yield s
+    s.stop()
+
+
+def open_model(page, server, model: str) -> None:
+    page.goto(f"{server.url}/?model={model}")
+    page.wait_for_selector("body[data-ready=true]")
+    page.wait_for_function("""m => {
+        const v = document.querySelector('#viewer');
+        return window.optim.state && window.optim.state.model === m && v.dataset.loading === 'false'
+            && Number(v.dataset.glbLoads) >= 1;
+    }""", arg=model)
+    page.uncheck("[data-testid=toggle-grid]")
+
+
+def canvas_shot(page, step: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"viewer-tools-{step}.png"
+    page.wait_for_timeout(250)  # the viewer renders on the next animation frame
+    page.locator("[data-testid=viewer-canvas]").screenshot(path=str(path))
+    return path
+
+
+def shot(page, step: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(150)
+    page.locator(".viewer-panel").screenshot(path=str(ARTIFACTS / f"viewer-tools-{step}.png"))
+
+
+def model_pixels(path: Path, box=None) -> int:
+    """Pixels that differ clearly from the light background, optionally within a (left, top, right, bottom) box."""
+    img = Image.open(path).convert("RGB")
+    if box:
+        img = img.crop(box)
+    bg = (243, 245, 248)
+    return sum(1 for px in img.getdata() if max(abs(c - b) for c, b in zip(px, bg)) > 24)
+
+
+def click_model_point(page, point_mm) -> None:
+    xy = page.evaluate(PROJECT, list(point_mm))
+    page.mouse.click(xy["x"], xy["y"])
+
+
+def bracket_values(server) -> dict:
+    assert server.api("POST", "/api/reset?model=bracket", json={}).status_code == 200
+    return server.api("GET", "/api/params?model=bracket").json()["values"]
+
+
+# --- part tree ---------------------------------------------------------------------------------------------------
+def test_part_tree_lists_parts_hides_shows_and_highlights(server, page):
+    open_model(page, server, "rover")
+    page.click("[data-testid=toggle-parts]")
+    assert page.get_attribute("[data-testid=toggle-parts]", "aria-pressed") == "true"
+    names = page.evaluate("() => window.optim.viewer.partNames()")
+    rows = page.locator("[data-testid=part-row]")
+    assert len(names) >= 5 and "chassis" in names
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.part)") == names
+    assert page.text_content("[data-testid=parts-count]") == str(len(names))
+    full = canvas_shot(page, "parts-all")
+    shot(page, "part-tree")
+
+    # Hide the chassis: it leaves the picture and can no longer be picked.
+    chassis = page.locator("[data-testid=part-row][data-part=chassis]")
+    chassis.locator("[data-testid=part-visible]").uncheck()
+    assert chassis.get_attribute("data-visible") == "false"
+    assert page.evaluate("() => window.optim.viewer.parts().find(p => p.name === 'chassis').visible") is False
+    hidden = canvas_shot(page, "parts-chassis-hidden")
+    assert model_pixels(hidden) < model_pixels(full) * 0.9
+    centre = page.evaluate("""() => {
+        const v = window.optim.viewer;
+        const part = v.parts().find(p => p.name === 'chassis');
+        const c = new v.bounds.constructor().setFromObject(part).getCenter(v.bounds.min.clone()).project(v.camera);
+        const hit = v.pickAt({x: c.x, y: c.y});
+        return hit ? hit.part.name : null;
+    }""")
+    assert centre != "chassis"
+
+    # "only" isolates a part; "Show all" brings everything back.
+    wheel = next(n for n in names if n.startswith("wheel"))
+    page.locator(f"[data-testid=part-row][data-part={wheel}] [data-testid=part-only]").click()
+    visible = page.evaluate("() => window.optim.viewer.parts().filter(p => p.visible).map(p => p.name)")
+    assert visible == [wheel]
+    canvas_shot(page, "parts-isolated")
+    page.click("[data-testid=parts-show-all]")
+    assert page.evaluate("() => window.optim.viewer.parts().every(p => p.visible)")
+    assert rows.locator("[data-testid=part-visible]:checked").count() == len(names)
+
+    # A name selects (highlights) its part, keyboard included; a click in the view marks its row.
+    page.locator(f"[data-testid=part-row][data-part={wheel}] [data-testid=part-name]").focus()
+    page.keyboard.press("Enter")
+    assert page.get_attribute("[data-testid=picked-part]", "data-part") == wheel
+    assert "picked" in page.get_attribute(f"[data-testid=part-row][data-part={wheel}]", "class")
+    emissive = page.evaluate("""w => {
+        const part = window.optim.viewer.parts().find(p => p.name === w);
+        let e = 0; part.traverse(o => { if (o.isMesh && !o.userData.overlay) e = o.material.emissive.b; });
+        return e;
+    }""", wheel)
+    assert emissive > 0.2, "the selected part is not highlighted"
+    shot(page, "part-selected")
+    hit = page.evaluate("""() => {
+        const v = window.optim.viewer; const r = v.renderer.domElement.getBoundingClientRect();
+        const h = v.pickAt({x: 0, y: 0});
+        return h && {name: h.part.name, x: r.left + r.width / 2, y: r.top + r.height / 2};
+    }""")
+    assert hit, "nothing under the middle of the view"
+    page.mouse.click(hit["x"], hit["y"])
+    page.wait_for_function("n => document.querySelector('[data-testid=picked-part]').dataset.part === n", arg=hit["name"])
+    assert page.locator("[data-testid=part-row].picked").evaluate_all("rs => rs.map(r => r.dataset.part)") == [hit["name"]]
+
+    # The hidden set survives a rebuild of the same model (an edit) and the tree follows the new GLB.
+    chassis.locator("[data-testid=part-visible]").uncheck()
+    loads = int(page.get_attribute("#viewer", "data-glb-loads"))
+    state = server.api("GET", "/api/params?model=rover").json()
+    wheel_d = state["values"]["wheel_diameter"]
+    page.evaluate("v => window.optim.commitValues({wheel_diameter: v})", 110 if wheel_d != 110 else 120)
+    page.wait_for_function("n => Number(document.querySelector('#viewer').dataset.glbLoads) > n"
+                           " && document.querySelector('#viewer').dataset.loading === 'false'", arg=loads)
+    assert page.evaluate("() => window.optim.viewer.parts().find(p => p.name === 'chassis').visible") is False
+    assert page.locator("[data-testid=part-row][data-part=chassis]").get_attribute("data-visible") == "false"
+    assert server.api("POST", "/api/reset?model=rover", json={}).status_code == 200
+
+
+# --- measure -----------------------------------------------------------------------------------------------------
+def test_measure_part_size_and_point_distance_in_mm(server, page):
+    p = bracket_values(server)
+    open_model(page, server, "bracket")
+    page.click("[data-testid=tool-measure]")
+    assert page.get_attribute("[data-testid=tool-measure]", "aria-pressed") == "true"
+    panel = page.locator("[data-testid=measure-panel]")
+    assert panel.is_visible() and "Click a part" in panel.text_content()
+
+    # Two points on the base leg's top face (Z = thickness), clear of the holes (on Y = 0) and the gussets.
+    t = p["thickness"]
+    a = (p["base_length"] - 35.0, 5.0, t)
+    b = (p["base_length"] - 5.0, 5.0, t)
+    click_model_point(page, a)
+    size = page.locator("[data-testid=measure-size]")
+    size.wait_for()
+    dims = [float(size.get_attribute(f"data-{k}")) for k in "xyz"]
+    assert dims == pytest.approx([p["base_length"], p["width"], p["upright_height"]], abs=0.05), dims
+    assert f"{p['base_length']:.1f} × {p['width']:.1f} × {p['upright_height']:.1f} mm" in size.text_content()
+    assert page.get_attribute("#viewer", "data-measure-points") == "1"
+    # three.js renames the part "bracket" (the model's root node has that name); the panels show the GLB's name
+    assert page.text_content("[data-testid=picked-part]") == "Selected: bracket"
+    assert size.locator("strong").text_content() == "bracket"
+
+    click_model_point(page, b)
+    distance = page.locator("[data-testid=measure-distance]")
+    distance.wait_for()
+    mm = float(distance.get_attribute("data-mm"))
+    assert mm == pytest.approx(30.0, abs=1.0), mm  # a click lands within a pixel of the projected point
+    assert "mm" in distance.text_content()
+    assert page.get_attribute("#viewer", "data-measure-points") == "2"
+    line = page.evaluate("""() => {
+        const g = window.optim.viewer.scene.getObjectByName('measure-overlay');
+        return {markers: g.children.filter(o => o.isMesh).length, lines: g.children.filter(o => o.isLine).length};
+    }""")
+    assert line == {"markers": 2, "lines": 1}
+    shot(page, "measure")
+
+    # A third click starts a new pair; Escape clears; Escape again leaves the tool.
+    click_model_point(page, a)
+    assert page.get_attribute("#viewer", "data-measure-points") == "1"
+    assert distance.count() == 0
+    page.keyboard.press("Escape")
+    assert page.get_attribute("#viewer", "data-measure-points") == "0"
+    assert "Click a part" in panel.text_content()
+    page.keyboard.press("Escape")
+    assert page.get_attribute("[data-testid=tool-measure]", "aria-pressed") == "false"
+    assert panel.is_hidden()
+
+
+# --- edges and section -------------------------------------------------------------------------------------------
+def test_edges_overlay_and_section_plane(server, page):
+    p = bracket_values(server)
+    open_model(page, server, "bracket")
+    plain = canvas_shot(page, "edges-off")
+    page.check("[data-testid=toggle-edges]")
+    edges = int(page.get_attribute("#viewer", "data-edges"))
+    assert edges >= 12, edges  # at least the outline of the L; holes and fillet add more
+    lined = canvas_shot(page, "edges-on")
+    assert lined.read_bytes() != plain.read_bytes()
+    # A lower threshold angle finds more edges (the fillet's and holes' facets).
+    page.fill("[data-testid=edges-angle]", "5")
+    page.press("[data-testid=edges-angle]", "Enter")
+    page.wait_for_function("n => Number(document.querySelector('#viewer').dataset.edges) > n", arg=edges)
+    page.fill("[data-testid=edges-angle]", "30")
+    page.press("[data-testid=edges-angle]", "Enter")
+
+    # Section across X at the middle, seen from the top (model X is screen right there): the right half goes.
+    page.click("[data-testid=view-top]")
+    top = canvas_shot(page, "section-off-top")
+    width, height = Image.open(top).size
+    mid = page.evaluate(PROJECT, [p["base_length"] / 2, 0, 0])["x"] - page.locator("#viewer-canvas").bounding_box()["x"]
+    height -= 30  # the hint line at the bottom of the view is not the model
+    right, left = (int(mid) + 3, 0, width, height), (0, 0, int(mid) - 3, height)
+    assert model_pixels(top, right) > 1000 and model_pixels(top, left) > 1000
+    assert page.locator("[data-testid=section-offset]").is_disabled()
+    page.select_option("[data-testid=section-axis]", "x")
+    assert page.locator("[data-testid=section-offset]").is_enabled()
+    assert page.get_attribute("#viewer", "data-section") == "x"
+    assert float(page.get_attribute("#viewer", "data-section-mm")) == pytest.approx(p["base_length"] / 2, abs=0.01)
+    assert page.text_content("[data-testid=section-value]") == f"X = {p['base_length'] / 2:.1f} mm"
+    cut = canvas_shot(page, "section-x-top")
+    assert model_pixels(cut, right) < model_pixels(top, right) * 0.05
+    assert model_pixels(cut, left) > model_pixels(top, left) * 0.8
+    # What is cut away cannot be picked or measured.
+    assert page.evaluate("""xy => {
+        const v = window.optim.viewer; const r = v.renderer.domElement.getBoundingClientRect();
+        return v.pickAt({x: (xy.x - r.left) / r.width * 2 - 1, y: -((xy.y - r.top) / r.height) * 2 + 1});
+    }""", page.evaluate(PROJECT, [p["base_length"] - 5.0, 5.0, p["thickness"]])) is None
+
+    # The cut is capped: seen from the iso view, the section face shows the cap colour.
+    page.click("[data-testid=view-iso]")
+    iso = canvas_shot(page, "section-x-iso")
+    caps = sum(1 for r, g, b in Image.open(iso).convert("RGB").getdata() if r > 180 and g < 80 and b < 110)
+    assert caps > 200, caps
+    shot(page, "section")
+
+    # The slider moves the plane (keyboard too); flip keeps the other side.
+    slider = page.locator("[data-testid=section-offset]")
+    slider.focus()
+    page.keyboard.press("End")
+    assert float(page.get_attribute("#viewer", "data-section-mm")) == pytest.approx(p["base_length"], abs=0.01)
+    slider.fill("250")
+    assert float(page.get_attribute("#viewer", "data-section-mm")) == pytest.approx(p["base_length"] / 4, abs=0.01)
+    page.check("[data-testid=section-flip]")
+    page.click("[data-testid=view-top]")
+    flipped = canvas_shot(page, "section-x-flipped-top")
+    # (a perspective view: the plane's top edge, nearer the camera, projects further left than its foot)
+    left_edge = min(page.evaluate(PROJECT, [p["base_length"] / 4, 0, z])["x"] for z in (0, p["upright_height"]))
+    quarter = left_edge - page.locator("#viewer-canvas").bounding_box()["x"]
+    assert model_pixels(flipped, (0, 0, int(quarter) - 3, height)) < 300
+    # Section off: the whole model is back; a model rebuild keeps edges on.
+    page.select_option("[data-testid=section-axis]", "")
+    back = canvas_shot(page, "section-off-again")
+    assert model_pixels(back, right) > model_pixels(top, right) * 0.9
+    assert page.get_attribute("#viewer", "data-section") is None
+    loads = int(page.get_attribute("#viewer", "data-glb-loads"))
+    page.evaluate("v => window.optim.commitValues({width: v})", p["width"] + 10)
+    page.wait_for_function("n => Number(document.querySelector('#viewer').dataset.glbLoads) > n"
+                           " && document.querySelector('#viewer').dataset.loading === 'false'", arg=loads)
+    assert int(page.get_attribute("#viewer", "data-edges")) >= 12
+    assert server.api("POST", "/api/reset?model=bracket", json={}).status_code == 200
+
+
+# --- keyboard orbit ----------------------------------------------------------------------------------------------
+CAMERA = """() => {
+    const v = window.optim.viewer;
+    return {pos: v.camera.position.toArray(), dist: v.camera.position.distanceTo(v.controls.target)};
+}"""
+
+
+def test_keyboard_orbit_and_zoom(server, page):
+    open_model(page, server, "rover")
+    canvas = page.locator("[data-testid=viewer-canvas]")
+    assert canvas.get_attribute("tabindex") == "0" and "Arrow keys" in canvas.get_attribute("aria-label")
+    # Reachable with Tab from the toolbar before it.
+    page.focus("[data-testid=view-fit]")
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.id") == "viewer-canvas":
+            break
+    assert page.evaluate("() => document.activeElement.id") == "viewer-canvas"
+    start = page.evaluate(CAMERA)
+    page.keyboard.press("ArrowLeft")
+    turned = page.evaluate(CAMERA)
+    assert turned["pos"] != start["pos"] and turned["dist"] == pytest.approx(start["dist"], rel=1e-3)
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate(CAMERA)["pos"] != turned["pos"]
+    before = page.evaluate(CAMERA)["dist"]
+    page.keyboard.press("+")
+    closer = page.evaluate(CAMERA)["dist"]
+    assert closer < before * 0.9
+    page.keyboard.press("-")
+    page.keyboard.press("-")
+    assert page.evaluate(CAMERA)["dist"] > before * 1.1
+    assert page.evaluate("() => window.scrollY") == 0  # the arrows moved the view, not the page
+    canvas_shot(page, "keyboard-orbit")
+    page.keyboard.press("Home")
+    fitted = page.evaluate(CAMERA)["dist"]
+    page.click("[data-testid=view-fit]")
+    assert page.evaluate(CAMERA)["dist"] == pytest.approx(fitted, rel=1e-3)
