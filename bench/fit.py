@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -43,6 +44,9 @@ SPREAD = 0.25
 FINAL_STAGE = {"resolution": 128, "rays": True}  # optim's last stage (cad.optimise.VOXEL_STAGES[-1])
 MAX_CALLS_PER_EVALUATION = 20  # a baseline circling on cached states is stopped too
 SIMPLEX_STEP = 0.1  # Nelder-Mead's initial simplex, share of each range
+
+
+FIT = "cad.optimise.optimise(stages=VOXEL_STAGES)"  # what optim_fit calls, for the report
 
 
 def optim_fit(schema, start: dict, objective, budget: int) -> tuple[dict, str]:
@@ -73,24 +77,26 @@ def prepare_cases(args, folder: Path) -> list[dict]:
     """Write every case's script into ``folder`` (scaled) and describe the cases (plain, picklable)."""
     from cad.registry import BUILTIN_MODELS_DIR, ModelRegistry
 
-    scripts: list[tuple[str, str, str]] = []  # (case class, name, source)
+    scripts: list[tuple[str, str, str]] = []  # (case class, name, source at args.scale)
     classes = sorted(SIZE_CLASSES, key=lambda c: SIZE_CLASSES[c])
     for index in range(args.random):
         model = generate(args.seed * 1000 + index, args.scale, classes[index % len(classes)])
-        scripts.append((f"random {model.size_class}", model.name, model.source))
+        scripts.append((f"random {model.size_class}", model.name, model.source))  # generated at the scale
     shipped = sorted(p.stem for p in BUILTIN_MODELS_DIR.glob("*.py") if not p.stem.startswith("_"))
     wanted = shipped if args.shipped == "all" else [n for n in args.shipped.split(",") if n and n != "none"]
     for name in wanted:
         if name not in shipped:
             raise SystemExit(f"no shipped model {name!r} (shipped: {', '.join(shipped)})")
-        scripts.append(("shipped", f"shipped_{name}", (BUILTIN_MODELS_DIR / f"{name}.py").read_text()))
+        source = (BUILTIN_MODELS_DIR / f"{name}.py").read_text(encoding="utf-8")
+        scripts.append(("shipped", f"shipped_{name}", scale_script(source, args.scale)))
     if args.models_dir:
         for path in sorted(Path(args.models_dir).glob("*.py")):
-            scripts.append(("user", f"user_{path.stem.lower()}", path.read_text()))
+            name = "user_" + re.sub(r"[^a-z0-9_]", "_", path.stem.lower())
+            scripts.append(("user", name, scale_script(path.read_text(encoding="utf-8"), args.scale)))
     registry = ModelRegistry([folder])
     cases = []
     for number, (case_class, name, source) in enumerate(scripts):
-        (folder / f"{name}.py").write_text(scale_script(source, args.scale), encoding="utf-8")
+        (folder / f"{name}.py").write_text(source, encoding="utf-8")
         model = registry.get(name)
         numeric = [p for p in model.schema if p.type in ("float", "int")]
         if len(numeric) < 1:
@@ -326,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"command": " ".join(["bench/fit.py", *(argv if argv is not None else sys.argv[1:])]),
               "budget": args.budget, "scale": args.scale, "spread": args.spread, "seed": args.seed,
               "baseline_objective": args.baseline_objective, "jobs": args.jobs, "cpus": os.cpu_count(),
-              "wall_s": wall, "fit": "cad.optimise.optimise (VOXEL_STAGES)", "summary": summary, "cases": results}
+              "wall_s": wall, "fit": FIT, "summary": summary, "cases": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1), encoding="utf-8")

@@ -86,3 +86,23 @@ def test_tiny_end_to_end_run_writes_all_three_solvers(tmp_path):
         assert 0.0 <= run["iou"] <= 1.0 and 1 <= run["evaluations"] <= 12
     assert set(report["summary"]["all"]) == {"optim", "powell", "nelder-mead"}
     assert "median IoU" in done.stdout
+
+
+def test_cases_scale_once_and_identically(tmp_path):
+    """--scale multiplies every length once (random, shipped alike); the hidden values scale with them."""
+    from argparse import Namespace
+
+    from bench.fit import prepare_cases
+
+    def cases(scale):
+        folder = tmp_path / f"x{scale}"
+        folder.mkdir()
+        args = Namespace(random=3, shipped="bracket", models_dir="", scale=scale, seed=1, spread=0.25)
+        return prepare_cases(args, folder)
+
+    plain, scaled = cases(1), cases(100)
+    assert [c["name"] for c in plain] == [c["name"] for c in scaled]
+    for one, other in zip(plain, scaled):
+        for name, value in one["hidden"].items():
+            factor = 100 if isinstance(value, float) else 1  # ints are counts here (and in the bracket)
+            assert other["hidden"][name] == pytest.approx(value * factor, rel=1e-5), (one["name"], name)
