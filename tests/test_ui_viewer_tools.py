@@ -189,7 +189,17 @@ def test_measure_part_size_and_point_distance_in_mm(server, page):
         return {markers: g.children.filter(o => o.isMesh).length, lines: g.children.filter(o => o.isLine).length};
     }""")
     assert line == {"markers": 2, "lines": 1}
+    assert float(page.get_attribute("[data-testid=measure-angle]", "data-deg")) == pytest.approx(0.0, abs=0.5)
     shot(page, "measure")
+
+    # The base's top face and the upright's inner face (X = thickness) meet at a right angle.
+    click_model_point(page, a)
+    click_model_point(page, (t, 5.0, p["upright_height"] - 15.0))
+    page.wait_for_function("() => document.querySelector('[data-testid=measure-angle]')")
+    assert float(page.get_attribute("[data-testid=measure-angle]", "data-deg")) == pytest.approx(90.0, abs=0.5)
+    assert float(page.get_attribute("[data-testid=measure-distance]", "data-mm")) == pytest.approx(
+        ((a[0] - t) ** 2 + (p["upright_height"] - 15.0 - t) ** 2) ** 0.5, abs=1.0)
+    shot(page, "measure-angle")
 
     # A third click starts a new pair; Escape clears; Escape again leaves the tool.
     click_model_point(page, a)

@@ -1,5 +1,6 @@
 // Measure: with the tool on, a click on a part shows its bounding-box size in mm and drops a point on the
-// surface; two points give their distance (a line between two markers). A third click starts a new pair;
+// surface; two points give their distance (a line between two markers) and the angle between the faces they lie
+// on. A third click starts a new pair;
 // Escape (or turning the tool off) clears. Sizes are in the model's axes (X forward, Y left, Z up).
 import * as THREE from 'three';
 import { $, el, isTypingTarget } from './dom.js';
@@ -15,6 +16,7 @@ export class MeasureTool {
     this.panel = $('measure-panel');
     this.active = false;
     this.points = [];
+    this.normals = []; // the picked faces' normals (scene axes), for the angle between them
     this.group = new THREE.Group();
     this.group.name = 'measure-overlay';
     this.group.renderOrder = 10;
@@ -57,6 +59,7 @@ export class MeasureTool {
     this.partInfo = { name: partLabel(hit.part), x: size.x * k, y: size.z * k, z: size.y * k };
     if (this.points.length >= 2) this.clearPoints();
     this.points.push(hit.point.clone());
+    this.normals.push(hit.face ? hit.face.normal.clone().transformDirection(hit.object.matrixWorld) : null);
     this.drawPoints();
     this.render();
   }
@@ -65,7 +68,9 @@ export class MeasureTool {
     if (this.points.length < 2) return null;
     const [a, b] = this.points.map((p) => this.toModel(p));
     const d = { dx: b.x - a.x, dy: b.y - a.y, dz: b.z - a.z };
-    return { ...d, total: Math.hypot(d.dx, d.dy, d.dz) };
+    const [n1, n2] = this.normals;
+    const angle = n1 && n2 ? THREE.MathUtils.radToDeg(n1.angleTo(n2)) : null;
+    return { ...d, total: Math.hypot(d.dx, d.dy, d.dz), angle };
   }
 
   drawPoints() {
@@ -97,6 +102,7 @@ export class MeasureTool {
 
   clearPoints() {
     this.points = [];
+    this.normals = [];
     this.drawPoints();
   }
 
@@ -120,6 +126,10 @@ export class MeasureTool {
       rows.push(el('div', { className: 'measure-row', dataset: { testid: 'measure-distance', mm: d.total.toFixed(3) } },
         el('strong', { text: 'Distance' }), ` ${mm(d.total)}`,
         el('span', { className: 'muted small', text: ` (ΔX ${d.dx.toFixed(1)}, ΔY ${d.dy.toFixed(1)}, ΔZ ${d.dz.toFixed(1)})` })));
+      if (d.angle !== null) {
+        rows.push(el('div', { className: 'measure-row', dataset: { testid: 'measure-angle', deg: d.angle.toFixed(3) } },
+          el('strong', { text: 'Angle between faces' }), ` ${d.angle.toFixed(1)}°`));
+      }
     } else if (this.active && this.points.length === 1) {
       rows.push(el('div', { className: 'muted small', text: 'Click a second point for the distance.' }));
     }
