@@ -273,3 +273,14 @@ def test_a_bad_range_override_is_a_clear_error_and_changes_nothing(app_factory, 
     assert r.status_code == status and r.get_json()["error"] == code, r.get_json()
     if before is not None:
         assert client.get(f"/api/params?model={model}").get_json() == before
+
+
+def test_build123d_scripts_build_where_build123d_is_installed():
+    """build123d is not a project dependency (its releases need a second OCP distribution, see README); where a
+    user installed it on cadquery-ocp's OCP, its objects convert through their OCP TopoDS_Shape."""
+    pytest.importorskip("build123d")
+    plate = build("b123d_plate")
+    assert [p.name for p in plate.parts] == ["plate", "pin"]
+    assert plate.parts[0].shape.Volume() == pytest.approx(40 * 20 * 5 - math.pi * 9 * 5, rel=1e-6)
+    wider = build("b123d_plate", {"width": 30.0}).parts[0].shape.Volume()
+    assert wider == pytest.approx(40 * 30 * 5 - math.pi * 9 * 5, rel=1e-6)
