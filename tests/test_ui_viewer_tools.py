@@ -35,6 +35,22 @@ def server(scripted_engine, tmp_path_factory):
     s.stop()
 
 
+# Console lines that are not the page's: failed fetches (a 404 for a missing target is expected) and the software
+# GL driver's performance notes (screenshots read pixels back).
+NOT_THE_PAGES = ("Failed to load resource", "GL Driver Message")
+
+
+@pytest.fixture()
+def tool_page(page):
+    """The shared `page` fixture (which fails on page errors and CSP reports), failing on console errors and
+    warnings too (three.js reports shader and geometry problems as console warnings)."""
+    messages: list[str] = []
+    page.on("console", lambda m: messages.append(f"{m.type}: {m.text}")
+            if m.type in ("error", "warning") and not any(n in m.text for n in NOT_THE_PAGES) else None)
+    yield page
+    assert not messages, messages
+
+
 def open_model(page, server, model: str) -> None:
     page.goto(f"{server.url}/?model={model}")
     page.wait_for_selector("body[data-ready=true]")
@@ -80,7 +96,8 @@ def bracket_values(server) -> dict:
 
 
 # --- part tree ---------------------------------------------------------------------------------------------------
-def test_part_tree_lists_parts_hides_shows_and_highlights(server, page):
+def test_part_tree_lists_parts_hides_shows_and_highlights(server, tool_page):
+    page = tool_page
     open_model(page, server, "rover")
     page.click("[data-testid=toggle-parts]")
     assert page.get_attribute("[data-testid=toggle-parts]", "aria-pressed") == "true"
@@ -154,7 +171,8 @@ def test_part_tree_lists_parts_hides_shows_and_highlights(server, page):
 
 
 # --- measure -----------------------------------------------------------------------------------------------------
-def test_measure_part_size_and_point_distance_in_mm(server, page):
+def test_measure_part_size_and_point_distance_in_mm(server, tool_page):
+    page = tool_page
     p = bracket_values(server)
     open_model(page, server, "bracket")
     page.click("[data-testid=tool-measure]")
@@ -214,7 +232,8 @@ def test_measure_part_size_and_point_distance_in_mm(server, page):
 
 
 # --- edges and section -------------------------------------------------------------------------------------------
-def test_edges_overlay_and_section_plane(server, page):
+def test_edges_overlay_and_section_plane(server, tool_page):
+    page = tool_page
     p = bracket_values(server)
     open_model(page, server, "bracket")
     plain = canvas_shot(page, "edges-off")
@@ -294,7 +313,8 @@ CAMERA = """() => {
 }"""
 
 
-def test_keyboard_orbit_and_zoom(server, page):
+def test_keyboard_orbit_and_zoom(server, tool_page):
+    page = tool_page
     open_model(page, server, "rover")
     canvas = page.locator("[data-testid=viewer-canvas]")
     assert canvas.get_attribute("tabindex") == "0" and "Arrow keys" in canvas.get_attribute("aria-label")

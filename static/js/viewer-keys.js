@@ -8,7 +8,8 @@ export function bindKeyboardOrbit(viewer) {
   const canvas = viewer.renderer.domElement;
   const controls = viewer.controls;
   canvas.tabIndex = 0;
-  canvas.setAttribute('role', 'img');
+  canvas.setAttribute('role', 'application'); // its keys go to the view, not to a screen reader
+  canvas.setAttribute('aria-roledescription', '3D view');
   canvas.setAttribute('aria-label',
     '3D view of the model. Arrow keys rotate, Shift+arrows pan, plus and minus zoom, Home fits the model.');
   canvas.addEventListener('keydown', (e) => {
