@@ -3,6 +3,7 @@ inferred ranges, real geometry, listing with statuses and shadowing, per-session
 from __future__ import annotations
 
 import ast
+import json
 import math
 import shutil
 from pathlib import Path
@@ -284,3 +285,22 @@ def test_build123d_scripts_build_where_build123d_is_installed():
     assert plate.parts[0].shape.Volume() == pytest.approx(40 * 20 * 5 - math.pi * 9 * 5, rel=1e-6)
     wider = build("b123d_plate", {"width": 30.0}).parts[0].shape.Volume()
     assert wider == pytest.approx(40 * 30 * 5 - math.pi * 9 * 5, rel=1e-6)
+
+
+def test_vlm_proposals_respect_the_session_range(ollama, tmp_path):
+    """The VLM sees the session's narrowed range, and a proposal outside it is invalid, never applied."""
+    app = create_app(Config(data_dir=tmp_path / "data", cad_warmup=False, backend="ollama", ollama_url=ollama.url,
+                            ollama_model="llava:latest", keep_alive_s=300))
+    try:
+        c = app.test_client()
+        assert c.put("/api/params/range", json={"parameter": "wheel_diameter", "min": 60, "max": 100}).status_code == 200
+        answer = c.post("/api/vlm", json={"prompt": "bigger wheels"}).get_json()  # the fake proposes 120
+        sent = [q for q in ollama.requests if q.path == "/api/chat"][-1].body
+        assert "100" in json.dumps(sent["messages"])
+        proposal = answer["proposals"][0]
+        assert proposal["parameter"] == "wheel_diameter" and proposal["valid"] is False
+        r = c.post(f"/api/proposals/{answer['id']}/apply", json={"values": {"wheel_diameter": 120}})
+        assert r.status_code == 422 and r.get_json()["max"] == 100.0
+        assert c.get("/api/params").get_json()["values"]["wheel_diameter"] == 80.0
+    finally:
+        app.extensions["optim"].shutdown()

@@ -98,7 +98,7 @@ def _prepare():
     snap = svc.sessions.get(name).snapshot()
     if include_render:
         images.insert(0, svc.builder.render_png(model, snap["values"], RENDER_VIEW, RENDER_SIZE))
-    schema = model.schema.to_json()
+    schema = svc.sessions.get(name).schema.to_json()  # with this session's narrowed ranges
     system, user = build_prompt(schema, snap["values"], prompt.strip(), model_title=model.title,
                                 has_images=len(images) > (1 if include_render else 0), has_render=include_render)
     gen = GenerateRequest(system=system, prompt=user, images=images, max_new_tokens=max_new_tokens,
@@ -298,7 +298,7 @@ def apply_proposals(proposal_id: str):
     overwrite = _flag(body.get("overwrite", False))
     session = svc.sessions.get(ps.model_name)
     try:
-        chosen = chosen_values(ps, svc.registry.get(ps.model_name).schema, parameters=names, values=values)
+        chosen = chosen_values(ps, session.schema, parameters=names, values=values)
     except ProposalSelectionError as exc:
         raise ApiError(422, "bad_selection", str(exc)) from None
     with session.lock:
