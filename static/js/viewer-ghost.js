@@ -1,5 +1,6 @@
-// The target drawn as a ghost over the model (used by viewer.js), and a helper the viewer modules share.
+// The target drawn as a ghost over the model (used by viewer.js).
 import * as THREE from 'three';
+import { materialsOf } from './viewer-scene.js';
 
 const GHOST_COLOUR = 0xf97316; // the target: orange, so it never reads as one of the model's own parts
 
@@ -31,9 +32,4 @@ export function makeGhost(root) {
     for (const m of materialsOf(o)) m.dispose();
   });
   return group;
-}
-
-export function materialsOf(object) {
-  if (!object.material) return [];
-  return Array.isArray(object.material) ? object.material : [object.material];
 }

@@ -4,7 +4,7 @@
 // Escape (or turning the tool off) clears. Sizes are in the model's axes (X forward, Y left, Z up).
 import * as THREE from 'three';
 import { $, el, isTypingTarget } from './dom.js';
-import { partLabel } from './viewer.js';
+import { partLabel } from './viewer-scene.js';
 
 const POINT_COLOUR = 0xdb2777;
 const LINE_COLOUR = 0xdb2777;

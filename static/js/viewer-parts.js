@@ -2,7 +2,7 @@
 // selects (highlights) the part, and "only" to isolate it. Hidden parts stay hidden across rebuilds of the same
 // model (matched by name) and are skipped by picking and measuring.
 import { $, el } from './dom.js';
-import { partLabel } from './viewer.js';
+import { partLabel } from './viewer-scene.js';
 
 export class PartTree {
   constructor(viewer) {

@@ -5,7 +5,7 @@
 // colour (the solid's inner faces, seen through the opening, drawn unlit).
 import * as THREE from 'three';
 import { $ } from './dom.js';
-import { materialsOf } from './viewer-ghost.js';
+import { materialsOf } from './viewer-scene.js';
 
 // Model axis -> direction in the scene (glTF is Y up: model X -> X, model Y -> -Z, model Z -> Y).
 const AXES = { x: new THREE.Vector3(1, 0, 0), y: new THREE.Vector3(0, 0, -1), z: new THREE.Vector3(0, 1, 0) };

@@ -4,7 +4,8 @@
 import * as THREE from 'three';
 import { OrbitControls } from 'three/addons/controls/OrbitControls.js';
 import { GLTFLoader } from 'three/addons/loaders/GLTFLoader.js';
-import { makeGhost, materialsOf } from './viewer-ghost.js';
+import { makeGhost } from './viewer-ghost.js';
+import { findPart, materialsOf, niceStep, partLabel, partOf, setHighlight, shown } from './viewer-scene.js';
 
 // glTF is Y-up; CadQuery models are Z-up with X forward, Y left. The exporter maps (x, y, z) -> (x, z, -y),
 // so "front" (looking at the rover's nose, from +X) is +X here, its right side is +Z and top is +Y.
@@ -14,7 +15,6 @@ const VIEW_DIRECTIONS = {
   top: new THREE.Vector3(0, 1, 0.0001),
   iso: new THREE.Vector3(1, 0.8, 1),
 };
-const HIGHLIGHT = new THREE.Color(0x3b82f6);
 
 export class Viewer {
   constructor(container, { onPick = () => {}, onStatus = () => {} } = {}) {
@@ -341,53 +341,4 @@ export class Viewer {
   partNames() {
     return this.parts().map((p) => p.name);
   }
-}
-
-// The part a mesh belongs to: its nearest named node (GLB nodes are named per part; a multi-primitive mesh
-// loads as a named group of unnamed meshes).
-function partOf(object, root) {
-  let node = object;
-  while (node && node !== root) {
-    if (node.name) return node;
-    node = node.parent;
-  }
-  return object;
-}
-
-// A part's name as the model names it: three.js makes node names unique (a part named like its model becomes
-// "bracket_2"); the GLB's own name is kept in userData.
-export function partLabel(part) {
-  return (part.userData && part.userData.name) || part.name;
-}
-
-function shown(object) {
-  for (let node = object; node; node = node.parent) if (!node.visible) return false;
-  return true;
-}
-
-function findPart(root, name) {
-  let found = null;
-  root.traverse((o) => { if (!found && o.name === name) found = o; });
-  return found;
-}
-
-function setHighlight(part, on) {
-  part.traverse((o) => {
-    if (!o.isMesh) return;
-    for (const m of materialsOf(o)) {
-      if (!m.emissive) continue;
-      if (on) {
-        m.userData.emissive = m.userData.emissive || m.emissive.clone();
-        m.emissive.copy(HIGHLIGHT).multiplyScalar(0.45);
-      } else if (m.userData.emissive) {
-        m.emissive.copy(m.userData.emissive);
-      }
-    }
-  });
-}
-
-function niceStep(raw) {
-  const exp = Math.pow(10, Math.floor(Math.log10(Math.max(raw, 1e-6))));
-  const f = raw / exp;
-  return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * exp;
 }
