@@ -1,21 +1,21 @@
-"""Targets (STEP/STL parsing and storage), volumetric IoU (exact B-rep and mesh-based) and the optimiser."""
-import math
+"""Targets (STEP/STL parsing and storage), volumetric IoU (exact B-rep and mesh-based) and residual fields.
+
+The optimiser itself: tests/test_fit_*.py."""
 import struct
-import threading
 
 import numpy as np
 import pytest
 
 from cad import export
 from cad.build import build_model
-from cad.optimise import VOXEL_STAGES, optimise
 from cad.registry import ModelRegistry
 from cad.target import TargetError, compare_model, detect_format, load_target, parse_stl, target_glb
 from cad.target_store import TargetStore
-from cad.voxel import mesh_iou
+from cad.voxel import Grid, fractional_occupancy, mesh_iou
 
 REGISTRY = ModelRegistry()
 BRACKET = REGISTRY.get("bracket")
+UNIT_GRID = Grid([-20, -20, -20], [20, 20, 20], h=1.0, anchor=np.array([-20.0, -20.0, -20.0]))
 
 
 def box_mesh(lo, hi):
@@ -121,6 +121,24 @@ def test_mesh_iou_of_shifted_boxes_matches_the_analytic_value():
     assert mesh_iou(a, a, rays=True)["iou"] == pytest.approx(1.0)
 
 
+def test_fractional_occupancy_measures_volume_and_follows_a_face_continuously():
+    sums = []
+    for length in (10.0, 10.1, 10.2, 10.3, 10.4):
+        occupancy = fractional_occupancy(*box_mesh((0, 0, 0), (length, 6, 4)), UNIT_GRID)
+        assert occupancy.min() >= 0 and occupancy.max() <= 1
+        sums.append(float(occupancy.sum()))
+    assert sums[0] == pytest.approx(240, rel=1e-3)
+    # A face moving by a tenth of a cell changes the field (a plain voxelisation would not move at all) ...
+    assert all(b > a for a, b in zip(sums, sums[1:]))
+    # ... and overlapping parts count once, as in the union.
+    twice = fractional_occupancy(*_merged(box_mesh((0, 0, 0), (10, 6, 4)), box_mesh((5, 0, 0), (15, 6, 4))), UNIT_GRID)
+    assert float(twice.sum()) == pytest.approx(15 * 6 * 4, rel=1e-3)
+
+
+def _merged(first, second):
+    return np.concatenate([first[0], second[0]]), np.concatenate([first[1], second[1] + len(first[0])])
+
+
 def test_overlapping_shells_and_cavities_count_by_winding_number():
     outer = box_mesh((0, 0, 0), (10, 10, 10))
     overlapping = merge(outer, box_mesh((5, 5, 5), (12, 12, 12)))  # two bodies in one mesh, overlapping
@@ -172,65 +190,7 @@ def test_exact_iou_is_not_trusted_when_the_booleans_disagree(tmp_path):
     assert compare_model(str(enclosure.path), hidden, str(target))["iou"] > 0.999
 
 
-# --- optimiser -----------------------------------------------------------------------------------------------------
-
-def test_optimiser_respects_bounds_ints_budget_and_is_deterministic():
-    schema = REGISTRY.get("rover").schema
-    goal = {"chassis_length": 301.3, "wheels_per_side": 4, "pan_tilt_z": 250.0}
-
-    def objective(values, stage):
-        # Smooth toy IoU peaking at the goal; pan_tilt_z's optimum lies on its upper bound.
-        distance = sum(abs(values[n] - g) / (schema[n].max - schema[n].min) for n, g in goal.items())
-        return math.exp(-5 * distance)
-
-    seen = []
-    run = lambda: optimise(schema, schema.defaults(), objective, max_steps=400, parameters=list(goal),
-                           progress=lambda step, iou, stage: seen.append((step, iou)))
-    result = run()
-    assert result.iou > 0.995 and result.values["wheels_per_side"] == 4 and result.values["pan_tilt_z"] == 250.0
-    assert result.values["chassis_length"] == pytest.approx(301.3, abs=0.5)
-    assert set(result.changes()) == set(goal) and result.steps <= 400
-    assert [s for s, _ in seen] == list(range(2, result.steps + 1))  # one report per evaluation after the start
-    assert all(b >= a for (_, a), (_, b) in zip(seen, seen[1:]))
-    assert run().values == result.values  # deterministic
-    short = optimise(schema, schema.defaults(), objective, max_steps=5, parameters=list(goal))
-    assert short.steps == 5 and short.stopped == "budget"
-    with pytest.raises(ValueError):
-        optimise(schema, schema.defaults(), objective, max_steps=0)
-    with pytest.raises(ValueError, match="show_sensor_fork"):
-        optimise(schema, schema.defaults(), objective, parameters=["show_sensor_fork"])
-
-
-def test_cancel_stops_the_search_before_the_next_evaluation_and_keeps_the_best_state():
-    schema = REGISTRY.get("rover").schema
-    cancel = threading.Event()
-    calls = []
-    score = lambda values: math.exp(-abs(values["chassis_length"] - 301.3) / 50)
-
-    def objective(values, stage):
-        calls.append(values)
-        if len(calls) == 8:
-            cancel.set()  # e.g. DELETE /api/optimise arriving during the 8th evaluation
-        return score(values)
-
-    result = optimise(schema, schema.defaults(), objective, max_steps=400, parameters=["chassis_length"],
-                      cancel=cancel)
-    assert result.stopped == "cancelled" and result.steps == len(calls) == 8
-    assert result.iou == max(score(v) for v in calls) > result.start_iou
-    assert score(result.values) == result.iou
-
-
-def test_optimiser_recovers_hidden_bracket_dimensions(bracket_step):
-    # The whole answer, as the web layer passes it: least-squares stages read its residuals, the others its iou.
-    objective = lambda values, stage: compare_model(str(BRACKET.path), values, str(bracket_step), method="mesh",
-                                                    detail=False, **stage)
-    result = optimise(BRACKET.schema, BRACKET.schema.defaults(), objective, max_steps=80, stages=VOXEL_STAGES,
-                      parameters=["base_length", "upright_height", "width"])
-    exact = compare_model(str(BRACKET.path), result.values, str(bracket_step))["iou"]
-    assert result.start_iou < 0.9 and exact > 0.99
-    assert result.values["base_length"] == pytest.approx(70, abs=1.0)
-    assert result.values["upright_height"] == pytest.approx(75, abs=1.0)
-
+# --- the objective's residual fields -------------------------------------------------------------------------
 
 def test_cumulative_profiles_pull_a_far_part_toward_its_place(tmp_path):
     # The rover's head 160 mm from where the target has it: no overlap, so a blurred occupancy field barely cares

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cad import worker
-from cad.optimise import VOXEL_STAGES, stage_count
+from cad.fit import DEFAULT_SCHEDULE
 from web import create_app
 from web.config import Config
 from web.targets_api import MAX_TARGET_BYTES
@@ -172,7 +172,7 @@ def test_optimise_streams_progress_then_done(client):
     assert kinds[-1] == "done" and kinds.count("progress") >= 5 and "vlm" not in kinds
     steps = [data["step"] for kind, data in events if kind == "progress"]
     assert steps == sorted(steps) and max(steps) <= 12
-    assert {data["stages"] for kind, data in events if kind == "progress"} == {stage_count(VOXEL_STAGES)}
+    assert {data["stages"] for kind, data in events if kind == "progress"} == {len(DEFAULT_SCHEDULE)}
     done = events[-1][1]
     assert done["optimise"]["steps"] == 12 and done["optimise"]["stopped"] == "budget"
 

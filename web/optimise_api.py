@@ -2,9 +2,9 @@
 history entry; ``DELETE /api/optimise``: cancel the running one. Routes on ``targets_api.bp``.
 
 A run is: the measured comparison of the current state; with ``use_vlm``, one VLM proposal (web/optimise_vlm.py),
-kept only when it raises the IoU; then the numeric refinement (``cad.optimise``) from the better state. One run per
-model at a time; its cancel token is set by DELETE, by a streaming client that goes away and by server shutdown,
-and reaches the VLM's engine too (web/optimise_vlm.py passes it with the request).
+kept only when it raises the IoU; then the numeric fit (``cad.fit``) from the current state and from the proposal,
+keeping the better. One run per model at a time; its cancel token is set by DELETE, by a streaming client that goes
+away and by server shutdown, and reaches the VLM's engine too (web/optimise_vlm.py passes it with the request).
 A cancelled run still applies its best state so far when that beats the start.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from flask import Response, current_app, jsonify, stream_with_context
 
 from cad.errors import BuildError, EmptyGeometry
-from cad.optimise import MAX_STEPS_LIMIT, VOXEL_STAGES, optimise, stage_count
+from cad.fit import DEFAULT_SCHEDULE, MAX_EVALUATIONS_LIMIT, fit
 from cad.session import VersionConflict
 from cad.worker import BuildTimeout
 from vlm.backend import CancelToken
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPTIMISE_STEPS = 1000
 MAX_OPTIMISE_STEPS = 2000
-assert MAX_OPTIMISE_STEPS <= MAX_STEPS_LIMIT
+assert MAX_OPTIMISE_STEPS <= MAX_EVALUATIONS_LIMIT
 
 
 def _flag(body: dict, key: str) -> bool:
@@ -109,7 +109,8 @@ def _run(ctx: dict, progress=None, on_vlm=None) -> dict:
     svc = services()
     model, path, snapshot, cancel = ctx["model"], ctx["path"], ctx["snapshot"], ctx["cancel"]
     started = time.perf_counter()
-    before, best_values, best = _search_start(svc, model, path, snapshot["values"])
+    before, search_start, best = _search_start(svc, model, path, snapshot["values"])
+    best_values, extra_starts = search_start, []
     _stop_if_shutting_down(svc)
     vlm = {"vlm_used": False, "vlm_proposed": {}, "vlm_iou": None, "vlm_accepted": False, "vlm_summary": None}
     if ctx["use_vlm"] and before["method"] == "empty":
@@ -118,6 +119,7 @@ def _run(ctx: dict, progress=None, on_vlm=None) -> dict:
         vlm, found = ask_vlm(svc, model, path, snapshot["values"], before, cancel)
         if found is not None:
             best_values, best = model.schema.complete({**snapshot["values"], **vlm["vlm_proposed"]}), found
+            extra_starts = [best_values]  # the fit starts from the current state and from the proposal
         if on_vlm is not None:
             on_vlm(vlm)
 
@@ -132,10 +134,10 @@ def _run(ctx: dict, progress=None, on_vlm=None) -> dict:
             return 0.0
 
     _stop_if_shutting_down(svc)
-    result = optimise(model.schema, best_values, objective, max_steps=ctx["max_steps"], stages=VOXEL_STAGES,
-                      progress=progress, cancel=cancel)
+    result = fit(model.schema, search_start, objective, max_evaluations=ctx["max_steps"],
+                 schedule=DEFAULT_SCHEDULE, progress=progress, cancel=cancel, extra_starts=extra_starts)
     _stop_if_shutting_down(svc)
-    if result.changes():
+    if result.values != best_values:
         # The search scores voxels; the state kept is the one the real comparison (exact where possible) prefers.
         after = svc.builder.compare(model, result.values, path)
         if after["iou"] > best["iou"]:
@@ -147,14 +149,15 @@ def _run(ctx: dict, progress=None, on_vlm=None) -> dict:
         entry = svc.sessions.get(model.name).apply(
             changes, source={"kind": "optimise"}, expected_version=snapshot["version"],
             summary=f"optimise toward target ({how}): IoU {before['iou']:.3f} → {best['iou']:.3f}")
-    log.info("optimise of %s %s after %d steps: IoU %.4f -> %.4f (%s)", model.name, result.stopped, result.steps,
-             before["iou"], best["iou"], "applied" if entry else "nothing applied")
+    log.info("optimise of %s %s after %d steps: IoU %.4f -> %.4f (%s)", model.name, result.stopped,
+             result.evaluations, before["iou"], best["iou"], "applied" if entry else "nothing applied")
     answer = state_json(model.name, entry=entry_json(model.name, entry) if entry else None)
     answer["optimise"] = {
         "iou_before": before["iou"], "iou_after": best["iou"] if entry else before["iou"],
-        "method": best["method"], "applied": entry is not None, "steps": result.steps, "max_steps": ctx["max_steps"],
-        "stopped": result.stopped, "proposed": changes, "search_iou_before": result.start_iou,
-        "search_iou_after": result.iou, "elapsed_s": round(time.perf_counter() - started, 2), **vlm}
+        "method": best["method"], "applied": entry is not None, "steps": result.evaluations,
+        "max_steps": ctx["max_steps"], "stopped": result.stopped, "proposed": changes,
+        "search_iou_before": result.start_iou, "search_iou_after": result.iou,
+        "elapsed_s": round(time.perf_counter() - started, 2), **vlm}
     return answer
 
 
@@ -204,7 +207,7 @@ def _start(ctx: dict) -> queue.Queue:
     ``vlm`` (use_vlm only), ``progress`` {step, iou, stage, stages, max_steps}, then ``done`` or ``error``."""
     events: queue.Queue = queue.Queue()
     app = current_app._get_current_object()
-    stages = stage_count(VOXEL_STAGES)
+    stages = len(DEFAULT_SCHEDULE)
 
     def progress(step: int, iou: float, stage: int) -> None:
         events.put(("progress", {"step": step, "iou": iou, "stage": stage, "stages": stages,
