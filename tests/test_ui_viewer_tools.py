@@ -51,7 +51,7 @@ def tool_page(page):
     assert not messages, messages
 
 
-def open_model(page, server, model: str) -> None:
+def open_model(page, server, model: str, axes: bool = False) -> None:
     page.goto(f"{server.url}/?model={model}")
     page.wait_for_selector("body[data-ready=true]")
     page.wait_for_function("""m => {
@@ -60,6 +60,8 @@ def open_model(page, server, model: str) -> None:
             && Number(v.dataset.glbLoads) >= 1;
     }""", arg=model)
     page.uncheck("[data-testid=toggle-grid]")
+    if axes is False:
+        page.uncheck("[data-testid=toggle-axes]")  # the triad's corner would count as model pixels
 
 
 def canvas_shot(page, step: str) -> Path:
@@ -345,3 +347,78 @@ def test_keyboard_orbit_and_zoom(server, tool_page):
     fitted = page.evaluate(CAMERA)["dist"]
     page.click("[data-testid=view-fit]")
     assert page.evaluate(CAMERA)["dist"] == pytest.approx(fitted, rel=1e-3)
+
+
+# --- views, projection, axes triad -------------------------------------------------------------------------------
+DIRECTION = """() => {
+    const v = window.optim.viewer;
+    return v.camera.position.clone().sub(v.controls.target).normalize().toArray();
+}"""
+
+
+def colour_pixels(path: Path, box) -> dict:
+    img = Image.open(path).convert("RGB").crop(box)
+    counts = {"red": 0, "green": 0, "blue": 0}
+    for r, g, b in img.getdata():
+        if r > 170 and g < 110 and b < 110:
+            counts["red"] += 1
+        elif g > 120 and r < 110 and b < 120:
+            counts["green"] += 1
+        elif b > 170 and r < 100 and g < 170:
+            counts["blue"] += 1
+    return counts
+
+
+def test_views_orthographic_projection_and_axes_triad(server, tool_page):
+    page = tool_page
+    p = bracket_values(server)
+    open_model(page, server, "bracket", axes=True)
+    # Back, left and bottom: the camera looks from -X, from the model's +Y (scene -Z) and from below.
+    for view, expected in (("back", [-1, 0, 0]), ("left", [0, 0, -1]), ("bottom", [0, -1, 0])):
+        page.click(f"[data-testid=view-{view}]")
+        assert page.evaluate(DIRECTION) == pytest.approx(expected, abs=1e-3), view
+        # the server renders four views; the others download as iso
+        assert "view=iso" in page.get_attribute("[data-testid=download-png]", "href")
+    canvas_shot(page, "view-bottom")
+    page.click("[data-testid=view-side]")
+    assert "view=side" in page.get_attribute("[data-testid=download-png]", "href")
+
+    # The triad sits in the bottom-left corner with the three axis colours; it can be hidden.
+    page.click("[data-testid=view-iso]")
+    with_axes = canvas_shot(page, "axes-triad")
+    width, height = Image.open(with_axes).size
+    corner = (0, height - 110, 110, height)
+    counts = colour_pixels(with_axes, corner)
+    assert all(n > 20 for n in counts.values()), counts
+    page.uncheck("[data-testid=toggle-axes]")
+    assert page.get_attribute("#viewer", "data-triad") == "hidden"
+    assert sum(colour_pixels(canvas_shot(page, "axes-hidden"), corner).values()) < 10
+
+    # Orthographic: same view direction, parallel projection; Fit frames the model; picking and measuring work.
+    perspective = canvas_shot(page, "perspective")
+    before = page.evaluate(DIRECTION)
+    page.check("[data-testid=toggle-ortho]")
+    assert page.get_attribute("#viewer", "data-projection") == "orthographic"
+    assert page.evaluate("() => window.optim.viewer.camera.isOrthographicCamera") is True
+    assert page.evaluate(DIRECTION) == pytest.approx(before, abs=1e-6)
+    ortho = canvas_shot(page, "orthographic")
+    assert ortho.read_bytes() != perspective.read_bytes()
+    assert model_pixels(ortho) == pytest.approx(model_pixels(perspective), rel=0.35)
+    page.click("[data-testid=view-fit]")
+    page.click("[data-testid=tool-measure]")
+    t = p["thickness"]
+    click_model_point(page, (p["base_length"] - 35.0, 5.0, t))
+    click_model_point(page, (p["base_length"] - 5.0, 5.0, t))
+    page.locator("[data-testid=measure-distance]").wait_for()
+    assert float(page.get_attribute("[data-testid=measure-distance]", "data-mm")) == pytest.approx(30.0, abs=1.0)
+    shot(page, "orthographic-measure")
+    page.keyboard.press("Escape")
+    page.keyboard.press("Escape")
+    # The keyboard zooms the orthographic view too (its zoom, not its distance).
+    page.focus("#viewer-canvas")
+    zoom = page.evaluate("() => window.optim.viewer.camera.zoom")
+    page.keyboard.press("+")
+    assert page.evaluate("() => window.optim.viewer.camera.zoom") > zoom * 1.1
+    page.uncheck("[data-testid=toggle-ortho]")
+    assert page.get_attribute("#viewer", "data-projection") == "perspective"
+    assert page.evaluate(DIRECTION) == pytest.approx(before, abs=1e-6)

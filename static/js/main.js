@@ -71,7 +71,9 @@ function updateDownloads() {
   $('download-glb').href = withModel('/api/model.glb', m, { download: '1' });
   $('download-stl').href = withModel('/api/model.stl', m, { download: '1' });
   $('download-step').href = withModel('/api/model.step', m, { download: '1' });
-  $('download-png').href = withModel('/api/render.png', m, { view: app.viewer.currentView || 'iso', size: '1024', download: '1' });
+  // The server renders front, side, top and iso; the viewer's other views download as iso.
+  const view = ['front', 'side', 'top', 'iso'].includes(app.viewer.currentView) ? app.viewer.currentView : 'iso';
+  $('download-png').href = withModel('/api/render.png', m, { view, size: '1024', download: '1' });
 }
 
 async function reload() {

@@ -1,9 +1,11 @@
-// The viewer's CAD tools (part tree, measure, edges and section, keyboard orbit), installed on the three.js
-// Viewer. The no-WebGL fallback (a server render) has no scene to work on: their controls are hidden there.
+// The viewer's CAD tools (part tree, measure, edges and section, keyboard orbit, projection and axes triad),
+// installed on the three.js Viewer. The no-WebGL fallback (a server render) has no scene to work on: their controls are hidden there.
 import { PartTree } from './viewer-parts.js';
 import { MeasureTool } from './viewer-measure.js';
 import { SectionTool } from './viewer-section.js';
 import { bindKeyboardOrbit } from './viewer-keys.js';
+import { AxesTriad } from './viewer-triad.js';
+import { $ } from './dom.js';
 
 export function installViewerTools(viewer) {
   if (!viewer.events) {
@@ -11,5 +13,9 @@ export function installViewerTools(viewer) {
     return null;
   }
   bindKeyboardOrbit(viewer);
-  return { parts: new PartTree(viewer), measure: new MeasureTool(viewer), section: new SectionTool(viewer) };
+  const triad = new AxesTriad(viewer);
+  $('toggle-axes').addEventListener('change', (e) => triad.show(e.target.checked));
+  $('toggle-ortho').addEventListener('change', (e) => viewer.setProjection(e.target.checked));
+  viewer.container.dataset.projection = 'perspective';
+  return { parts: new PartTree(viewer), measure: new MeasureTool(viewer), section: new SectionTool(viewer), triad };
 }

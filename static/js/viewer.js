@@ -8,12 +8,15 @@ import { makeGhost } from './viewer-ghost.js';
 import { findPart, materialsOf, niceStep, partLabel, partOf, setHighlight, shown } from './viewer-scene.js';
 
 // glTF is Y-up; CadQuery models are Z-up with X forward, Y left. The exporter maps (x, y, z) -> (x, z, -y),
-// so "front" (looking at the rover's nose, from +X) is +X here, its right side is +Z and top is +Y.
+// so "front" (looking at the rover's nose, from +X) is +X here, its right side ("side") is +Z and top is +Y.
 const VIEW_DIRECTIONS = {
   front: new THREE.Vector3(1, 0, 0),
   side: new THREE.Vector3(0, 0, 1),
   top: new THREE.Vector3(0, 1, 0.0001),
   iso: new THREE.Vector3(1, 0.8, 1),
+  back: new THREE.Vector3(-1, 0, 0),
+  left: new THREE.Vector3(0, 0, -1),
+  bottom: new THREE.Vector3(0, -1, 0.0001),
 };
 
 export class Viewer {
@@ -56,8 +59,12 @@ export class Viewer {
     fill.position.set(-1.5, 0.5, -1);
     this.scene.add(fill);
 
-    this.camera = new THREE.PerspectiveCamera(40, 1, 0.1, 10000);
-    this.camera.position.set(300, 250, 300);
+    this.perspCamera = new THREE.PerspectiveCamera(40, 1, 0.1, 10000);
+    this.perspCamera.position.set(300, 250, 300);
+    this.orthoCamera = new THREE.OrthographicCamera(-1, 1, 1, -1, 0.1, 10000);
+    this.orthoHalf = 100; // half the orthographic view's height at zoom 1, in scene units
+    this.camera = this.perspCamera;
+    this.afterRender = []; // drawn over each frame (the axes triad)
     this.controls = new OrbitControls(this.camera, this.renderer.domElement);
     this.controls.addEventListener('change', () => this.requestRender());
 
@@ -79,8 +86,9 @@ export class Viewer {
     const { clientWidth: w, clientHeight: h } = this.container;
     if (!w || !h) return;
     this.renderer.setSize(w, h, false);
-    this.camera.aspect = w / h;
-    this.camera.updateProjectionMatrix();
+    this.perspCamera.aspect = w / h;
+    this.perspCamera.updateProjectionMatrix();
+    this.updateFrustum();
     this.requestRender();
   }
 
@@ -90,7 +98,44 @@ export class Viewer {
     requestAnimationFrame(() => {
       this.pendingFrame = false;
       this.renderer.render(this.scene, this.camera);
+      for (const draw of this.afterRender) draw(this.renderer, this.camera);
     });
+  }
+
+  // Perspective or orthographic (parallel) projection, keeping the view: the orthographic frustum shows at the
+  // orbit target what the perspective camera shows there, and back.
+  setProjection(ortho) {
+    const from = this.camera;
+    const to = ortho ? this.orthoCamera : this.perspCamera;
+    if (from === to) return;
+    const target = this.controls.target;
+    const tan = Math.tan(THREE.MathUtils.degToRad(this.perspCamera.fov) / 2);
+    const offset = from.position.clone().sub(target);
+    if (ortho) {
+      this.orthoHalf = offset.length() * tan;
+      to.zoom = 1;
+      to.position.copy(from.position);
+    } else {
+      to.position.copy(target).addScaledVector(offset.normalize(), this.orthoHalf / from.zoom / tan);
+    }
+    to.near = from.near;
+    to.far = from.far;
+    to.quaternion.copy(from.quaternion);
+    this.camera = to;
+    this.controls.object = to;
+    this.updateFrustum();
+    this.controls.update();
+    to.updateMatrixWorld();
+    this.container.dataset.projection = ortho ? 'orthographic' : 'perspective';
+    this.requestRender();
+  }
+
+  updateFrustum() {
+    const c = this.orthoCamera;
+    const h = this.orthoHalf;
+    const a = this.perspCamera.aspect;
+    Object.assign(c, { left: -h * a, right: h * a, top: h, bottom: -h });
+    c.updateProjectionMatrix();
   }
 
   setGrid(size, visible) {
@@ -256,13 +301,18 @@ export class Viewer {
     if (this.ghost && this.ghost.visible) box.union(new THREE.Box3().setFromObject(this.ghost));
     const sphere = box.getBoundingSphere(new THREE.Sphere());
     const dir = (direction || this.camera.position.clone().sub(this.controls.target)).clone().normalize();
-    const fov = THREE.MathUtils.degToRad(this.camera.fov);
-    const fitFov = Math.min(fov, 2 * Math.atan(Math.tan(fov / 2) * this.camera.aspect));
+    const fov = THREE.MathUtils.degToRad(this.perspCamera.fov);
+    const fitFov = Math.min(fov, 2 * Math.atan(Math.tan(fov / 2) * this.perspCamera.aspect));
     const distance = (sphere.radius / Math.sin(fitFov / 2)) * 1.08;
     this.controls.target.copy(sphere.center);
     this.camera.position.copy(sphere.center).addScaledVector(dir, distance);
     this.camera.near = Math.max(distance / 1000, 0.01);
     this.camera.far = distance * 100;
+    if (this.camera.isOrthographicCamera) {
+      this.orthoHalf = distance * Math.tan(fov / 2);
+      this.camera.zoom = 1;
+      this.updateFrustum();
+    }
     this.camera.updateProjectionMatrix();
     this.controls.update();
     this.camera.updateMatrixWorld(); // picking before the next frame must see the new pose
