@@ -82,6 +82,18 @@ class DesignSession:
         self.schema = schema.with_ranges(self._ranges)
         self._state = self._load(fallback)
 
+    def follow(self, schema) -> None:
+        """Use the script's current schema (its file changed): overrides that no longer fit are ignored and
+        values the new schema rejects go back to its defaults (in memory; saved with the next change)."""
+        with self._lock:
+            if schema.to_json() == self.base_schema.to_json():
+                return
+            self.base_schema = schema
+            self._ranges = self._valid_ranges(self._ranges)
+            self.schema = schema.with_ranges(self._ranges)
+            self._state.values = self._reconcile(self._state.values)
+            log.info("session %s follows the changed script", self.model_name)
+
     def _load_ranges(self) -> dict[str, tuple]:
         """Stored range overrides that still narrow the script's ranges (the script may have changed)."""
         try:
@@ -89,6 +101,9 @@ class DesignSession:
         except (sqlite3.Error, OSError) as exc:
             log.error("session %s: range overrides could not be read (%s); using the script's", self.model_name, exc)
             return {}
+        return self._valid_ranges(stored)
+
+    def _valid_ranges(self, stored: dict[str, tuple]) -> dict[str, tuple]:
         ranges = {}
         for name, (low, high) in stored.items():
             try:
@@ -327,6 +342,12 @@ class SessionStore:
         return done
 
     def get(self, model_name: str) -> DesignSession:
+        with self._lock:
+            session = self._sessions.get(model_name)
+        if session is not None:
+            # Outside the store's lock: a thread holding the session's lock may be asking the store for it.
+            session.follow(self.registry.get(model_name).schema)  # the script is re-parsed only when it changed
+            return session
         with self._lock:
             session = self._sessions.get(model_name)
             if session is None:

@@ -304,3 +304,19 @@ def test_vlm_proposals_respect_the_session_range(ollama, tmp_path):
         assert c.get("/api/params").get_json()["values"]["wheel_diameter"] == 80.0
     finally:
         app.extensions["optim"].shutdown()
+
+
+def test_the_session_follows_an_edited_script(app_factory, folders):
+    client = app_factory().test_client()
+    assert client.patch("/api/params?model=caster", json={"values": {"fork_gap": 6.0}}).status_code == 200
+    assert client.put("/api/params/range?model=caster", json={"parameter": "wheel_diameter", "min": 40,
+                                                              "max": 60}).status_code == 200
+    script = folders[0] / "caster.py"
+    script.write_text(script.read_text().replace("fork_gap = 4.0\n", "fork_gap = 4.0\nplate_thickness = 4.0\n")
+                      .replace("wheel_diameter = 50.0", "wheel_diameter = 100.0"))
+    state = client.get("/api/params?model=caster").get_json()
+    schema = {p["name"]: p for p in state["schema"]}
+    assert "plate_thickness" in schema and state["values"]["fork_gap"] == 6.0
+    assert (schema["wheel_diameter"]["min"], schema["wheel_diameter"]["max"]) == (50.0, 200.0)  # 40..60 no longer fits
+    r = client.patch("/api/params?model=caster", json={"values": {"plate_thickness": 5.0}})
+    assert r.status_code == 200 and r.get_json()["values"]["plate_thickness"] == 5.0
