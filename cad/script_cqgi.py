@@ -53,6 +53,8 @@ def fold(node: ast.AST) -> int | float | bool:
 
 def _fold(node: ast.AST):
     if isinstance(node, ast.Constant) and isinstance(node.value, (bool, int, float)):
+        if not isinstance(node.value, bool) and not (math.isfinite(node.value) and abs(node.value) <= _MAX_MAGNITUDE):
+            raise NotConstant("not a finite number of sensible size")
         return node.value
     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "math" \
             and node.attr in _MATH_CONSTANTS:

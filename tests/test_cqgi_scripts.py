@@ -46,7 +46,8 @@ def test_constant_arithmetic_is_folded(text, value):
 
 
 @pytest.mark.parametrize("text", ["2 ** 1000", "10 ** 10 ** 10", "1 / 0", "open('x')", "length * 2", "'a' * 3",
-                                  "-True", "[1, 2]", "__import__('os')", "(1e10) ** 2"])
+                                  "-True", "[1, 2]", "__import__('os')", "(1e10) ** 2", "1e400",
+                                  "-1e400", "10000000000000000000000"])
 def test_anything_else_is_not_folded(text):
     with pytest.raises(cqgi.NotConstant):
         cqgi.fold(ast.parse(text, mode="eval").body)
