@@ -321,3 +321,23 @@ def test_the_session_follows_an_edited_script(app_factory, folders):
     assert (schema["wheel_diameter"]["min"], schema["wheel_diameter"]["max"]) == (50.0, 200.0)  # 40..60 no longer fits
     r = client.patch("/api/params?model=caster", json={"values": {"plate_thickness": 5.0}})
     assert r.status_code == 200 and r.get_json()["values"]["plate_thickness"] == 5.0
+
+
+@pytest.mark.parametrize("method, data", [
+    ("PUT", b"\xff\xfe"), ("PUT", b"[]"), ("PUT", b'{"parameter": "box_length", "min": NaN, "max": 30}'),
+    ("PUT", b'{"parameter": "box_length", "min": 20, "max": 1e999}'),
+    ("PUT", b'{"parameter": "box_length", "min": 20, "max": 100000000000000000000000000000000}'),
+    ("PUT", b'{"parameter": ["box_length"], "min": 20, "max": 30}'), ("PUT", b'{"parameter": "box_length", '
+                                                                          b'"min": null, "max": 30}'),
+    ("PUT", b'{"parameter": "box_length", "min": {}, "max": 30}'), ("DELETE", b'{"parameter": 3}'),
+    ("DELETE", b""), ("DELETE", b'{"parameter": "nope"}'), ("PUT", b'{"parameter": "box_length", "min": 20, '
+                                                                 b'"max": 30, "version": null}'),
+])
+def test_wild_range_bodies_get_a_clean_4xx_and_change_nothing(app_factory, method, data):
+    client = app_factory().test_client()
+    before = client.get("/api/params?model=hinge_pair").get_json()
+    r = client.open("/api/params/range?model=hinge_pair", method=method, data=data, content_type="application/json")
+    assert 400 <= r.status_code < 500, r.get_data(as_text=True)[:300]
+    body = r.get_json()
+    assert body["error"] and body["message"] and "Traceback" not in r.get_data(as_text=True)
+    assert client.get("/api/params?model=hinge_pair").get_json() == before
