@@ -341,3 +341,20 @@ def test_wild_range_bodies_get_a_clean_4xx_and_change_nothing(app_factory, metho
     body = r.get_json()
     assert body["error"] and body["message"] and "Traceback" not in r.get_data(as_text=True)
     assert client.get("/api/params?model=hinge_pair").get_json() == before
+
+
+def test_a_cqgi_script_is_exported_and_fitted_to_a_target(app_factory, folders):
+    from tests.test_web_targets import cube_stl
+
+    (folders[0] / "cqgi_cube.py").write_text(
+        "import cadquery as cq\nside = 10.0\nheight = side\n"
+        "show_object(cq.Workplane('XY').box(side, side, height), name='cube')\n")
+    client = app_factory().test_client()
+    for fmt in ("stl", "step"):
+        assert client.get(f"/api/model.{fmt}?model=cqgi_cube").status_code == 200
+    assert client.put("/api/target?model=cqgi_cube", data=cube_stl(16)).status_code == 201
+    r = client.post("/api/optimise?model=cqgi_cube", json={"max_steps": 60})
+    assert r.status_code == 200, r.get_json()
+    report = r.get_json()["optimise"]
+    assert report["iou_after"] > 0.95 > report["iou_before"], report
+    assert client.get("/api/params?model=cqgi_cube").get_json()["values"]["side"] == pytest.approx(16, abs=0.3)
