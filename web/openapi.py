@@ -79,6 +79,10 @@ SCHEMAS: dict = {
                              "version": {"type": "integer", "minimum": 0},
                              "schema": {"type": "array", "items": _ref("Param")}, "values": _ref("Values"),
                              "can_undo": {"type": "boolean"}, "can_redo": {"type": "boolean"},
+                             "derived": {"type": "array", "items": {"type": "object", "properties": {
+                                 "name": {"type": "string"}, "expression": {"type": "string"},
+                                 "line": {"type": "integer"}, "uses": {"type": "array",
+                                                                       "items": {"type": "string"}}}}},
                              "entry": {"allOf": [_ref("Entry")], "nullable": True}}},
     "History": {"type": "object", "required": ["version", "position", "can_undo", "can_redo", "entries"],
                 "properties": {"model": {"type": "string"}, "version": {"type": "integer"},
