@@ -422,3 +422,34 @@ def test_views_orthographic_projection_and_axes_triad(server, tool_page):
     page.uncheck("[data-testid=toggle-ortho]")
     assert page.get_attribute("#viewer", "data-projection") == "perspective"
     assert page.evaluate(DIRECTION) == pytest.approx(before, abs=1e-6)
+
+
+def test_tools_by_keyboard_in_dark_mode(server, tool_page):
+    """The part tree and Measure without a mouse (select a part from the tree: its size shows), in dark mode."""
+    page = tool_page
+    page.emulate_media(color_scheme="dark")
+    open_model(page, server, "rover", axes=True)
+    page.focus("[data-testid=toggle-parts]")
+    page.keyboard.press("Enter")
+    page.focus("[data-testid=tool-measure]")
+    page.keyboard.press("Enter")
+    assert page.get_attribute("[data-testid=tool-measure]", "aria-pressed") == "true"
+    page.locator("[data-testid=part-row][data-part=chassis] [data-testid=part-name]").focus()
+    page.keyboard.press("Enter")
+    size = page.locator("[data-testid=measure-size]")
+    size.wait_for()
+    values = server.api("GET", "/api/params?model=rover").json()["values"]
+    assert float(size.get_attribute("data-x")) == pytest.approx(values["chassis_length"], abs=0.05)
+    assert float(size.get_attribute("data-y")) == pytest.approx(values["chassis_width"], abs=0.05)
+    assert float(size.get_attribute("data-z")) == pytest.approx(values["chassis_thickness"], abs=0.05)
+    page.locator("[data-testid=part-row][data-part=chassis] [data-testid=part-visible]").focus()
+    page.keyboard.press("Space")
+    assert page.get_attribute("[data-testid=part-row][data-part=chassis]", "data-visible") == "false"
+    page.keyboard.press("Space")
+    for testid in ("part-tree", "measure-panel"):
+        bg = page.evaluate("t => getComputedStyle(document.querySelector(`[data-testid=${t}]`)).backgroundColor", testid)
+        r, g, b = (int(x) for x in bg[bg.index("(") + 1:bg.index(")")].split(",")[:3])
+        assert r + g + b < 150, (testid, bg)
+    page.check("[data-testid=toggle-edges]")
+    page.select_option("[data-testid=section-axis]", "y")
+    shot(page, "dark")

@@ -30,6 +30,12 @@ export class MeasureTool {
       else if (this.active) this.setActive(false);
     });
     viewer.events.addEventListener('model', () => this.clear());
+    // A part selected any way (a click, or the part tree by keyboard) shows its size while the tool is on.
+    viewer.events.addEventListener('pick', (e) => {
+      if (!this.active) return;
+      this.partInfo = e.detail ? this.sizeOf(e.detail) : null;
+      this.render();
+    });
   }
 
   setActive(on) {
@@ -37,8 +43,19 @@ export class MeasureTool {
     this.button.setAttribute('aria-pressed', String(on));
     this.viewer.container.dataset.tool = on ? 'measure' : '';
     this.viewer.clickTool = on ? (hit) => this.click(hit) : null;
-    if (!on) this.clear();
-    else this.render();
+    if (!on) {
+      this.clear();
+      return;
+    }
+    this.partInfo = this.viewer.picked ? this.sizeOf(this.viewer.picked) : null;
+    this.render();
+  }
+
+  // A part's bounding box in mm, model axes.
+  sizeOf(part) {
+    const size = new THREE.Box3().setFromObject(part).getSize(new THREE.Vector3());
+    const k = this.viewer.mmPerUnit();
+    return { name: partLabel(part), x: size.x * k, y: size.z * k, z: size.y * k };
   }
 
   // Scene (glTF, Y up) -> model axes (Z up), in mm.
@@ -52,11 +69,7 @@ export class MeasureTool {
       this.clear();
       return;
     }
-    this.viewer.select(hit.part);
-    const box = new THREE.Box3().setFromObject(hit.part);
-    const size = box.getSize(new THREE.Vector3());
-    const k = this.viewer.mmPerUnit();
-    this.partInfo = { name: partLabel(hit.part), x: size.x * k, y: size.z * k, z: size.y * k };
+    this.viewer.select(hit.part); // its size comes with the 'pick' event
     if (this.points.length >= 2) this.clearPoints();
     this.points.push(hit.point.clone());
     this.normals.push(hit.face ? hit.face.normal.clone().transformDirection(hit.object.matrixWorld) : null);

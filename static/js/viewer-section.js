@@ -2,7 +2,9 @@
 // Edges: THREE.EdgesGeometry of each part's mesh (edges where faces meet at more than the threshold angle),
 // drawn as dark lines over the shaded model. Section: one clipping plane across the model's X, Y or Z axis
 // (model axes, Z up) at the slider's position; what lies beyond it is cut away and the cut is capped with a flat
-// colour (the solid's inner faces, seen through the opening, drawn unlit).
+// colour. The cap is the stencil method (three.js' clipping-stencil example): each part's clipped back faces add
+// one to the stencil and its front faces take one away, so the stencil is non-zero exactly where the plane lies
+// inside a solid; a plane drawn where it is non-zero is the section face.
 import * as THREE from 'three';
 import { $ } from './dom.js';
 import { materialsOf } from './viewer-scene.js';
@@ -17,9 +19,22 @@ export class SectionTool {
     this.viewer = viewer;
     this.plane = new THREE.Plane(new THREE.Vector3(-1, 0, 0), 0);
     this.edgeMaterial = new THREE.LineBasicMaterial({ color: EDGE_COLOUR });
-    // Drawn after the part (renderOrder) at the same depth as the part's own back faces, which it replaces: no
-    // polygon offset, which would bleed the cap colour along every silhouette.
-    this.capMaterial = new THREE.MeshBasicMaterial({ color: CAP_COLOUR, side: THREE.BackSide });
+    const stencilPass = (side, op) => new THREE.MeshBasicMaterial({
+      side, depthWrite: false, depthTest: false, colorWrite: false, stencilWrite: true,
+      stencilFunc: THREE.AlwaysStencilFunc, stencilFail: op, stencilZFail: op, stencilZPass: op,
+    });
+    this.backPass = stencilPass(THREE.BackSide, THREE.IncrementWrapStencilOp);
+    this.frontPass = stencilPass(THREE.FrontSide, THREE.DecrementWrapStencilOp);
+    const reset = THREE.ReplaceStencilOp; // drawing the cap sets the stencil back to 0 for the next frame
+    this.capMaterial = new THREE.MeshBasicMaterial({
+      color: CAP_COLOUR, side: THREE.DoubleSide, stencilWrite: true, stencilRef: 0,
+      stencilFunc: THREE.NotEqualStencilFunc, stencilFail: reset, stencilZFail: reset, stencilZPass: reset,
+    });
+    this.cap = new THREE.Mesh(new THREE.PlaneGeometry(1, 1), this.capMaterial);
+    this.cap.name = 'section-cap';
+    this.cap.renderOrder = 2; // after the parts (0) and the stencil passes (1)
+    this.cap.visible = false;
+    viewer.scene.add(this.cap);
     this.edgesOn = false;
     this.axis = '';
     $('toggle-edges').addEventListener('change', (e) => this.setEdges(e.target.checked));
@@ -125,15 +140,31 @@ export class SectionTool {
       for (const mesh of this.meshes()) {
         for (const m of materialsOf(mesh)) m.clippingPlanes = planes;
         if (!on) continue;
-        const cap = new THREE.Mesh(mesh.geometry, this.capMaterial);
-        cap.userData = { overlay: true, cap: true };
-        cap.renderOrder = 1;
-        mesh.add(cap);
+        for (const material of [this.backPass, this.frontPass]) {
+          const pass = new THREE.Mesh(mesh.geometry, material);
+          pass.userData = { overlay: true, cap: true };
+          pass.renderOrder = 1;
+          mesh.add(pass);
+        }
       }
       this.capped = capped;
     }
     this.edgeMaterial.clippingPlanes = planes;
-    this.capMaterial.clippingPlanes = planes;
+    this.backPass.clippingPlanes = planes;
+    this.frontPass.clippingPlanes = planes;
+    this.placeCap(on);
     this.viewer.requestRender();
+  }
+
+  // The cap plane: on the section plane, centred on the model, larger than it.
+  placeCap(on) {
+    this.cap.visible = on;
+    if (!on) return;
+    const box = this.viewer.bounds;
+    const centre = box.getCenter(new THREE.Vector3());
+    this.plane.projectPoint(centre, this.cap.position);
+    this.cap.quaternion.setFromUnitVectors(new THREE.Vector3(0, 0, 1), this.plane.normal);
+    this.cap.scale.setScalar(box.getSize(new THREE.Vector3()).length() * 1.5);
+    this.cap.updateMatrixWorld();
   }
 }

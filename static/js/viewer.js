@@ -39,7 +39,8 @@ export class Viewer {
     this.clickTool = null;
     this.clipPlanes = [];
 
-    this.renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
+    // stencil: the section tool caps its cut with it (viewer-section.js)
+    this.renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true, stencil: true });
     this.renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
     this.renderer.outputColorSpace = THREE.SRGBColorSpace;
     this.renderer.domElement.dataset.testid = 'viewer-canvas';
