@@ -280,6 +280,13 @@ def test_edges_overlay_and_section_plane(server, tool_page):
     caps = sum(1 for r, g, b in Image.open(iso).convert("RGB").getdata() if r > 180 and g < 80 and b < 110)
     assert caps > 200, caps
     shot(page, "section")
+    # A click on the cap lands on the section face (X = the plane), not on the inside of the solid behind it.
+    hit = page.evaluate("""xy => {
+        const v = window.optim.viewer; const r = v.renderer.domElement.getBoundingClientRect();
+        const h = v.pickAt({x: (xy.x - r.left) / r.width * 2 - 1, y: -((xy.y - r.top) / r.height) * 2 + 1});
+        return h && {x: h.point.x * v.mmPerUnit(), section: Boolean(h.section), part: h.part.name};
+    }""", page.evaluate(PROJECT, [p["base_length"] / 2, 0, p["thickness"] / 2]))
+    assert hit and hit["section"] and hit["x"] == pytest.approx(p["base_length"] / 2, abs=0.01), hit
 
     # The slider moves the plane (keyboard too); flip keeps the other side.
     slider = page.locator("[data-testid=section-offset]")

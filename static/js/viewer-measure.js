@@ -72,7 +72,9 @@ export class MeasureTool {
     this.viewer.select(hit.part); // its size comes with the 'pick' event
     if (this.points.length >= 2) this.clearPoints();
     this.points.push(hit.point.clone());
-    this.normals.push(hit.face ? hit.face.normal.clone().transformDirection(hit.object.matrixWorld) : null);
+    const normal = hit.section ? this.viewer.clipPlanes[0].normal.clone().negate() // the section face's normal
+      : hit.face && hit.face.normal.clone().transformDirection(hit.object.matrixWorld);
+    this.normals.push(normal || null);
     this.drawPoints();
     this.render();
   }

@@ -132,11 +132,8 @@ export class Viewer {
   }
 
   updateFrustum() {
-    const c = this.orthoCamera;
-    const h = this.orthoHalf;
-    const a = this.perspCamera.aspect;
-    Object.assign(c, { left: -h * a, right: h * a, top: h, bottom: -h });
-    c.updateProjectionMatrix();
+    const [c, h, a] = [this.orthoCamera, this.orthoHalf, this.perspCamera.aspect];
+    Object.assign(c, { left: -h * a, right: h * a, top: h, bottom: -h }).updateProjectionMatrix();
   }
 
   setGrid(size, visible) {
@@ -357,7 +354,15 @@ export class Viewer {
     for (const hit of this.raycaster.intersectObject(this.model, true)) {
       if (!hit.object.isMesh || hit.object.userData.overlay || !shown(hit.object)) continue;
       if (this.clipPlanes.some((plane) => plane.distanceToPoint(hit.point) < 0)) continue;
-      return { ...hit, part: partOf(hit.object, this.model) };
+      const part = partOf(hit.object, this.model);
+      // A first hit on an inner (back) face means the ray came in through the section cut: the visible surface
+      // is the section face, where the ray crosses the plane.
+      const normal = hit.face && hit.face.normal.clone().transformDirection(hit.object.matrixWorld);
+      const ray = this.raycaster.ray;
+      const cut = normal && normal.dot(ray.direction) > 0 && this.clipPlanes.length
+        && ray.intersectPlane(this.clipPlanes[0], new THREE.Vector3());
+      const distance = cut ? cut.distanceTo(ray.origin) : Infinity;
+      return distance <= hit.distance ? { ...hit, point: cut, distance, section: true, part } : { ...hit, part };
     }
     return null;
   }
