@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from tests.fixtures_server import start_live_server
-from tests.test_ui import ARTIFACTS, browser, page, playwright  # noqa: F401  (fixtures used by name)
+from tests.test_ui import (  # noqa: F401  (browser, page and playwright are fixtures used by name)
+    ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, browser, page, playwright,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -460,3 +462,23 @@ def test_tools_by_keyboard_in_dark_mode(server, tool_page):
     page.check("[data-testid=toggle-edges]")
     page.select_option("[data-testid=section-axis]", "y")
     shot(page, "dark")
+
+
+def test_without_webgl_the_tools_are_hidden(server, playwright):  # noqa: F811
+    """The no-WebGL fallback (server renders of four views) hides the tools and the views it cannot show."""
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + ["--disable-3d-apis"])
+    try:
+        p = b.new_page(viewport={"width": 1280, "height": 800})
+        errors: list[str] = []
+        p.on("pageerror", lambda exc: errors.append(str(exc)))
+        p.goto(server.url + "/")
+        p.wait_for_selector("body[data-ready=true]")
+        p.locator("[data-testid=viewer-fallback]").wait_for()
+        for testid in ("toggle-parts", "tool-measure", "toggle-edges", "section-axis", "toggle-ortho", "toggle-axes",
+                       "view-back", "view-left", "view-bottom"):
+            assert p.locator(f"[data-testid={testid}]").is_hidden(), testid
+        for testid in ("view-front", "view-side", "view-top", "view-iso"):
+            assert p.locator(f"[data-testid={testid}]").is_visible(), testid
+        assert not errors, errors
+    finally:
+        b.close()

@@ -1,5 +1,6 @@
 // The viewer's CAD tools (part tree, measure, edges and section, keyboard orbit, projection and axes triad),
-// installed on the three.js Viewer. The no-WebGL fallback (a server render) has no scene to work on: their controls are hidden there.
+// installed on the three.js Viewer. The no-WebGL fallback (a server render of four views) has no scene to work
+// on: their controls, and the views the server does not render, are hidden there.
 import { PartTree } from './viewer-parts.js';
 import { MeasureTool } from './viewer-measure.js';
 import { SectionTool } from './viewer-section.js';
