@@ -23,20 +23,24 @@ def test_unstepped_floats_snap_to_a_share_of_their_range_at_any_scale():
         assert problem.snap((0.123456789,))[0] == pytest.approx(0.123456789, abs=1e-4)
 
 
-def test_stepped_floats_land_on_the_step_grid_through_the_start_and_stay_in_bounds():
+def test_stepped_floats_search_a_hundredth_of_their_step_and_move_onto_it_through_the_start():
     schema = Schema([number("length", 30, 200, 80.0, step=0.5), number("count", 1, 9, 3, kind="int"),
                      Parameter("flag", "flag", "", "bool", None, None, None, True, "g", "")])
     problem = Problem(schema, schema.defaults())
     assert problem.names == ["length", "count"]  # bools are fixed
     for u in (0.0, 0.1234, 0.5, 0.98765, 1.0, 1.5, -0.2):
         values = problem.to_values((u, u))
-        assert (values["length"] * 2).is_integer() and 30 <= values["length"] <= 200
+        assert (values["length"] * 200).is_integer() and 30 <= values["length"] <= 200
         assert isinstance(values["count"], int) and 1 <= values["count"] <= 9
         assert values["flag"] is True
-    # A start off the grid (typed by hand) is kept exactly, and moves keep its offset from the grid.
+        on_steps = problem.to_values(problem.on_steps((u, u), [0]))
+        assert (on_steps["length"] * 2).is_integer() and on_steps["count"] == values["count"]
+    # A start off the grid (typed by hand) is kept exactly, and the step grid keeps its offset.
     off_grid = Problem(schema, {"length": 80.3})
     assert off_grid.to_values(off_grid.start_u)["length"] == 80.3
-    assert off_grid.to_values((off_grid.start_u[0] + 0.01, 0.25))["length"] == 81.8  # 1.7 mm: three half steps
+    moved = (off_grid.start_u[0] + 0.01, 0.25)  # 1.7 mm
+    assert off_grid.to_values(moved)["length"] == 82.0
+    assert off_grid.to_values(off_grid.on_steps(moved, [0]))["length"] == 81.8  # three half steps
 
 
 def test_unknown_or_non_numeric_parameters_are_refused():

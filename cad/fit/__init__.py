@@ -1,10 +1,11 @@
 """Fitting a parametric model to a target: a scale-free problem, replaceable solvers, a coarse-to-fine schedule.
 
-- ``problem``: parameters normalised to [0, 1], snapped to their schema step grid (through the start value), the
-  counted and cached objective with a tiny pull toward the start.
+- ``problem``: parameters normalised to [0, 1] on grids relative to each one (its schema step, or a hundredth
+  of it; through the start value), the counted and cached objective with a tiny pull toward the start.
 - ``solvers``: Levenberg-Marquardt on residual fields, a coordinate/pattern search, scipy's Powell; one interface.
 - ``integers``: neighbour moves of the ints with a short refit of the floats.
-- ``schedule``: the stages as data; ``fitting``: ``fit`` and ``FitResult``.
+- ``schedule``: the stages as data; ``fitting``: ``fit`` and ``FitResult`` (the revert pass, then the answer
+  moved onto the step grid wherever that costs no IoU).
 
 Pure Python at import (numpy and scipy load with the solver that needs them): the web process imports this.
 """

@@ -44,8 +44,8 @@ def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, 
     """Maximise ``objective(values, stage.options)`` (an IoU, or a dict with ``iou`` and ``residuals``) over the
     numeric parameters of ``schema`` (or the ``parameters`` among them) from ``start``.
 
-    ``extra_starts`` are other states to start from (a VLM's proposal): the search starts from the one the real
-    objective scores best. ``progress(evaluations, best_iou, stage_index)`` follows every evaluation with the best
+    ``extra_starts`` are other states to start from (a VLM's proposal; only the fitted parameters are taken from
+    them): the search starts from the one the real objective scores best; distances are still from ``start``. ``progress(evaluations, best_iou, stage_index)`` follows every evaluation with the best
     IoU under the last stage's objective so far. ``cancel`` (anything with ``is_set()``) stops before the next
     evaluation; the result is the best state so far. Raises ValueError on a bad budget, schedule or name.
     """
@@ -67,6 +67,7 @@ class _Run:
         self.stage_index = 0
         self.trace: list[tuple[int, float]] = []
         self.final = self.stage_objective(len(schedule) - 1, target=TARGET_IOU)
+        self.answer = None  # set once the answer has been moved onto the step grid; else final.best_u
 
     def stage_objective(self, index, target=None) -> StageObjective:
         options = self.schedule[index].options
@@ -88,11 +89,9 @@ class _Run:
             checkpoint = max(((self.final.score(u), u) for u in
                               [start_u, *(self.problem.to_unit(v) for v in extra_starts)]), key=lambda t: t[0])[1]
             converged = self.stages(checkpoint)
-            for _ in range(REVERT_ROUNDS):
-                if not self.revert():
-                    break
-                # A partner took up a reverted change: polish the new point (which may move another a little).
-                converged = self.solve_stage(self.schedule[-1], self.final, self.final.best_u, self.counter.budget)
+            with self.counter.allowance(self.counter.remaining() - self.step_reserve()):
+                converged = self.revert_and_polish() and converged
+            self.answer = self.onto_steps(self.final.best_u)
         except OutOfBudget:
             start_iou = self.final.scores.get(self.problem.key(start_u), 0.0)
         return self.result(start_iou, converged)
@@ -103,27 +102,29 @@ class _Run:
         for index, stage in enumerate(self.schedule):
             self.stage_index = index
             if index == last:
-                return self.solve_stage(stage, self.final, checkpoint, self.counter.budget)
+                allowance = self.counter.remaining() - self.step_reserve()
+                return self.solve_stage(stage, self.final, checkpoint, allowance)
             share = max(int(self.counter.budget * stage.share), 1)
             objective = self.stage_objective(index)
             self.solve_stage(stage, objective, u, share)
             u = objective.best_u or u
             if self.final.score(u) > self.final.score(checkpoint):
                 checkpoint = u
+            log.debug("fit stage %d (%s): %d evaluations so far, real IoU %.4f", index, stage.solver,
+                      self.counter.evaluations, self.final.best_iou)
         return False
 
     def solve_stage(self, stage, objective, u, allowance) -> bool:
         """The stage's solver, then the integer strategy, until neither moves; True when that happened within the
         stage's allowance (the result is ``objective.best_u`` either way)."""
         solve = solvers.get(stage.solver)
-        budget = allowance
 
         def refit(candidate):
-            return solve(self.problem, objective, candidate, budget, **stage.solver_options)
+            return solve(self.problem, objective, candidate, allowance, **stage.solver_options)
 
         confirm = None if objective is self.final else (
             lambda new, old: self.final.score(new) > self.final.score(old))
-        with self.counter.allowance(allowance):
+        with self.counter.allowance(allowance), self.problem.on_grid(stage.grid):
             try:
                 u, score = refit(u)
                 while True:
@@ -135,6 +136,25 @@ class _Run:
                 if self.counter.spent or self.counter.target_reached:
                     raise
                 return False
+
+    def step_reserve(self) -> int:
+        """Evaluations kept back for moving the answer onto the step grid."""
+        return min(2 * len(self.problem.float_indices()) + 1, self.counter.budget // 20)
+
+    def revert_and_polish(self) -> bool:
+        """Revert rounds, each followed by a polish of the last stage; True unless the allowance ran out."""
+        try:
+            for _ in range(REVERT_ROUNDS):
+                if not self.revert():
+                    return True
+                # A partner took up a reverted change: polish the new point (which may move another a little).
+                if not self.solve_stage(self.schedule[-1], self.final, self.final.best_u, self.counter.remaining()):
+                    return False
+        except OutOfBudget:
+            if self.counter.spent or self.counter.target_reached:
+                raise
+            return False
+        return True
 
     def revert(self) -> bool:
         """Put back every parameter whose move does not raise the real score: alone first, then with a short
@@ -161,10 +181,26 @@ class _Run:
             u = self.final.best_u
         return u != before
 
+    def onto_steps(self, u) -> tuple:
+        """The answer on the schema step grid wherever that costs no real IoU: every float at once, else one by
+        one. (Ties go to the grid; the regulariser is not asked, a step is worth a hair of distance.)"""
+        moved = [i for i in self.problem.float_indices() if u[i] != self.problem.start_u[i]]
+        groups = [moved] + ([[i] for i in moved] if len(moved) > 1 else [])
+        try:
+            for group in groups:
+                candidate = self.problem.on_steps(u, group)
+                if candidate != u and self.final.iou(candidate) >= self.final.iou(u):
+                    u = candidate
+                    if group is moved:
+                        break
+        except OutOfBudget:
+            pass
+        return u
+
     def result(self, start_iou, converged) -> FitResult:
-        values = self.problem.to_values(self.final.best_u) if self.final.best_u else dict(self.problem.start)
-        iou = self.final.scores.get(self.problem.key(self.final.best_u), start_iou) if self.final.best_u \
-            else start_iou
+        answer = self.answer or self.final.best_u
+        values = self.problem.to_values(answer) if answer else dict(self.problem.start)
+        iou = self.final.scores.get(self.problem.key(answer), start_iou) if answer else start_iou
         if self.counter.target_reached:
             stopped = "target_reached"
         elif self.counter.cancelled:

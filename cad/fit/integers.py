@@ -11,6 +11,7 @@ from cad.fit.problem import OutOfBudget
 NEIGHBOURS = (1, -1, 2, -2)
 REFIT_PER_FLOAT = 6  # evaluations of a count's refit per float coordinate (plus REFIT_BASE)
 REFIT_BASE = 4
+REFIT_SHARE_DIVISOR = 16  # a refit takes at most this fraction (1/16) of the evaluations the stage has left
 
 
 def improve(problem, objective, refit, u, score, *, confirm=None):
@@ -52,9 +53,11 @@ def _best_neighbour(problem, objective, refit, u, score, index):
 def refit_within(problem, objective, refit, u, per_float: int = REFIT_PER_FLOAT):
     """``refit(u)`` within a short allowance; its best point (or None). Only the outer budget ending propagates."""
     floats = problem.float_indices()
-    if not floats:
+    # A refit may take a share of what the stage has left (the neighbours of every int may each need one), and is
+    # skipped when that share could not even move every float once.
+    allowance = min(per_float * len(floats) + REFIT_BASE, objective.counter.remaining() // REFIT_SHARE_DIVISOR)
+    if not floats or allowance < len(floats) + 2:
         return None
-    allowance = per_float * len(floats) + REFIT_BASE
     with objective.counter.allowance(allowance), objective.tracking() as best:
         try:
             return refit(u)

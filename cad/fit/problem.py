@@ -11,9 +11,14 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-# A float without a schema step snaps to this share of its range: fine enough that IoU cannot tell the difference,
-# coarse enough that a search's last moves are not lost in float noise.
+# The search grid of a float: its schema step / STEP_SUBDIVISIONS, or this share of its range without a step. Fine
+# enough that IoU cannot tell the difference, coarse enough that a search's last moves are not lost in float
+# noise. Coarse stages search on the schema steps (a designer's target is often on them: the bracket then fits
+# exactly in 36 evaluations); the last stage on the fine grid (on the steps alone an enclosure with off-grid
+# hidden values stopped at IoU 0.91: 1 mm steps against a 2 mm wall), and the answer moves back onto the steps
+# wherever that costs no IoU.
 UNSTEPPED_RESOLUTION = 1e-4
+STEP_SUBDIVISIONS = 100
 # Weight of the pull toward the start (per unit of normalised L1 distance): it only breaks near-ties, so that
 # parameters that trade off (a lid's lift against the box height) end at the smallest change.
 REGULARISATION = 1e-4
@@ -26,10 +31,11 @@ class OutOfBudget(Exception):
 
 @dataclass(frozen=True)
 class Coordinate:
-    """One free parameter: its schema entry, the start value and the resolution it snaps to."""
+    """One free parameter: its schema entry, the start value and the grids it snaps to."""
     parameter: object
     start: float | int
-    resolution: float  # in model units: the schema step, range * UNSTEPPED_RESOLUTION, or 1 for an int
+    resolution: float  # the search grid in model units: step / STEP_SUBDIVISIONS, range share, 1 for an int
+    step: float | None = None  # the schema's step grid, where the answer lands when that costs no IoU
 
     @property
     def low(self):
@@ -43,13 +49,14 @@ class Coordinate:
     def is_int(self) -> bool:
         return self.parameter.type == "int"
 
-    def value(self, u: float):
-        """The value at unit position ``u``: on the grid through the start value, clamped to the bounds."""
+    def value(self, u: float, grid: float | None = None):
+        """The value at unit position ``u`` on the search grid (or ``grid``) through the start, within bounds."""
         raw = self.low + min(max(u, 0.0), 1.0) * self.span
+        grid = grid or self.resolution
         # The grid goes through the start value, so a parameter that does not need to move stays exactly there.
         # Round half up with a margin: a move of exactly half a grid step must round the same way at every
         # scale (the float error of raw differs by scale), or the same problem takes different paths.
-        snapped = self.start + math.floor((raw - self.start) / self.resolution + 0.5 + 1e-9) * self.resolution
+        snapped = self.start + math.floor((raw - self.start) / grid + 0.5 + 1e-9) * grid
         snapped = min(max(snapped, self.parameter.min), self.parameter.max)
         if self.is_int:
             return int(round(snapped))
@@ -71,11 +78,22 @@ class Problem:
             if unknown:
                 raise ValueError(f"not numeric parameters of this model: {', '.join(unknown)}")
             numeric = [p for p in numeric if p.name in parameters]
-        self.coordinates = [Coordinate(p, self.start[p.name], _resolution(p)) for p in numeric
+        self.coordinates = [Coordinate(p, self.start[p.name], _resolution(p),
+                                       float(p.step) if p.type == "float" and p.step else None) for p in numeric
                             if p.min is not None and p.max is not None and p.max > p.min]
         self.names = [c.parameter.name for c in self.coordinates]
         self.start_u = self.to_unit(self.start)
         self.held: set[int] = set()  # coordinates no solver may move just now
+        self.fine = True  # search on the fine grid (False: on the schema steps, as coarse stages do)
+
+    @contextmanager
+    def on_grid(self, grid: str):
+        """Snap to the schema steps (``"step"``) or to the fine grid (``"fine"``) inside the block."""
+        saved, self.fine = self.fine, grid == "fine"
+        try:
+            yield
+        finally:
+            self.fine = saved
 
     @contextmanager
     def holding(self, index: int):
@@ -97,7 +115,8 @@ class Problem:
 
     def to_values(self, u) -> dict:
         values = dict(self.start)
-        values.update({c.parameter.name: c.value(x) for c, x in zip(self.coordinates, u)})
+        values.update({c.parameter.name: c.value(x, None if self.fine else c.step)
+                       for c, x in zip(self.coordinates, u)})
         return values
 
     def to_unit(self, values: dict) -> tuple:
@@ -106,6 +125,15 @@ class Problem:
     def snap(self, u) -> tuple:
         """``u`` moved onto the grid (the unit position of the values it stands for)."""
         return self.to_unit(self.to_values(u))
+
+    def on_steps(self, u, indices) -> tuple:
+        """``u`` with the coordinates ``indices`` moved to their schema step grid (through the start)."""
+        values = self.to_values(u)
+        for index in indices:
+            coordinate = self.coordinates[index]
+            if coordinate.step:
+                values[coordinate.parameter.name] = coordinate.value(u[index], coordinate.step)
+        return self.to_unit(values)
 
     def key(self, u) -> tuple:
         values = self.to_values(u)
@@ -118,14 +146,15 @@ class Problem:
     def resolution(self, index: int) -> float:
         """The smallest move of coordinate ``index`` that changes its value, in unit positions."""
         coordinate = self.coordinates[index]
-        return coordinate.resolution / coordinate.span
+        grid = coordinate.resolution if self.fine or not coordinate.step else coordinate.step
+        return grid / coordinate.span
 
 
 def _resolution(parameter) -> float:
     if parameter.type == "int":
         return max(int(parameter.step or 1), 1)
     if parameter.step:
-        return float(parameter.step)
+        return float(parameter.step) / STEP_SUBDIVISIONS
     return (parameter.max - parameter.min) * UNSTEPPED_RESOLUTION
 
 
@@ -160,6 +189,10 @@ class Counter:
             yield
         finally:
             self.limits.pop()
+
+    def remaining(self) -> int:
+        """Evaluations left under every ceiling."""
+        return max(min([self.budget, *self.limits]) - self.evaluations, 0)
 
     @property
     def exhausted(self) -> bool:

@@ -15,16 +15,17 @@ class Stage:
     share: float  # of the whole budget (ignored for the last stage)
     solver: str = "pattern"  # a name in cad.fit.solvers.SOLVERS
     solver_options: dict = field(default_factory=dict)
+    grid: str = "fine"  # "step": snap to the schema steps; "fine": to a hundredth of them (cad.fit.problem)
 
 
 # Least squares from coarse to fine: cumulative volume profiles first (they pull a part toward its place from
 # anywhere: a length 40 mm short, a lid lifted off), then occupancy fields less and less blurred, then the pattern
 # search on the ray IoU, where thin walls are finally resolved (it was the stage that ran out of budget).
 DEFAULT_SCHEDULE = (
-    Stage({"field": {"resolution": 64, "cumulative": True}}, 0.2, "least_squares"),
-    Stage({"field": {"resolution": 48, "blur": 1.5}}, 0.1, "least_squares"),
-    Stage({"field": {"resolution": 64, "blur": 0.75}}, 0.1, "least_squares"),
-    Stage({"field": {"resolution": 96, "blur": 0.5}}, 0.2, "least_squares"),
+    Stage({"field": {"resolution": 64, "cumulative": True}}, 0.2, "least_squares", grid="step"),
+    Stage({"field": {"resolution": 48, "blur": 1.5}}, 0.1, "least_squares", grid="step"),
+    Stage({"field": {"resolution": 64, "blur": 0.75}}, 0.1, "least_squares", grid="step"),
+    Stage({"field": {"resolution": 96, "blur": 0.5}}, 0.2, "least_squares", grid="step"),
     # The coarse stages leave it close: start with fine steps (1/128 of each range) rather than re-exploring.
     Stage({"resolution": 128, "rays": True}, 1.0, "pattern", {"initial_step": 1 / 128}),
 )
