@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from cad.fit import integers, solvers
+from cad.fit.integers import improve, refit_within
 from cad.fit.problem import Counter, OutOfBudget, Problem, StageObjective
 from cad.fit.schedule import DEFAULT_SCHEDULE
+from cad.fit.solvers import get as get_solver
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, 
     numeric parameters of ``schema`` (or the ``parameters`` among them) from ``start``.
 
     ``extra_starts`` are other states to start from (a VLM's proposal; only the fitted parameters are taken from
-    them): the search starts from the one the real objective scores best; distances are still from ``start``. ``progress(evaluations, best_iou, stage_index)`` follows every evaluation with the best
-    IoU under the last stage's objective so far. ``cancel`` (anything with ``is_set()``) stops before the next
+    them): the search starts from the one the real objective scores best; distances are still from ``start``.
+    ``progress(evaluations, best_iou, stage_index)`` follows every evaluation with the best IoU under the last
+    stage's objective so far. ``cancel`` (anything with ``is_set()``) stops before the next
     evaluation; the result is the best state so far. Raises ValueError on a bad budget, schedule or name.
     """
     if isinstance(max_evaluations, bool) or not isinstance(max_evaluations, int) \
@@ -117,7 +119,7 @@ class _Run:
     def solve_stage(self, stage, objective, u, allowance) -> bool:
         """The stage's solver, then the integer strategy, until neither moves; True when that happened within the
         stage's allowance (the result is ``objective.best_u`` either way)."""
-        solve = solvers.get(stage.solver)
+        solve = get_solver(stage.solver)
 
         def refit(candidate):
             return solve(self.problem, objective, candidate, allowance, **stage.solver_options)
@@ -128,7 +130,7 @@ class _Run:
             try:
                 u, score = refit(u)
                 while True:
-                    u, score, moved = integers.improve(self.problem, objective, refit, u, score, confirm=confirm)
+                    u, score, moved = improve(self.problem, objective, refit, u, score, confirm=confirm)
                     if not moved:
                         return True
                     u, score = refit(u)
@@ -168,16 +170,16 @@ class _Run:
             candidate[index] = self.problem.start_u[index]
             self.final.score(tuple(candidate))
             u = self.final.best_u
-        solve, before = solvers.get("pattern"), u
+        solve, before = get_solver("pattern"), u
         for index in range(len(self.problem)):
             if u[index] == self.problem.start_u[index]:
                 continue
             candidate = list(u)
             candidate[index] = self.problem.start_u[index]
             with self.problem.holding(index):
-                integers.refit_within(self.problem, self.final,
-                                      lambda c: solve(self.problem, self.final, c, 0, initial_step=REVERT_STEP),
-                                      tuple(candidate), per_float=REVERT_REFIT_PER_FLOAT)
+                refit_within(self.problem, self.final,
+                             lambda c: solve(self.problem, self.final, c, 0, initial_step=REVERT_STEP),
+                             tuple(candidate), per_float=REVERT_REFIT_PER_FLOAT)
             u = self.final.best_u
         return u != before
 
