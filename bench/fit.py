@@ -8,7 +8,7 @@ numeric values within +-``--spread`` of each range around the default (ints +-1.
 target is the hidden state built and saved as STEP; every solver starts at the defaults with the same budget of
 objective evaluations (a build and IoU; a repeated state is answered from a cache and is free for everyone).
 
-Solvers: ``optim`` (its own coarse-to-fine schedule, ``optim_fit``), ``powell`` and ``nelder-mead``
+Solvers: ``optim`` (``cad.fit.fit`` on its own coarse-to-fine schedule, ``optim_fit``), ``powell`` and ``nelder-mead``
 (``scipy.optimize.minimize`` on the numeric parameters normalised to [0, 1], bounds respected, ints rounded inside
 the objective, 1 - IoU minimised on optim's final-stage objective: the ray IoU at 128, or ``--baseline-objective
 exact``). Each is stopped at the budget; the answer is the best state it evaluated. Final score for all: the exact
@@ -41,20 +41,21 @@ log = logging.getLogger("bench.fit")
 
 SOLVERS = ("optim", "powell", "nelder-mead")
 SPREAD = 0.25
-FINAL_STAGE = {"resolution": 128, "rays": True}  # optim's last stage (cad.optimise.VOXEL_STAGES[-1])
+FINAL_STAGE = {"resolution": 128, "rays": True}  # optim's last stage (cad.fit.DEFAULT_SCHEDULE[-1].options)
 MAX_CALLS_PER_EVALUATION = 20  # a baseline circling on cached states is stopped too
 SIMPLEX_STEP = 0.1  # Nelder-Mead's initial simplex, share of each range
 
 
-FIT = "cad.optimise.optimise(stages=VOXEL_STAGES)"  # what optim_fit calls, for the report
+FIT = "cad.fit.fit(schedule=DEFAULT_SCHEDULE)"  # what optim_fit calls, for the report
 
 
 def optim_fit(schema, start: dict, objective, budget: int) -> tuple[dict, str]:
-    """optim's fit: the ONE call to switch when cad/fit lands (``cad.fit.fit(schema, start, objective,
-    max_evaluations=budget)``, fields values/evaluations/stopped). Returns (values, stopped)."""
-    from cad.optimise import VOXEL_STAGES, optimise
+    """optim's fit on its own schedule: the ONE place that calls it. Returns (values, stopped).
+    (Measured before cad/fit landed with ``cad.optimise.optimise(schema, start, objective, max_steps=budget,
+    stages=VOXEL_STAGES)``, fields values/steps/stopped.)"""
+    from cad.fit import fit
 
-    result = optimise(schema, start, objective, max_steps=budget, stages=VOXEL_STAGES)
+    result = fit(schema, start, objective, max_evaluations=budget)
     return result.values, result.stopped
 
 

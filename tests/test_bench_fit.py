@@ -106,3 +106,10 @@ def test_cases_scale_once_and_identically(tmp_path):
         for name, value in one["hidden"].items():
             factor = 100 if isinstance(value, float) else 1  # ints are counts here (and in the bracket)
             assert other["hidden"][name] == pytest.approx(value * factor, rel=1e-5), (one["name"], name)
+
+
+def test_baselines_score_on_optims_final_stage():
+    from bench.fit import FINAL_STAGE
+    from cad.fit import DEFAULT_SCHEDULE
+
+    assert FINAL_STAGE == DEFAULT_SCHEDULE[-1].options
