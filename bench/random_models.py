@@ -157,7 +157,8 @@ def generate(seed: int, scale: float = 1.0, size_class: str | None = None) -> Ge
     for number, kind in enumerate(chosen, start=1):
         tag = f"{kind}{number}" if kind not in ("fillet", "shell") else kind
         if kind == "fillet":
-            r = draw.length(f"{tag}_radius", thin0 * rng.uniform(0.05, 0.2), "Edges", "Radius of the base's edge fillet")
+            r = draw.length(f"{tag}_radius", thin0 * rng.uniform(0.05, 0.2), "Edges",
+                            "Radius of the base's edge fillet")
             code.append(f"body = _fillet(body, {edges}, {r.ref()}, 0.45 * min({across}, {H.ref()}))")
         elif kind == "shell":
             t = draw.length(f"{tag}_wall", thin0 * rng.uniform(0.05, 0.12), "Edges", "Wall of the open-top shell")
@@ -165,15 +166,19 @@ def generate(seed: int, scale: float = 1.0, size_class: str | None = None) -> Ge
         elif kind in ("feet", "rib"):
             fx, fy = rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6)
             if kind == "feet":
-                r = draw.length(f"{tag}_radius", across0 * rng.uniform(0.08, 0.15), "Feet", "Radius of the foot below")
+                r = draw.length(f"{tag}_radius", across0 * rng.uniform(0.08, 0.15), "Feet",
+                                "Radius of the foot below")
                 h = draw.length(f"{tag}_height", size * rng.uniform(0.05, 0.3), "Feet", "Height of the foot below")
                 code.append(f"body = body.union(cq.Workplane('XY', origin=({fx:.3f} * {half_x}, {fy:.3f} * {half_y}, "
                             f"-{h.ref()})).circle(min({r.ref()}, 0.3 * {across})).extrude({h.ref()} * 1.001))")
             else:
-                a = draw.length(f"{tag}_length", half_x0 * rng.uniform(0.2, 0.6), "Ribs", "Reach of the side rib along X")
-                b = draw.length(f"{tag}_width", across0 * rng.uniform(0.1, 0.3), "Ribs", "Width of the side rib along Y")
+                a = draw.length(f"{tag}_length", half_x0 * rng.uniform(0.2, 0.6), "Ribs",
+                                "Reach of the side rib along X")
+                b = draw.length(f"{tag}_width", across0 * rng.uniform(0.1, 0.3), "Ribs",
+                                "Width of the side rib along Y")
+                rise = rng.uniform(0.3, 1)
                 code.append(f"body = body.union(cq.Workplane('XY', origin=(0, {fy / 2:.3f} * {half_y}, 0))"
-                            f".box({half_x} + {a.ref()}, min({b.ref()}, {across}), {H.ref()} * {rng.uniform(0.3, 1):.3f}, "
+                            f".box({half_x} + {a.ref()}, min({b.ref()}, {across}), {H.ref()} * {rise:.3f}, "
                             f"centered=(False, True, False)))")
         else:
             pins = kind != "hole" and rng.random() < 0.3
