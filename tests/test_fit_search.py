@@ -252,3 +252,23 @@ def test_cancel_stops_before_the_next_evaluation_and_keeps_the_best_state():
                  cancel=cancel, schedule=SINGLE_STAGE)
     assert result.stopped == "cancelled" and result.evaluations == len(calls) == 8
     assert result.iou == max(score(v) for v in calls) > result.start_iou and score(result.values) == result.iou
+
+
+def test_a_count_among_many_floats_is_refitted_from_the_last_jacobian():
+    # Twelve floats, one count: the count's neighbour only helps with the length refitted for it. A refit that
+    # re-measured every float would not fit in the budget; Gauss-Newton steps on the measured Jacobian do.
+    names = [p.name for p in ROVER if p.type == "float"][:12]
+    assert "chassis_length" in names and "axle_spacing" in names
+    goal = {n: ROVER.defaults()[n] for n in names}
+
+    def objective(values, stage):
+        spread = {n: (values[n] - goal[n]) / (ROVER[n].max - ROVER[n].min) for n in names}
+        spread["chassis_length"] = (values["chassis_length"] - (20 + 80 * values["wheels_per_side"])) / 320
+        residuals = np.array([*spread.values(), 0.02 * (values["wheels_per_side"] - 4)], dtype=np.float32)
+        return {"iou": 1 / (1 + float(residuals @ residuals) * 100), "residuals": residuals}
+
+    start = ROVER.complete({"chassis_length": 260.0})  # right for three wheels a side
+    result = fit(ROVER, start, objective, max_evaluations=150, parameters=[*names, "wheels_per_side"],
+                 schedule=[Stage({"field": {}}, 1.0, "least_squares")])
+    assert result.values["wheels_per_side"] == 4 and result.values["chassis_length"] == pytest.approx(340, abs=1)
+    assert set(result.changes()) == {"wheels_per_side", "chassis_length"}

@@ -14,6 +14,7 @@ from cad.fit.integers import improve, refit_within
 from cad.fit.problem import Counter, OutOfBudget, Problem, StageObjective
 from cad.fit.schedule import DEFAULT_SCHEDULE
 from cad.fit.solvers import get as get_solver
+from cad.fit.solvers import get_warm_refit
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +125,16 @@ class _Run:
         def refit(candidate):
             return solve(self.problem, objective, candidate, allowance, **stage.solver_options)
 
+        warm = get_warm_refit(stage.solver)
+        warm_refit = None if warm is None else (lambda candidate: warm(self.problem, objective, candidate, allowance))
         confirm = None if objective is self.final else (
             lambda new, old: self.final.score(new) > self.final.score(old))
         with self.counter.allowance(allowance), self.problem.on_grid(stage.grid):
             try:
                 u, score = refit(u)
                 while True:
-                    u, score, moved = improve(self.problem, objective, refit, u, score, confirm=confirm)
+                    u, score, moved = improve(self.problem, objective, refit, u, score, confirm=confirm,
+                                              warm_refit=warm_refit)
                     if not moved:
                         return True
                     u, score = refit(u)

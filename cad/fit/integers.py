@@ -12,27 +12,29 @@ NEIGHBOURS = (1, -1, 2, -2)
 REFIT_PER_FLOAT = 6  # evaluations of a count's refit per float coordinate (plus REFIT_BASE)
 REFIT_BASE = 4
 REFIT_SHARE_DIVISOR = 16  # a refit takes at most this fraction (1/16) of the evaluations the stage has left
+WARM_REFIT_EVALUATIONS = 8  # allowance of a solver's own warm refit (least squares: a few Gauss-Newton steps)
 
 
-def improve(problem, objective, refit, u, score, *, confirm=None):
+def improve(problem, objective, refit, u, score, *, confirm=None, warm_refit=None):
     """Take neighbour moves of the ints from ``u`` while one raises ``objective.score``; returns (u, score, moved).
 
-    ``refit(u) -> (u, score)`` is the stage's solver (its allowance is set here). ``confirm(new_u, old_u)`` may veto
-    a move (a coarse stage's field can prefer a count on noise: the real objective has the last word).
+    ``refit(u) -> (u, score)`` is the stage's solver (its allowance is set here); ``warm_refit``, when given, a
+    cheaper one that reuses what the solver measured. ``confirm(new_u, old_u)`` may veto a move (a coarse stage's
+    field can prefer a count on noise: the real objective has the last word).
     """
     moved = False
     improved = True
     while improved:
         improved = False
         for index in problem.int_indices():
-            found = _best_neighbour(problem, objective, refit, u, score, index)
+            found = _best_neighbour(problem, objective, refit, warm_refit, u, score, index)
             if found is not None and (confirm is None or confirm(found[0], u)):
                 u, score = found
                 improved = moved = True
     return u, score, moved
 
 
-def _best_neighbour(problem, objective, refit, u, score, index):
+def _best_neighbour(problem, objective, refit, warm_refit, u, score, index):
     """The first neighbour of int ``index`` that beats ``score`` (refitted where the plain move does not)."""
     unit = problem.resolution(index)
     for units in NEIGHBOURS:
@@ -44,19 +46,25 @@ def _best_neighbour(problem, objective, refit, u, score, index):
         plain = objective.score(candidate)
         if plain > score:
             return candidate, plain
-        refitted = refit_within(problem, objective, refit, candidate)
+        if warm_refit is not None:
+            refitted = refit_within(problem, objective, warm_refit, candidate, allowance=WARM_REFIT_EVALUATIONS)
+        else:
+            refitted = refit_within(problem, objective, refit, candidate)
         if refitted is not None and refitted[1] > score:
             return refitted
     return None
 
 
-def refit_within(problem, objective, refit, u, per_float: int = REFIT_PER_FLOAT):
+def refit_within(problem, objective, refit, u, per_float: int = REFIT_PER_FLOAT, allowance: int | None = None):
     """``refit(u)`` within a short allowance; its best point (or None). Only the outer budget ending propagates."""
     floats = problem.float_indices()
-    # A refit may take a share of what the stage has left (the neighbours of every int may each need one), and is
-    # skipped when that share could not even move every float once.
-    allowance = min(per_float * len(floats) + REFIT_BASE, objective.counter.remaining() // REFIT_SHARE_DIVISOR)
-    if not floats or allowance < len(floats) + 2:
+    if allowance is None:
+        # A refit may take a share of what the stage has left (the neighbours of every int may each need one),
+        # and is skipped when that share could not even move every float once.
+        allowance = min(per_float * len(floats) + REFIT_BASE, objective.counter.remaining() // REFIT_SHARE_DIVISOR)
+        if allowance < len(floats) + 2:
+            return None
+    if not floats:
         return None
     with objective.counter.allowance(allowance), objective.tracking() as best:
         try:
