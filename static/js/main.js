@@ -10,6 +10,7 @@ import { StatusBadge } from './status.js';
 import { AssistantPanel } from './assistant.js';
 import { AdapterPicker } from './adapters.js';
 import { TargetPanel } from './target.js';
+import { renderScriptIssues } from './scripts.js';
 
 const app = {
   model: new URLSearchParams(location.search).get('model') || null,
@@ -156,6 +157,27 @@ async function historyStep(action) {
     }
   });
 }
+// Narrow one parameter's range for this session (PUT /api/params/range), or go back to the script's (`range` null).
+async function setRange(parameter, range, model = app.state && app.state.model) {
+  if (app.locked) throw new ApiError(409, { error: 'locked', message: 'wait for the optimiser to finish' });
+  return serialised(async () => {
+    if (!app.state || app.state.model !== model) {
+      throw new ApiError(409, { error: 'model_changed', message: `not applied: the page now shows ${app.state ? app.state.model : 'no model'}` });
+    }
+    const { version } = app.state;
+    try {
+      const state = range
+        ? await api('PUT', withModel('/api/params/range', model), { parameter, min: range.min, max: range.max, version })
+        : await api('DELETE', withModel('/api/params/range', model, { parameter }), { parameter, version });
+      setState(state);
+      return state;
+    } catch (err) {
+      handleStateError(err);
+      throw err;
+    }
+  });
+}
+app.setRange = setRange;
 app.commitValues = commitValues;
 app.historyStep = historyStep;
 
@@ -184,7 +206,8 @@ function bindToolbar() {
 async function loadModels() {
   const select = $('model-select');
   try {
-    const { models, default: fallback } = await api('GET', '/api/models');
+    const { models, default: fallback, scripts } = await api('GET', '/api/models');
+    renderScriptIssues(scripts || []);
     if (!app.model) app.model = fallback;
     select.replaceChildren(...models.map((m) => {
       const option = document.createElement('option');
@@ -251,6 +274,7 @@ async function main() {
   app.tools = installViewerTools(app.viewer);
   app.params = new ParamsPanel($('params-form'), {
     onCommit: commitValues,
+    onRange: setRange,
     onUnreachable: (err) => showUnreachable(err.message),
   });
   const badge = new StatusBadge();

@@ -5,14 +5,16 @@
 // A control the user is holding, or one with a change still waiting to be sent, is never moved by a server answer.
 import { el, formatNumber, formatTime } from './dom.js';
 import { parseValue } from './proposals.js';
+import { buildRangeControl } from './ranges.js';
 
 const KEY_COALESCE_MS = 400;
 const SLIDER_KEYS = ['ArrowLeft', 'ArrowRight', 'ArrowUp', 'ArrowDown', 'PageUp', 'PageDown', 'Home', 'End'];
 
 export class ParamsPanel {
-  constructor(form, { onCommit, onUnreachable = () => {} }) {
+  constructor(form, { onCommit, onRange = null, onUnreachable = () => {} }) {
     this.form = form;
     this.onCommit = onCommit; // async (values, model) => void; throws ApiError
+    this.onRange = onRange; // async (parameter, {min, max} | null, model) => state; throws ApiError
     this.onUnreachable = onUnreachable; // (err) => void: the server cannot be reached
     this.model = null; // the model these rows belong to
     this.rows = new Map(); // name -> {param, inputs..., error}
@@ -130,11 +132,19 @@ export class ParamsPanel {
       const unit = el('span', { className: 'param-unit', text: p.unit || '' });
       body = el('div', { className: 'param-controls' }, row.slider, el('div', { className: 'number-wrap' }, row.number, unit));
     }
-    const tail = row.checkbox || el('span', {
-      className: 'param-range muted', text: `${formatNumber(p.min)} – ${formatNumber(p.max)}${p.unit ? ` ${p.unit}` : ''}`,
-    });
+    let tail = row.checkbox;
+    let editor = null;
+    if (!tail && this.onRange) { // the range is a button that opens its editor (static/js/ranges.js)
+      ({ tail, editor } = buildRangeControl(p, {
+        apply: (range) => this.onRange(p.name, range, this.model), onUnreachable: this.onUnreachable,
+      }));
+    } else if (!tail) {
+      tail = el('span', { className: 'param-range muted', text: `${formatNumber(p.min)} – ${formatNumber(p.max)}${p.unit ? ` ${p.unit}` : ''}` });
+    }
     const head = el('div', { className: 'param-head' }, label, tail);
-    row.node = el('div', { className: 'param-row', dataset: { param: p.name, testid: `row-${p.name}` } }, head, body, error);
+    row.node = el('div', {
+      className: `param-row${p.range_override ? ' range-override' : ''}`, dataset: { param: p.name, testid: `row-${p.name}` },
+    }, head, body, editor, error);
     this.rows.set(p.name, row);
     return row.node;
   }
@@ -227,11 +237,11 @@ export class ParamsPanel {
   }
 
   setDisabled(disabled) {
-    for (const control of this.form.querySelectorAll('input')) control.disabled = disabled;
+    for (const control of this.form.querySelectorAll('input, button')) control.disabled = disabled;
   }
 }
 
-const SOURCE_LABELS = { user: 'edit', vlm: 'assistant', reset: 'reset', optimise: 'optimiser' };
+const SOURCE_LABELS = { user: 'edit', vlm: 'assistant', reset: 'reset', optimise: 'optimiser', range: 'range' };
 
 // Rows name parameters by their label (the schema's), with units, and show the whole new value (rows wrap).
 export function renderHistory(list, history, schema = []) {
