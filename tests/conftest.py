@@ -8,4 +8,5 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 pytest_plugins = [
     "tests.fixtures_vlm",
     "tests.fixtures_server",
+    "tests.fixtures_targets",
 ]

@@ -1,21 +1,10 @@
 """cad.fit on real models: hidden dimensions recovered from a target's shape through the default schedule."""
-import pytest
 
-from cad import export
-from cad.build import build_model
 from cad.fit import DEFAULT_SCHEDULE, fit
 from cad.registry import ModelRegistry
 from cad.target import compare_model
 
 BRACKET = ModelRegistry().get("bracket")
-
-
-@pytest.fixture(scope="module")
-def bracket_step(tmp_path_factory):
-    hidden = BRACKET.schema.complete({"base_length": 70.0, "upright_height": 75.0})
-    path = tmp_path_factory.mktemp("targets") / "bracket.step"
-    path.write_bytes(export.step_bytes(build_model(BRACKET.path, hidden).assembly))
-    return path
 
 
 def test_fit_recovers_hidden_bracket_dimensions_and_leaves_the_rest_alone(bracket_step):

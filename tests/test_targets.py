@@ -49,14 +49,6 @@ def ascii_stl(vertices, triangles) -> bytes:
     return ("\n".join(lines + ["endsolid box"]) + "\n").encode()
 
 
-@pytest.fixture(scope="module")
-def bracket_step(tmp_path_factory):
-    hidden = BRACKET.schema.complete({"base_length": 70.0, "upright_height": 75.0})
-    path = tmp_path_factory.mktemp("targets") / "bracket.step"
-    path.write_bytes(export.step_bytes(build_model(BRACKET.path, hidden).assembly))
-    return path
-
-
 # --- parsing and storage -------------------------------------------------------------------------------------------
 
 def test_stl_binary_and_ascii_parse_to_the_same_triangles():
