@@ -177,7 +177,7 @@ class Counter:
     def charge(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             self.cancelled = True
-        if self.cancelled or self.target_reached or self.evaluations >= min([self.budget, *self.limits]):
+        if self.cancelled or self.target_reached or self.evaluations >= self.ceiling():
             raise OutOfBudget
         self.evaluations += 1
 
@@ -190,9 +190,13 @@ class Counter:
         finally:
             self.limits.pop()
 
+    def ceiling(self) -> int:
+        """The evaluation count at which the innermost allowance (or the budget) ends."""
+        return min([self.budget, *self.limits])
+
     def remaining(self) -> int:
         """Evaluations left under every ceiling."""
-        return max(min([self.budget, *self.limits]) - self.evaluations, 0)
+        return max(self.ceiling() - self.evaluations, 0)
 
     @property
     def exhausted(self) -> bool:

@@ -83,7 +83,7 @@ class _Search:
         """Push on along the sweep's joint move, doubling, while it gains."""
         direction = [a - b for a, b in zip(self.u, origin)]
         for _ in range(PATTERN_DOUBLINGS):
-            if not self._try(tuple(min(max(x + d, 0.0), 1.0) for x, d in zip(self.u, direction))):
+            if not self._try(self._shifted(enumerate(direction))):
                 return
             direction = [d * GROW for d in direction]
 
