@@ -43,7 +43,10 @@ def _vlm_worker_pid(server_pid: int) -> int | None:
 
 def test_worker_killed_mid_generation_fails_with_503_and_next_request_reloads(tiny_vlm, tmp_path):
     server = start_live_server({"VLM_BACKEND": "finetuned", "FINETUNED_MODEL_PATH": str(tiny_vlm.adapter_dir),
-                                "VLM_DTYPE": "float32", "VLM_KEEP_ALIVE": "-1", "CAD_WARMUP": "0"}, tmp_path / "data")
+                                "VLM_DTYPE": "float32", "VLM_KEEP_ALIVE": "-1", "CAD_WARMUP": "0",
+                                # unconstrained, the untrained model rambles to max_new_tokens; under the answer's
+                                # schema it may close its JSON within the first second
+                                "VLM_CONSTRAINED_DECODING": "0"}, tmp_path / "data")
     try:
         answers = []
         # 2048 greedy tokens take the tiny model ~9 s on this CPU: plenty of time to kill it mid-way
