@@ -198,6 +198,7 @@ class Builder:
         self.memory_items = max(int(memory_items), 1)
         self.timeout_s = float(timeout_s) if timeout_s else DEFAULT_TIMEOUT_S
         self.worker = shared_client()
+        self.target_worker = shared_client("target")  # target import runs apart, under its own memory limit
         self.disk_limit_bytes = max(int(disk_limit_bytes), 0)
         self._disk_bytes: int | None = None  # measured on the first write, then kept up to date
         self._memory: OrderedDict[str, bytes] = OrderedDict()
@@ -245,14 +246,31 @@ class Builder:
 
     def target_info(self, target_path: Path) -> dict:
         """Parse and validate a target file (raises cad.target.TargetError); its format, kind, volume, bbox."""
-        return self.worker.call("target_info", str(target_path), timeout_s=self.timeout_s, script=str(target_path))
+        return self._target_call("target_info", str(target_path))
 
     def target_glb(self, target_path: Path) -> bytes:
-        return self.worker.call("target_glb", str(target_path), timeout_s=self.timeout_s, script=str(target_path))
+        return self._target_call("target_glb", str(target_path))
 
     def target_png(self, target_path: Path, view: str = "iso", size: int = 384) -> bytes:
-        return self.worker.call("target_png", str(target_path), view, size, timeout_s=self.timeout_s,
-                                script=str(target_path))
+        return self._target_call("target_png", str(target_path), view, size)
+
+    def _target_call(self, job: str, *args):
+        """A job of the target-import worker; its timeouts, limits and crashes are the file's fault: TargetError,
+        with no path in the message (the upload is still a temporary file)."""
+        from cad.sandbox import BuildLimitExceeded
+        from cad.target import TargetError
+        from cad.worker import BuildTimeout
+
+        try:
+            return self.target_worker.call(job, *args, timeout_s=self.timeout_s, script="target")
+        except BuildLimitExceeded as exc:
+            raise TargetError(exc.message) from None
+        except BuildTimeout:
+            raise TargetError(f"reading the target file took longer than {self.timeout_s:g} s and was stopped "
+                              f"(CAD_BUILD_TIMEOUT)") from None
+        except BuildError:  # the reader crashed (OCC on a malformed STEP): the file's fault, not a model script's
+            raise TargetError("the target file crashed the CAD kernel's reader (malformed or hostile file); "
+                              "nothing was stored") from None
 
     def stats(self) -> dict:
         with self._lock:

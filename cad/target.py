@@ -21,7 +21,8 @@ from cad.errors import CadError
 log = logging.getLogger(__name__)
 
 TARGET_FORMATS = ("step", "stl")
-MAX_TARGET_TRIANGLES = 2_000_000
+MAX_TARGET_TRIANGLES = 500_000  # checked from the STL's header (or its facet count) before anything is decoded
+MAX_DUPLICATE_SHARE = 0.5  # an STL with more exact duplicate triangles than this is refused (a crafted file)
 TARGET_COLOUR = (0.75, 0.78, 0.82)
 EXACT_TOLERANCE = 1e-3  # relative: intersection and union volumes must agree this well for an exact IoU
 
@@ -47,7 +48,13 @@ def parse_stl(data: bytes):
     import numpy as np
 
     count = int.from_bytes(data[80:84], "little") if len(data) >= 84 else -1
-    if count >= 0 and len(data) == 84 + 50 * count:
+    binary = count >= 0 and len(data) == 84 + 50 * count
+    if not binary:
+        count = data.count(b"facet")  # ASCII: "facet normal" ... "endfacet", two per triangle
+        count //= 2
+    if count > MAX_TARGET_TRIANGLES:
+        raise TargetError(f"the STL file has {count} triangles; at most {MAX_TARGET_TRIANGLES} are accepted")
+    if binary:
         record = np.dtype([("normal", "<f4", 3), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
         corners = np.frombuffer(data, dtype=record, count=count, offset=84)["corners"].astype(np.float64)
     else:
@@ -68,6 +75,10 @@ def parse_stl(data: bytes):
         raise TargetError(f"the STL file has {len(corners)} triangles; at most {MAX_TARGET_TRIANGLES} are accepted")
     if not np.isfinite(corners).all():
         raise TargetError("the STL file has coordinates that are not finite numbers")
+    unique = len(np.unique(corners.reshape(len(corners), 9), axis=0))
+    if len(corners) - unique > MAX_DUPLICATE_SHARE * len(corners):
+        raise TargetError(f"{len(corners) - unique} of the STL file's {len(corners)} triangles are exact duplicates; "
+                          f"export the target again as one clean mesh")
     vertices = corners.reshape(-1, 3)
     if np.ptp(vertices, axis=0).max() <= 0:
         raise TargetError("the STL file's triangles all lie on one point")
@@ -129,8 +140,9 @@ def _load_step(path: Path) -> LoadedTarget:
 
     try:
         shapes = [s for s in cq.importers.importStep(str(path)).vals() if isinstance(s, cq.Shape)]
-    except Exception as exc:  # OCC reports unreadable files in several ways
-        raise TargetError(f"the STEP file could not be read: {exc}") from None
+    except Exception as exc:  # OCC reports unreadable files in several ways; its text may name the temporary file
+        log.info("STEP import failed: %r", exc)
+        raise TargetError(f"the STEP file could not be read ({type(exc).__name__})") from None
     compound = cq.Compound.makeCompound(shapes) if shapes else None
     if compound is None or not compound.Faces():
         raise TargetError("the STEP file contains no surfaces or solids")

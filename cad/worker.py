@@ -6,6 +6,10 @@ target comparison is a job sent to this worker, with a per-job timeout. A job th
 killed and is reported as ``BuildTimeout``; a worker that dies mid-job is reported as ``BuildError``; either way
 the next job starts a fresh worker. cadquery is imported in the worker only.
 
+Limits (``cad.sandbox``): every worker runs in its own process group with an address-space limit, core dumps off
+and a CPU-time limit per job; a timeout kills the whole group (processes a script started too). A job that runs
+out of memory or CPU time is ``BuildLimitExceeded`` and the worker is replaced.
+
 Protocol over the child's stdin/stdout: frames of an 8-byte little-endian length followed by a pickle. Requests are
 ``(job, args)``; answers are ``("ok", result)`` or ``("error", kind, details)``. Pickles only ever travel between
 this process and its own child. The child first sends ``("ready", pid)`` once cadquery is imported, so the job
@@ -18,6 +22,7 @@ import logging
 import os
 import pickle
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -25,7 +30,9 @@ import threading
 import time
 from pathlib import Path
 
+from cad import sandbox
 from cad.errors import BuildError, EmptyGeometry, ScriptError
+from cad.sandbox import BuildLimitExceeded
 from cad.target import TargetError
 
 log = logging.getLogger(__name__)
@@ -68,6 +75,8 @@ def _jobs() -> dict:
 
 
 def _error_answer(exc: BaseException) -> tuple:
+    if sandbox.out_of_memory(exc):
+        return ("limit", "memory", None)  # the parent replaces this worker: the heap may be in a bad state
     if isinstance(exc, (BuildError, ScriptError)):
         return ("error", type(exc).__name__, (exc.path, exc.line, exc.message))
     if isinstance(exc, TargetError):
@@ -82,10 +91,11 @@ def _watch_parent(parent_pid: int) -> None:
     while True:
         time.sleep(1.0)
         if os.getppid() != parent_pid:
-            os._exit(0)
+            sandbox.kill_own_group()
 
 
-def serve() -> None:
+def serve(memory_mb: int = 0, cpu_s: float = 0.0) -> None:
+    sandbox.apply_process_limits(memory_mb)
     protocol_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever a script prints goes to stderr and cannot corrupt the protocol
     sys.stdout = sys.stderr
@@ -106,6 +116,7 @@ def serve() -> None:
         if len(header) < _HEADER.size:
             return  # the parent closed the pipe
         job, args, kwargs = pickle.loads(protocol_in.read(_HEADER.unpack(header)[0]))
+        sandbox.start_job_cpu_limit(cpu_s)
         try:
             answer = ("ok", jobs[job](*args, **kwargs))
         except BaseException as exc:  # noqa: BLE001 - every failure becomes an answer; the loop goes on
@@ -116,12 +127,16 @@ def serve() -> None:
 # --- parent side --------------------------------------------------------------------------------------------------
 
 class WorkerClient:
-    """Runs jobs in one child process, one at a time (thread-safe), restarting it after a timeout or a crash."""
+    """Runs jobs in one child process, one at a time (thread-safe), restarting it after a timeout, a crash or a
+    limit. ``role`` "build" (model scripts) or "target" (target import) picks the memory limit's variable."""
 
-    def __init__(self):
+    def __init__(self, role: str = "build", memory_mb: int | None = None, cpu_s: float | None = None):
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
         self.starts = 0
+        self.role = role
+        self.memory_mb = sandbox.memory_mb(role) if memory_mb is None else int(memory_mb)
+        self.cpu_s = sandbox.cpu_seconds() if cpu_s is None else float(cpu_s)
 
     @property
     def restarts(self) -> int:
@@ -131,6 +146,10 @@ class WorkerClient:
     def pid(self) -> int | None:
         process = self._process
         return process.pid if process is not None and process.poll() is None else None
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
 
     def call(self, job: str, *args, timeout_s: float = DEFAULT_TIMEOUT_S, script: str = "<worker>", **kwargs):
         """Run ``job`` in the worker and return its result; raise what the job raised (rebuilt on this side)."""
@@ -143,9 +162,10 @@ class WorkerClient:
                 self._kill()
                 raise BuildTimeout(script, None, f"model script timed out after {timeout_s:g} s") from None
             except (EOFError, OSError, pickle.UnpicklingError):
-                code = self._kill()
-                raise WorkerCrashed(script, None, f"the build worker crashed while running the model script "
-                                                  f"(exit status {code}); it has been restarted") from None
+                raise self._crash_error(script, self._kill(grace_s=2.0)) from None
+            if answer[0] == "limit":
+                self._kill()  # a fresh heap for the next job
+                raise BuildLimitExceeded(script, None, sandbox.memory_message(self.role, self.memory_mb), "memory")
         if answer[0] == "ok":
             return answer[1]
         kind, details = answer[1], answer[2]
@@ -159,8 +179,8 @@ class WorkerClient:
         """Stop the worker now, even in the middle of a job (shutdown must not wait for a hanging script): the
         job's caller then gets WorkerCrashed."""
         process = self._process
-        if process is not None and process.poll() is None:
-            process.kill()
+        if process is not None:
+            sandbox.kill_group(process.pid)
         if self._lock.acquire(timeout=10):
             try:
                 self._kill()
@@ -168,21 +188,33 @@ class WorkerClient:
                 self._lock.release()
 
     # -- internals (called with the lock held) --
+    def _crash_error(self, script: str, code: int | None) -> BuildError:
+        if code == -signal.SIGXCPU:
+            return BuildLimitExceeded(script, None, sandbox.cpu_message(self.role, self.cpu_s), "cpu")
+        if code == -signal.SIGKILL:
+            return WorkerCrashed(script, None, "the build worker was killed (SIGKILL, most likely the machine ran "
+                                               "out of memory); it has been restarted")
+        return WorkerCrashed(script, None, f"the build worker crashed while running the model script "
+                                           f"(exit status {code}); it has been restarted")
+
     def _ensure_started(self) -> subprocess.Popen:
         if self._process is not None and self._process.poll() is None:
             return self._process
         self.starts += 1
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
-        process = subprocess.Popen([sys.executable, "-m", "cad.worker"], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, cwd=str(_REPO_ROOT), env=env)
+        # its own session: a timeout kills the whole group, whatever the script started
+        process = subprocess.Popen([sys.executable, "-m", "cad.worker", str(self.memory_mb), repr(self.cpu_s)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(_REPO_ROOT), env=env,
+                                   start_new_session=True)
         self._process = process
         try:
             ready = self._receive(process, time.monotonic() + START_TIMEOUT_S)
         except (TimeoutError, EOFError, OSError, pickle.UnpicklingError):
             code = self._kill()
             raise WorkerCrashed("<worker>", None, f"the build worker failed to start (exit status {code})") from None
-        log.info("CAD build worker started (pid %s)", ready[1])
+        log.info("CAD %s worker started (pid %s, memory limit %s MB, CPU limit %g s per job)", self.role, ready[1],
+                 self.memory_mb or "no", self.cpu_s)
         return process
 
     @staticmethod
@@ -196,12 +228,18 @@ class WorkerClient:
         header = _read_exact(process.stdout.fileno(), _HEADER.size, deadline)
         return pickle.loads(_read_exact(process.stdout.fileno(), _HEADER.unpack(header)[0], deadline))
 
-    def _kill(self) -> int | None:
+    def _kill(self, grace_s: float = 0.0) -> int | None:
+        """Kill the worker's process group and reap the worker; ``grace_s`` lets a worker that is already dying
+        (its pipe closed) finish, so its own exit status is reported."""
         process, self._process = self._process, None
         if process is None:
             return None
-        if process.poll() is None:
-            process.kill()
+        if grace_s:
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        sandbox.kill_group(process.pid)  # the worker and whatever its script started, even after a crash
         try:
             code = process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -231,36 +269,42 @@ def _read_exact(fd: int, size: int, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
-_shared: WorkerClient | None = None
+_shared: dict = {}  # role -> the process-wide WorkerPool ("build") or WorkerClient ("target")
 _shared_lock = threading.Lock()
 
 
-def shared_client() -> WorkerClient:
-    """The process-wide worker (one pool of one for every Builder in this process)."""
-    global _shared
+def shared_client(role: str = "build"):
+    """The process-wide build workers (a ``cad.worker_pool.WorkerPool``, ``CAD_BUILD_WORKERS``) or, for
+    ``role="target"``, the one target-import worker (its own process and memory limit, ``CAD_TARGET_MEMORY_MB``)."""
     with _shared_lock:
-        if _shared is None:
-            _shared = WorkerClient()
-            atexit.register(_shared.close)
-        return _shared
+        if role not in _shared:
+            if role == "target":
+                client = WorkerClient("target")
+            else:
+                from cad.worker_pool import WorkerPool
+
+                client = WorkerPool()
+            _shared[role] = client
+            atexit.register(client.close)
+        return _shared[role]
 
 
 def clear_worker_cache() -> None:
-    """Make a running shared worker forget its built shapes (no-op when none runs, e.g. inside the worker)."""
-    client = _shared
+    """Make running shared workers forget their built shapes (no-op when none runs, e.g. inside the worker)."""
+    client = _shared.get("build")
     if client is not None and client.pid is not None:
         client.call("clear")
 
 
 def shutdown() -> None:
-    """Stop the shared worker if it runs (tests and app shutdown); the next job starts a new one."""
+    """Stop the shared workers that run (tests and app shutdown); the next job starts new ones."""
     with _shared_lock:
-        client = _shared
-    if client is not None:
+        clients = list(_shared.values())
+    for client in clients:
         client.close()
 
 
 if __name__ == "__main__":
     from cad.worker import serve as _serve  # the canonical module, so exception classes match the parent's
 
-    _serve()
+    _serve(int(sys.argv[1]) if len(sys.argv) > 1 else 0, float(sys.argv[2]) if len(sys.argv) > 2 else 0.0)

@@ -46,6 +46,7 @@ def too_large_message() -> str:
 
 def register_error_handlers(app: Flask) -> None:
     from cad.errors import BuildError, EmptyGeometry, ParameterError, ScriptError, UnknownModel
+    from cad.sandbox import BuildLimitExceeded
     from cad.session import SessionError
     from cad.worker import BuildTimeout
     from vlm.backend import BackendError
@@ -78,6 +79,12 @@ def register_error_handlers(app: Flask) -> None:
     def _cad_timeout(e: BuildTimeout):
         # Not the request's fault and not a script error with a line: the gateway-timeout family fits.
         return error_response(504, "cad_build_timeout", build_timeout_message(e))
+
+    @app.errorhandler(BuildLimitExceeded)
+    def _cad_limit(e: BuildLimitExceeded):
+        # The script (for these values) needs more memory or CPU than a build may use (cad.sandbox).
+        script = str(e.path).replace("\\", "/").rsplit("/", 1)[-1]
+        return error_response(422, "cad_build_limit", f"{script}: {e.message}", limit=e.limit)
 
     @app.errorhandler(SessionError)
     def _session_error(e: SessionError):
