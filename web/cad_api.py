@@ -5,18 +5,19 @@ import hashlib
 
 from flask import Blueprint, Response, jsonify, request
 
+from .contract import (MAX_RENDER_SIZE, MIN_RENDER_SIZE, VIEWS, DownloadQuery, EditRequest,  # noqa: F401
+                       RangeQuery, RangeRequest, RangeResetRequest, RenderQuery, VersionBody, validate,
+                       validate_query)
 from .errors import ApiError
-from .parse import choice_arg, download_arg, expected_version, int_arg, json_body, model_name
+from .parse import json_body, model_name
 from .security import expensive
 from .services import services
 
 bp = Blueprint("cad_api", __name__, url_prefix="/api")
 
 EXPORT_TYPES = {"glb": "model/gltf-binary", "stl": "model/stl", "step": "model/step"}
-VIEWS = ("front", "side", "top", "iso")
-# Every render is a job for the one build worker: 24 renders at 2048 px kept it busy for 70 s (issue 17), and the
-# cost grows with the square of the size. 1024 is the largest the UI asks for (its PNG download).
-MIN_RENDER_SIZE, MAX_RENDER_SIZE = 64, 1024
+# Request bodies and query strings are validated against the contract's models (web/contract/requests.py, where
+# the limits are: renders at most 1024 px, since 24 renders at 2048 px kept the one build worker busy for 70 s).
 
 
 def state_json(name: str, **extra) -> dict:
@@ -38,31 +39,26 @@ def list_models():
 @bp.put("/params/range")
 def put_range():
     """Narrow one parameter's range for this session: {"parameter", "min", "max", "version"?, "model"?}."""
-    body = json_body()
-    name = model_name(body)
-    parameter = body.get("parameter")
-    if not isinstance(parameter, str) or "min" not in body or "max" not in body:
-        raise ApiError(400, "bad_range", 'send {"parameter": name, "min": low, "max": high, "version": N}')
-    return _set_range(name, parameter, body["min"], body["max"], body)
+    req = validate(RangeRequest, json_body())
+    return _set_range(model_name(req), req.parameter, req.min, req.max, req.version)
 
 
 @bp.delete("/params/range")
 def delete_range():
     """Back to the script's range: ?parameter=name (and model, version)."""
-    body = json_body(required=False)
-    name = model_name(body)
-    parameter = body.get("parameter", request.args.get("parameter"))
-    if not isinstance(parameter, str):
+    req = validate(RangeResetRequest, json_body(required=False))
+    parameter = req.parameter if req.parameter is not None else validate_query(RangeQuery, request.args).parameter
+    if parameter is None:
         raise ApiError(400, "bad_range", "say which parameter: ?parameter=name")
-    return _set_range(name, parameter, None, None, body)
+    return _set_range(model_name(req), parameter, None, None, req.version)
 
 
-def _set_range(name: str, parameter: str, low, high, body: dict):
+def _set_range(name: str, parameter: str, low, high, version: int | None):
     if (low is None) != (high is None):
         raise ApiError(400, "bad_range", "min and max must both be numbers")
     session = services().sessions.get(name)
     with session.lock:
-        entry = session.set_range(parameter, low, high, expected_version(body))
+        entry = session.set_range(parameter, low, high, version)
         return jsonify(state_json(name, entry=entry_json(name, entry), snapshot=session.snapshot()))
 
 
@@ -73,14 +69,11 @@ def get_params():
 
 @bp.patch("/params")
 def patch_params():
-    body = json_body()
-    name = model_name(body)
-    values = body.get("values")
-    if not isinstance(values, dict) or not values:
-        raise ApiError(400, "missing_values", 'send {"values": {"parameter": value, ...}, "version": N}')
+    req = validate(EditRequest, json_body())
+    name = model_name(req)
     session = services().sessions.get(name)
     with session.lock:  # the answer shows the state this edit produced, not a later one
-        entry = session.apply(values, source={"kind": "user"}, expected_version=expected_version(body))
+        entry = session.apply(req.values, source={"kind": "user"}, expected_version=req.version)
         return jsonify(state_json(name, entry=entry_json(name, entry), snapshot=session.snapshot()))
 
 
@@ -91,11 +84,11 @@ def entry_json(name: str, entry) -> dict | None:
 
 
 def _history_step(action: str):
-    body = json_body(required=False)
-    name = model_name(body)
+    req = validate(VersionBody, json_body(required=False))
+    name = model_name(req)
     session = services().sessions.get(name)
     with session.lock:
-        getattr(session, action)(expected_version(body))
+        getattr(session, action)(req.version)
         return jsonify(state_json(name, snapshot=session.snapshot()))
 
 
@@ -111,11 +104,11 @@ def redo():
 
 @bp.post("/reset")
 def reset():
-    body = json_body(required=False)
-    name = model_name(body)
+    req = validate(VersionBody, json_body(required=False))
+    name = model_name(req)
     session = services().sessions.get(name)
     with session.lock:
-        entry = session.reset(expected_version(body))
+        entry = session.reset(req.version)
         return jsonify(state_json(name, entry=entry_json(name, entry), snapshot=session.snapshot()))
 
 
@@ -146,9 +139,10 @@ def _file_response(data: bytes, mimetype: str, filename: str | None = None) -> R
 def export_model(fmt: str):
     if fmt not in EXPORT_TYPES:
         raise ApiError(404, "unknown_format", f"no export format {fmt!r}; use one of {', '.join(EXPORT_TYPES)}")
+    query = validate_query(DownloadQuery, request.args)
     name = model_name()
     model, snap = _current(name)
-    download = download_arg()
+    download = query.download in {"1", "true"}
     data = services().builder.export(model, snap["values"], fmt)
     return _file_response(data, EXPORT_TYPES[fmt], f"{model.name}-v{snap['version']}.{fmt}" if download else None)
 
@@ -156,10 +150,9 @@ def export_model(fmt: str):
 @bp.get("/render.png")
 @expensive
 def render_png():
-    view = choice_arg("view", "iso", VIEWS)
-    size = int_arg("size", 512, MIN_RENDER_SIZE, MAX_RENDER_SIZE)
-    download = download_arg()
+    query = validate_query(RenderQuery, request.args)
     name = model_name()
     model, snap = _current(name)
-    data = services().builder.render_png(model, snap["values"], view, size)
-    return _file_response(data, "image/png", f"{model.name}-{view}.png" if download else None)
+    data = services().builder.render_png(model, snap["values"], query.view, query.size)
+    download = query.download in {"1", "true"}
+    return _file_response(data, "image/png", f"{model.name}-{query.view}.png" if download else None)

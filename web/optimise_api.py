@@ -24,36 +24,24 @@ from vlm.backend import CancelToken
 
 from .cad_api import entry_json, state_json
 from .errors import ApiError, build_timeout_message
+from .contract import DEFAULT_OPTIMISE_STEPS, MAX_OPTIMISE_STEPS, OptimiseRequest, validate  # noqa: F401
 from .optimise_vlm import ask_vlm
-from .parse import expected_version, json_body, model_name
+from .parse import json_body, model_name
 from .services import services
 from .sse import relay
 from .targets_api import _state, _target_path, bp
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPTIMISE_STEPS = 1000
-MAX_OPTIMISE_STEPS = 2000
+# The request's limits are in web/contract/requests.py; the largest budget must fit the fit's own limit.
 assert MAX_OPTIMISE_STEPS <= MAX_EVALUATIONS_LIMIT
 
 
-def _flag(body: dict, key: str) -> bool:
-    value = body.get(key, False)
-    if not isinstance(value, bool):
-        raise ApiError(400, f"bad_{key}", f"{key} must be true or false")
-    return value
-
-
 def _prepare() -> dict:
-    body = json_body(required=False)
-    name = model_name(body)
+    req = validate(OptimiseRequest, json_body(required=False))
     svc = services()
-    model = svc.registry.get(name)
-    max_steps = body.get("max_steps", DEFAULT_OPTIMISE_STEPS)
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= MAX_OPTIMISE_STEPS:
-        raise ApiError(400, "bad_max_steps", f"max_steps must be a whole number between 1 and {MAX_OPTIMISE_STEPS}")
-    use_vlm, stream = _flag(body, "use_vlm"), _flag(body, "stream")
-    version = expected_version(body)
+    model = svc.registry.get(model_name(req))
+    max_steps, use_vlm, stream, version = req.max_steps, req.use_vlm, req.stream, req.version
     snapshot = svc.sessions.get(model.name).snapshot()
     if version is not None and version != snapshot["version"]:
         raise VersionConflict(f"the design changed since you loaded it (your version {version}, current "

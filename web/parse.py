@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import re
 
 from flask import request
 
+from .contract.requests import MAX_MODEL_NAME
 from .errors import ApiError
 
 # No request body of this API nests deeper than 3 levels. A much deeper one is refused here, before any code walks
@@ -46,16 +46,19 @@ def json_body(*, required: bool = True) -> dict:
     return body
 
 
-def model_name(body: dict | None = None) -> str:
+def model_name(body=None) -> str:
+    """The CAD model a request names: ?model=, else the body's (a dict, or a contract model with `.model`)."""
     from .services import services
 
+    if body is not None and not isinstance(body, dict):  # validated already (web/contract)
+        body = {} if body.model is None else {"model": body.model}
     body = body or {}
     # Checked even when ?model= wins: a body the spec forbids ("model": {}) is refused, not silently ignored.
     if "model" in body and not isinstance(body["model"], str):
         raise ApiError(400, "bad_model", "model must be a model name string")
     name = request.args.get("model") or body.get("model") or services().registry.default_name
-    if len(name) > 100:
-        raise ApiError(400, "bad_model", "model must be a model name string of at most 100 characters")
+    if len(name) > MAX_MODEL_NAME:
+        raise ApiError(400, "bad_model", f"model must be a model name string of at most {MAX_MODEL_NAME} characters")
     return name
 
 
@@ -67,27 +70,3 @@ def expected_version(body: dict) -> int | None:
         raise ApiError(400, "bad_version", "version must be an integer (the version you last saw); leave it out "
                                            "to skip the check")
     return version
-
-
-def int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    if not re.fullmatch(r"-?[0-9]{1,12}", raw):  # int() would also take " 1_0 " and Arabic-Indic digits
-        raise ApiError(400, f"bad_{name}", f"{name} must be an integer between {lo} and {hi}")
-    value = int(raw)
-    if not lo <= value <= hi:  # a well-formed integer the server will not serve: 422, like an out-of-range edit
-        raise ApiError(422, f"bad_{name}", f"{name} must be between {lo} and {hi}, got {value}")
-    return value
-
-
-def download_arg() -> bool:
-    """`?download=1|true` asks for an attachment; `0|false` or no value for inline. Anything else is a typo."""
-    return choice_arg("download", "0", ("0", "1", "false", "true")) in {"1", "true"}
-
-
-def choice_arg(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = request.args.get(name) or default
-    if value not in choices:
-        raise ApiError(400, f"bad_{name}", f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value

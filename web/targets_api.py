@@ -17,6 +17,7 @@ from cad.target import TargetError
 from cad.target_store import TargetNotSaved, TargetStore
 
 from .cad_api import _file_response
+from .contract import MAX_TARGET_BYTES
 from .errors import ApiError
 from .parse import model_name
 from .security import expensive
@@ -24,8 +25,6 @@ from .services import services
 
 log = logging.getLogger(__name__)
 bp = Blueprint("targets_api", __name__, url_prefix="/api")
-
-MAX_TARGET_BYTES = 20 * 1024 * 1024
 
 
 class TargetsState:

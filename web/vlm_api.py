@@ -10,68 +10,37 @@ import time
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from vlm.backend import BackendError, GenerateRequest
-from vlm.dataset import MAX_REASON_CHARS
 from vlm.decisions import chosen_values, overwritten_edits
 from vlm.images import MAX_IMAGES, ImageError, decode_base64_image, normalise_image
 from vlm.prompts import build_prompt, proposal_json_schema
 from vlm.proposals import ProposalSelectionError, parse_model_output
 
 from .cad_api import entry_json, state_json
+from .contract import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, ApplyRequest, RejectRequest, VlmRequest, validate  # noqa: F401
 from .errors import ApiError
-from .parse import expected_version, json_body, model_name
+from .parse import json_body, model_name
 from .services import services
 from .sse import relay, sse
 
 log = logging.getLogger(__name__)
 bp = Blueprint("vlm_api", __name__, url_prefix="/api")
 
-MAX_PROMPT_CHARS = 4000
-MAX_NEW_TOKENS = 2048
 RENDER_VIEW, RENDER_SIZE = "iso", 384
 STREAM_IDLE_S = 0.2  # a keep-alive at least this often: a closed stream is noticed within a few of them
 DISCONNECT_POLL_S = 0.25
 
 
-def _flag(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on"}:
-        return True
-    if value in (None, "", 0) or (isinstance(value, str) and value.lower() in {"0", "false", "no", "off"}):
-        return False
-    raise ApiError(400, "bad_flag", f"expected true or false, got {value!r}")
-
-
-def _number(body: dict, key: str, default, lo, hi, kind=float):
-    value = body.get(key, default)
-    if isinstance(value, str) and request.mimetype == "multipart/form-data":
-        try:
-            value = kind(value)
-        except ValueError:
-            raise ApiError(400, f"bad_{key}", f"{key} must be a number between {lo} and {hi}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-        raise ApiError(400, f"bad_{key}", f"{key} must be {'an integer' if kind is int else 'a number'} between {lo} and {hi}")
-    if not lo <= value <= hi:
-        raise ApiError(400, f"bad_{key}", f"{key} must be between {lo} and {hi}, got {value}")
-    return kind(value)
-
-
-def _read_request() -> tuple[dict, list[bytes]]:
-    """The body as a dict plus the raw image bytes, from JSON or multipart."""
+def _read_request() -> tuple[VlmRequest, list[bytes]]:
+    """The validated request plus the raw image bytes, from JSON or multipart (form fields are strings: "true",
+    "512"; they are read as the types the contract declares)."""
     if request.mimetype == "multipart/form-data":
-        body = {k: v for k, v in request.form.items()}
         raw_images = [f.read() for f in request.files.getlist("images") if f]
         if len(raw_images) > MAX_IMAGES:
             raise ApiError(400, "too_many_images", f"send at most {MAX_IMAGES} images")
-        return body, raw_images
-    body = json_body()
-    images = body.get("images") or []
-    if not isinstance(images, list):
-        raise ApiError(400, "bad_images", "images must be a list of base64 strings or data URLs")
-    if len(images) > MAX_IMAGES:
-        raise ApiError(400, "too_many_images", f"send at most {MAX_IMAGES} images")
+        return validate(VlmRequest, {k: v for k, v in request.form.items() if k != "images"}, strict=False), raw_images
+    req = validate(VlmRequest, json_body())
     try:
-        return body, [decode_base64_image(item, i) for i, item in enumerate(images)]
+        return req, [decode_base64_image(item, i) for i, item in enumerate(req.images or [])]
     except ImageError as exc:
         raise ApiError(400, "bad_image", str(exc)) from None
 
@@ -79,21 +48,15 @@ def _read_request() -> tuple[dict, list[bytes]]:
 def _prepare():
     """Validate everything before any model work: returns what the generation needs."""
     svc = services()
-    body, raw_images = _read_request()
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ApiError(400, "missing_prompt", "prompt must be a non-empty string saying what you want changed")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ApiError(422, "prompt_too_long", f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    req, raw_images = _read_request()
+    prompt = req.prompt
     try:
         images = [normalise_image(data, i, max_pixels=svc.config.max_image_pixels) for i, data in enumerate(raw_images)]
     except ImageError as exc:
         raise ApiError(422, "bad_image", str(exc)) from None
-    include_render = _flag(body.get("include_render", False))
-    stream = _flag(body.get("stream", False))
-    max_new_tokens = _number(body, "max_new_tokens", 512, 1, MAX_NEW_TOKENS, int)
-    temperature = _number(body, "temperature", 0.0, 0.0, 2.0, float)
-    name = model_name(body)
+    include_render, stream = req.include_render, req.stream
+    max_new_tokens, temperature = req.max_new_tokens, req.temperature
+    name = model_name(req)
     model = svc.registry.get(name)
     snap = svc.sessions.get(name).snapshot()
     if include_render:
@@ -290,12 +253,8 @@ def apply_proposals(proposal_id: str):
     svc = services()
     body = json_body(required=False)
     ps = _proposal_set(proposal_id)
-    names, values = body.get("parameters"), body.get("values")
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        raise ApiError(400, "bad_parameters", "parameters must be a list of parameter names")
-    if values is not None and not isinstance(values, dict):
-        raise ApiError(400, "bad_values", "values must be an object of parameter name: value (your corrections)")
-    overwrite = _flag(body.get("overwrite", False))
+    req = validate(ApplyRequest, body)
+    names, values, overwrite = req.parameters, req.values, req.overwrite
     session = svc.sessions.get(ps.model_name)
     try:
         chosen = chosen_values(ps, session.schema, parameters=names, values=values)
@@ -308,7 +267,7 @@ def apply_proposals(proposal_id: str):
                            "would replace your newer edit. Ask again, or send \"overwrite\": true to apply anyway",
                            parameters=stale, current_version=session.version)
         entry = session.apply(chosen, source={"kind": "vlm", "proposal_id": proposal_id},
-                              expected_version=expected_version(body), summary=(ps.summary or "")[:200] or None)
+                              expected_version=req.version, summary=(ps.summary or "")[:200] or None)
         snapshot = session.snapshot()
     if entry is not None:  # a no-op apply teaches nothing and is not logged
         svc.record_decision(ps, "applied", applied=chosen)
@@ -322,9 +281,7 @@ def reject_proposals(proposal_id: str):
     a "no change" training target."""
     body = json_body(required=False)
     ps = _proposal_set(proposal_id)
-    reason = body.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
-        raise ApiError(400, "bad_reason", f"reason must be a string of at most {MAX_REASON_CHARS} characters")
-    outcome = "no_change" if _flag(body.get("nothing_should_change", False)) else "rejected"
-    services().record_decision(ps, outcome, reject_reason=reason)
+    req = validate(RejectRequest, body)
+    outcome = "no_change" if req.nothing_should_change else "rejected"
+    services().record_decision(ps, outcome, reject_reason=req.reason)
     return jsonify({"id": proposal_id, "rejected": True, "recorded_as": outcome})
