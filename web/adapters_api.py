@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify
 
-from vlm.worker import check_safetensors
+from vlm.model_files import check_safetensors
 
 from .errors import ApiError
 from .parse import json_body
