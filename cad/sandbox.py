@@ -11,6 +11,8 @@ Each worker child runs in its own session (process group) and sets its own limit
   limit is moved to "used so far + limit" before each job; past it the kernel stops the worker with SIGXCPU.
 - wall time: the caller's timeout (``CAD_BUILD_TIMEOUT``); past it the whole process group is killed with SIGKILL,
   so processes a script forked or spawned go with it.
+- processes a script started and left running when its job ends are killed (``kill_strays``), and a forked copy
+  of the worker that returns into the job loop exits at once.
 - core dumps are off (``RLIMIT_CORE`` 0): a crashing OCC must not write gigabytes of core files.
 
 A grandchild that starts its own session (``setsid``) leaves the group and is not reached; only a cgroup would.
@@ -99,6 +101,35 @@ def out_of_memory(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def kill_strays() -> int:
+    """SIGKILL every other process of this worker's group (whatever a finished job's script left running) and reap
+    those that are this process's children; returns how many were killed. Called after every job."""
+    me, group = os.getpid(), os.getpgid(0)
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()  # state, ppid, pgrp, ...
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == group:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+            except (ProcessLookupError, PermissionError):
+                pass
+    for pid in killed:
+        try:
+            os.waitpid(pid, 0)  # SIGKILL cannot be caught: this returns at once for a child of ours
+        except ChildProcessError:
+            pass  # a grandchild: its own parent (killed too) leaves it to init
+    if killed:
+        log.warning("killed %d process(es) a model script left running", len(killed))
+    return len(killed)
 
 
 def kill_own_group() -> None:

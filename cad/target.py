@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 TARGET_FORMATS = ("step", "stl")
 MAX_TARGET_TRIANGLES = 500_000  # checked from the STL's header (or its facet count) before anything is decoded
 MAX_DUPLICATE_SHARE = 0.5  # an STL with more exact duplicate triangles than this is refused (a crafted file)
+MAX_TARGET_FILE_BYTES = 32 << 20  # checked from the file's size before it is read (uploads stop at 20 MB)
+MAX_STEP_NESTING = 256  # parenthesis depth; real exports stay near 10, deep ones crash OCC's parser
+_STEP_ENTITY = re.compile(rb"#(\d+)\s*=([^;]*);")
 TARGET_COLOUR = (0.75, 0.78, 0.82)
 EXACT_TOLERANCE = 1e-3  # relative: intersection and union volumes must agree this well for an exact IoU
 
@@ -85,6 +88,26 @@ def parse_stl(data: bytes):
     return vertices, np.arange(len(vertices), dtype=np.int64).reshape(-1, 3)
 
 
+def check_step_text(data: bytes) -> None:
+    """Refuse, before OCC's reader sees it, a STEP file it cannot be trusted with: nesting deeper than
+    MAX_STEP_NESTING, or an entity that refers to itself (``#3=EDGE_CURVE('',#2,#2,#3,.T.)``)."""
+    import numpy as np
+
+    codes = np.frombuffer(data, dtype=np.uint8)
+    depth = np.cumsum((codes == ord("(")).astype(np.int32) - (codes == ord(")")))
+    if len(depth) and int(depth.max()) > MAX_STEP_NESTING:
+        raise TargetError(f"the STEP file nests parentheses {int(depth.max())} levels deep; at most "
+                          f"{MAX_STEP_NESTING} are accepted")
+    for match in _STEP_ENTITY.finditer(data):
+        ref, body = b"#" + match[1], match[2]
+        at = body.find(ref)
+        while at >= 0:
+            end = at + len(ref)
+            if not body[end:end + 1].isdigit():
+                raise TargetError(f"the STEP file's entity #{match[1].decode()} refers to itself")
+            at = body.find(ref, end)
+
+
 # --- geometry (build worker only) ---------------------------------------------------------------------------------
 
 @dataclass
@@ -109,8 +132,12 @@ def load_target(path: Path | str) -> LoadedTarget:
     if key in _targets:
         _targets.move_to_end(key)
         return _targets[key]
+    if stat.st_size > MAX_TARGET_FILE_BYTES:
+        raise TargetError(f"the target file is larger than {MAX_TARGET_FILE_BYTES >> 20} MB")
     data = path.read_bytes()
     fmt = detect_format(data)
+    if fmt == "step":
+        check_step_text(data)
     loaded = _load_step(path) if fmt == "step" else _load_stl(data)
     _targets[key] = loaded
     while len(_targets) > 4:

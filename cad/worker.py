@@ -110,7 +110,8 @@ def serve(memory_mb: int = 0, cpu_s: float = 0.0) -> None:
         protocol_out.write(_HEADER.pack(len(data)) + data)
         protocol_out.flush()
 
-    send(("ready", os.getpid()))
+    me = os.getpid()
+    send(("ready", me))
     while True:
         header = protocol_in.read(_HEADER.size)
         if len(header) < _HEADER.size:
@@ -121,6 +122,9 @@ def serve(memory_mb: int = 0, cpu_s: float = 0.0) -> None:
             answer = ("ok", jobs[job](*args, **kwargs))
         except BaseException as exc:  # noqa: BLE001 - every failure becomes an answer; the loop goes on
             answer = _error_answer(exc)
+        if os.getpid() != me:
+            os._exit(0)  # a copy a script forked came back here: only the worker itself answers
+        sandbox.kill_strays()
         send(answer)
 
 
@@ -269,31 +273,39 @@ def _read_exact(fd: int, size: int, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
-_shared: dict = {}  # role -> the process-wide WorkerPool ("build") or WorkerClient ("target")
+_shared: dict = {}  # (role, settings) -> the process-wide WorkerPool ("build") or WorkerClient ("target")
 _shared_lock = threading.Lock()
+
+
+def _settings(role: str) -> tuple:
+    from cad.worker_pool import pool_size
+
+    return (role, sandbox.memory_mb(role), sandbox.cpu_seconds(), pool_size() if role == "build" else 1)
 
 
 def shared_client(role: str = "build"):
     """The process-wide build workers (a ``cad.worker_pool.WorkerPool``, ``CAD_BUILD_WORKERS``) or, for
-    ``role="target"``, the one target-import worker (its own process and memory limit, ``CAD_TARGET_MEMORY_MB``)."""
+    ``role="target"``, the one target-import worker (its own process and memory limit, ``CAD_TARGET_MEMORY_MB``).
+    One per setting of the limits' variables (read now), so an app made after they changed gets its own."""
+    key = _settings(role)
     with _shared_lock:
-        if role not in _shared:
+        if key not in _shared:
             if role == "target":
                 client = WorkerClient("target")
             else:
                 from cad.worker_pool import WorkerPool
 
-                client = WorkerPool()
-            _shared[role] = client
+                client = WorkerPool(key[3])
+            _shared[key] = client
             atexit.register(client.close)
-        return _shared[role]
+        return _shared[key]
 
 
 def clear_worker_cache() -> None:
     """Make running shared workers forget their built shapes (no-op when none runs, e.g. inside the worker)."""
-    client = _shared.get("build")
-    if client is not None and client.pid is not None:
-        client.call("clear")
+    for key, client in list(_shared.items()):
+        if key[0] == "build" and client.pid is not None:
+            client.call("clear")
 
 
 def shutdown() -> None:
