@@ -3,6 +3,7 @@ HTTP app and real workers: each is answered with a clear JSON error within its l
 rendering, and no answer names a temporary path. Limits are set small through their environment variables."""
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import time
@@ -233,3 +234,31 @@ def test_the_pool_size_and_limits_come_from_the_environment(monkeypatch, tmp_pat
     assert builder.worker is worker.shared_client() and builder.worker.pid is None  # nothing started yet
     monkeypatch.setenv("CAD_BUILD_WORKERS", "nonsense")
     assert len(worker.shared_client().clients) == 2  # the default, with a warning
+
+
+def test_a_reader_that_crashes_or_hangs_is_the_target_files_fault(tmp_path):
+    """What OCC does on some malformed files (segfault, endless loop) costs only the target-import process and is
+    a TargetError without the file's path. A FIFO nobody writes to holds the reader inside the job."""
+    import signal
+
+    from cad.target import TargetError
+
+    fifo = tmp_path / "target.step"
+    os.mkfifo(fifo)
+    builder = Builder(tmp_path / "cache", timeout_s=3)
+    builder.target_worker = WorkerClient("target")
+    try:
+        builder.target_worker.call("ping")
+        started = time.perf_counter()
+        with pytest.raises(TargetError, match="took longer than 3 s") as error:
+            builder.target_info(fifo)
+        assert str(tmp_path) not in str(error.value) and time.perf_counter() - started < 10
+        builder.target_worker.call("ping")
+        pid = builder.target_worker.pid
+        threading.Timer(1.0, os.kill, (pid, signal.SIGSEGV)).start()
+        with pytest.raises(TargetError, match="crashed the CAD kernel's reader") as error:
+            builder.target_info(fifo)
+        assert str(tmp_path) not in str(error.value) and "script" not in str(error.value)
+        assert builder.target_worker.call("ping") not in (None, pid)  # a fresh reader
+    finally:
+        builder.target_worker.close()

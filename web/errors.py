@@ -45,46 +45,14 @@ def too_large_message() -> str:
 
 
 def register_error_handlers(app: Flask) -> None:
-    from cad.errors import BuildError, EmptyGeometry, ParameterError, ScriptError, UnknownModel
-    from cad.sandbox import BuildLimitExceeded
     from cad.session import SessionError
-    from cad.worker import BuildTimeout
     from vlm.backend import BackendError
 
     @app.errorhandler(ApiError)
     def _api_error(e: ApiError):
         return error_response(e.status, e.code, e.message, **e.extra)
 
-    @app.errorhandler(ParameterError)
-    def _parameter_error(e: ParameterError):
-        extra = {k: getattr(e, k, None) for k in ("parameter", "min", "max")}
-        return error_response(422, "invalid_parameter", str(e), **{k: v for k, v in extra.items() if v is not None})
-
-    @app.errorhandler(UnknownModel)
-    def _unknown_model(e: UnknownModel):
-        return error_response(404, "unknown_model", str(e))
-
-    @app.errorhandler(ScriptError)
-    @app.errorhandler(BuildError)
-    def _cad_error(e):
-        # The operator's model script failed: say where, so it can be fixed. The design state is unchanged.
-        return error_response(422, "cad_build_failed", str(e), line=e.line)
-
-    @app.errorhandler(EmptyGeometry)
-    def _empty_geometry(e: EmptyGeometry):
-        # Not the script's fault: these (in-range) values cut everything away. Nothing was changed.
-        return error_response(422, "empty_geometry", e.message)
-
-    @app.errorhandler(BuildTimeout)
-    def _cad_timeout(e: BuildTimeout):
-        # Not the request's fault and not a script error with a line: the gateway-timeout family fits.
-        return error_response(504, "cad_build_timeout", build_timeout_message(e))
-
-    @app.errorhandler(BuildLimitExceeded)
-    def _cad_limit(e: BuildLimitExceeded):
-        # The script (for these values) needs more memory or CPU than a build may use (cad.sandbox).
-        script = str(e.path).replace("\\", "/").rsplit("/", 1)[-1]
-        return error_response(422, "cad_build_limit", f"{script}: {e.message}", limit=e.limit)
+    _register_cad_handlers(app)
 
     @app.errorhandler(SessionError)
     def _session_error(e: SessionError):
@@ -120,3 +88,41 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(e: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "an unexpected error occurred; the server log has the details")
+
+
+def _register_cad_handlers(app: Flask) -> None:
+    """The cad package's errors: bad values, unknown models, script failures, timeouts and sandbox limits."""
+    from cad.errors import BuildError, EmptyGeometry, ParameterError, ScriptError, UnknownModel
+    from cad.sandbox import BuildLimitExceeded
+    from cad.worker import BuildTimeout
+
+    @app.errorhandler(ParameterError)
+    def _parameter_error(e: ParameterError):
+        extra = {k: getattr(e, k, None) for k in ("parameter", "min", "max")}
+        return error_response(422, "invalid_parameter", str(e), **{k: v for k, v in extra.items() if v is not None})
+
+    @app.errorhandler(UnknownModel)
+    def _unknown_model(e: UnknownModel):
+        return error_response(404, "unknown_model", str(e))
+
+    @app.errorhandler(ScriptError)
+    @app.errorhandler(BuildError)
+    def _cad_error(e):
+        # The operator's model script failed: say where, so it can be fixed. The design state is unchanged.
+        return error_response(422, "cad_build_failed", str(e), line=e.line)
+
+    @app.errorhandler(EmptyGeometry)
+    def _empty_geometry(e: EmptyGeometry):
+        # Not the script's fault: these (in-range) values cut everything away. Nothing was changed.
+        return error_response(422, "empty_geometry", e.message)
+
+    @app.errorhandler(BuildTimeout)
+    def _cad_timeout(e: BuildTimeout):
+        # Not the request's fault and not a script error with a line: the gateway-timeout family fits.
+        return error_response(504, "cad_build_timeout", build_timeout_message(e))
+
+    @app.errorhandler(BuildLimitExceeded)
+    def _cad_limit(e: BuildLimitExceeded):
+        # The script (for these values) needs more memory or CPU than a build may use (cad.sandbox).
+        script = str(e.path).replace("\\", "/").rsplit("/", 1)[-1]
+        return error_response(422, "cad_build_limit", f"{script}: {e.message}", limit=e.limit)
