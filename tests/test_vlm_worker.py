@@ -14,7 +14,8 @@ import pytest
 
 from tests.fixtures_vlm import make_png
 from vlm.backend import BackendError, GenerateRequest, GenerationCancelled
-from vlm.finetuned import REPO_ROOT, FinetunedBackend
+from vlm.finetuned import FinetunedBackend
+from vlm.worker_process import REPO_ROOT
 from vlm.tiny import NUM_IMAGE_TOKENS
 
 PROMPT = "Make the wheels bigger."

@@ -1,4 +1,6 @@
-"""The fine-tuned LLaVA-OneVision + LoRA backend. The model lives in a child process (`vlm.worker`).
+"""The fine-tuned LLaVA-OneVision + LoRA backend. The model lives in a child process (`vlm.worker`), started,
+spoken to and ended through `vlm.worker_process`; this module is what the commands mean: load, generate, cancel,
+switch adapters, status.
 
 This module never imports torch, transformers or peft: the web process stays light, and ending the
 worker returns all of the model's memory, CUDA context included.
@@ -6,16 +8,12 @@ worker returns all of the model's memory, CUDA context included.
 from __future__ import annotations
 
 import base64
-import collections
 import inspect
 import itertools
 import json
 import logging
-import os
 import queue
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,15 +21,14 @@ from .backend import Backend, BackendError, GenerateRequest, GenerateResult, Gen
     TokenCallback
 from .cache import content_fingerprint
 from .load_progress import ADAPTER, IMPORTING, LoadProgress, LoadTimings
+from .worker_process import EXIT as _EXIT, WorkerProcess, exit_message
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CANCEL_GRACE_S = 5.0
 SWITCH_TIMEOUT_S = 300.0
 _ADAPTER_ERROR_STATUS = {"not_found": 422, "bad_adapter": 422, "base_mismatch": 422}
 SHUTDOWN_GRACE_S = 5.0
-_EXIT = "__exit__"
 _CANCELLED = "__cancelled__"  # put on the event queue by a request's cancel token, to wake its wait
 CANCEL_RESEND_S = 0.2
 PROGRESS_TICK_S = 0.25  # how often the bar moves during a phase that reports nothing (imports, building)
@@ -71,11 +68,7 @@ class FinetunedBackend(Backend):
         self.env = dict(env or {})
         self.default_base_model = default_base_model
         self.cancel_grace_s = cancel_grace_s
-        self._proc: subprocess.Popen | None = None
-        self._events: queue.Queue = queue.Queue()
-        self._status_replies: queue.Queue = queue.Queue()
-        self._write_lock = threading.Lock()
-        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._worker: WorkerProcess | None = None
         self._info: dict = {}
         self._ready = False
         self._ids = itertools.count(1)
@@ -83,98 +76,42 @@ class FinetunedBackend(Backend):
         self._last_gpu_bytes = 0
         self._prewarm: str | None = None  # "importing" / "done" for a worker started by prewarm(), until it loads
         self.prewarm_info: dict = {}
-        self._prewarm_done = threading.Event()
         self.load_timings = LoadTimings(load_timings_path)  # per model: the last load's phase durations (ETA)
 
-    # ------------------------------------------------------------ process plumbing
-    def _spawn(self) -> subprocess.Popen:
-        env = {**os.environ, **self.env}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        proc = subprocess.Popen(
-            [self.python, "-m", "vlm.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=str(REPO_ROOT), env=env, text=True, encoding="utf-8", bufsize=1)
-        self._events = queue.Queue()
-        self._status_replies = queue.Queue()
-        self._stderr_tail.clear()
-        self._prewarm_done = threading.Event()
-        threading.Thread(target=self._read_events, args=(proc, self._events, self._status_replies,
-                                                         self._prewarm_done),
-                         daemon=True, name=f"vlm-worker-{proc.pid}-out").start()
-        threading.Thread(target=self._read_stderr, args=(proc,), daemon=True,
-                         name=f"vlm-worker-{proc.pid}-err").start()
-        log.info("started model worker pid %s", proc.pid)
-        return proc
-
-    @staticmethod
-    def _read_events(proc: subprocess.Popen, events: queue.Queue, status_replies: queue.Queue,
-                     prewarm_done: threading.Event) -> None:
-        for line in proc.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                log.warning("model worker wrote a non-protocol line: %r", line[:200])
-                continue
-            if event.get("event") == "prewarmed":
-                prewarm_done.set()  # and on to the events queue: a load waiting for it takes it from there
-            (status_replies if event.get("event") == "status" else events).put(event)
-        code = proc.wait()
-        events.put({"event": _EXIT, "code": code})
-
-    def _read_stderr(self, proc: subprocess.Popen) -> None:
-        for line in proc.stderr:
-            line = line.rstrip()
-            self._stderr_tail.append(line)
-            log.debug("worker %s: %s", proc.pid, line)
+    # ------------------------------------------------------------ the worker process
+    def _worker_running(self) -> bool:
+        worker = self._worker
+        return worker is not None and worker.running()
 
     def _send(self, **msg) -> None:
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            raise BackendError(self._exit_message(proc), code="model_crashed")
-        try:
-            with self._write_lock:
-                proc.stdin.write(json.dumps(msg) + "\n")
-                proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            raise BackendError(self._exit_message(proc), code="model_crashed") from None
-
-    def _exit_message(self, proc: subprocess.Popen | None) -> str:
-        code = proc.poll() if proc is not None else None
-        return f"the model worker exited unexpectedly (exit code {code})"
+        worker = self._worker
+        if worker is None:
+            raise BackendError(exit_message(None), code="model_crashed")
+        worker.send(**msg)
 
     def _kill(self) -> None:
-        proc, self._proc = self._proc, None
+        worker, self._worker = self._worker, None
         self._ready = False
         self._prewarm = None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a kill that does not land
-            log.error("model worker pid %s did not die", proc.pid)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        if worker is not None:
+            worker.kill()
 
     # ------------------------------------------------------------ Backend
     # ------------------------------------------------------------ pre-warm (VLM_PREWARM)
     def prewarm(self) -> None:
         """Start the worker and import torch/transformers/peft in it now, without weights: the next load skips
         the import (most of a small model's load). A load started meanwhile waits for it in the worker."""
-        if self._proc is not None and self._proc.poll() is None:
+        if self._worker_running():
             return
-        self._proc = self._spawn()
+        self._worker = worker = WorkerProcess(self.python, self.env)
         self._prewarm = "importing"
-        self._send(op="prewarm")
-        log.info("pre-warming model worker pid %s (imports only, no weights)", self._proc.pid)
+        worker.send(op="prewarm")
+        log.info("pre-warming model worker pid %s (imports only, no weights)", worker.pid)
 
     def wait_prewarmed(self, timeout: float | None = None) -> bool:
         """True once a pre-warmed worker has its libraries imported (benches and tests wait for it)."""
-        return self._prewarm is not None and self._prewarm_done.wait(timeout)
+        worker = self._worker
+        return self._prewarm is not None and worker is not None and worker.prewarmed.wait(timeout)
 
     def _load_timings_key(self) -> str:
         base = self.base_model or _base_named_by(self.adapter_path) or self.default_base_model
@@ -183,11 +120,12 @@ class FinetunedBackend(Backend):
     def load(self, progress: ProgressCallback) -> None:
         if self._ready and self.is_alive():
             return
-        prewarm = self._prewarm if self._proc is not None and self._proc.poll() is None else None
+        prewarm = self._prewarm if self._worker_running() else None
         if prewarm is None:
             self._kill()
-            self._proc = self._spawn()
-        proc, events = self._proc, self._events
+            self._worker = WorkerProcess(self.python, self.env)
+        worker = self._worker
+        events = worker.events
         key = self._load_timings_key()
         bar = LoadProgress(_with_eta(progress), last=self.load_timings.get(key),
                            skip=set() if self.adapter_path else {ADAPTER})
@@ -219,25 +157,26 @@ class FinetunedBackend(Backend):
                     self._info["load_phases_s"] = {k: round(v, 4) for k, v in durations.items()}
                     self._info["prewarmed"] = prewarm is not None
                     self.load_timings.put(key, durations)
-                    log.info("model ready in worker pid %s: %s", proc.pid, self._info)
+                    log.info("model ready in worker pid %s: %s", worker.pid, self._info)
                     return
                 elif kind == "error":
                     raise BackendError(event.get("message") or "the model failed to load",
                                        code=event.get("code") or "load_failed")
                 elif kind == _EXIT:
-                    tail = " | ".join(list(self._stderr_tail)[-3:])
+                    tail = worker.last_stderr()
                     raise BackendError(f"the model worker exited while loading (exit code {event['code']})"
                                        + (f": {tail}" if tail else ""), code="model_crashed")
         except BaseException:
-            if self._proc is proc:
+            if self._worker is worker:
                 self._kill()
             raise
 
     def generate(self, request: GenerateRequest, on_token: TokenCallback | None = None) -> GenerateResult:
-        if not self._ready or self._proc is None:
+        worker = self._worker
+        if not self._ready or worker is None:
             raise BackendError("the model is not loaded", code="model_unavailable")
         req_id = f"r{next(self._ids)}"
-        events = self._events
+        events = worker.events
         self._current_id = req_id
         started = time.monotonic()
         deadline = started + request.timeout_s if request.timeout_s else None
@@ -268,7 +207,7 @@ class FinetunedBackend(Backend):
                         raise GenerationCancelled("generation was cancelled (the worker was restarted)")
                     wait = CANCEL_RESEND_S
                 elif wait is not None and wait <= 0:
-                    self._cancel_after_timeout(req_id, request.timeout_s)
+                    self._cancel_after_timeout(req_id, request.timeout_s, events)
                 try:
                     event = events.get(timeout=wait)
                 except queue.Empty:
@@ -311,7 +250,7 @@ class FinetunedBackend(Backend):
             raise BackendError(event.get("message") or "generation failed", code=event.get("code") or "generate_failed")
         return None
 
-    def _cancel_after_timeout(self, req_id: str, timeout_s: float) -> None:
+    def _cancel_after_timeout(self, req_id: str, timeout_s: float, events: queue.Queue) -> None:
         """Ask the worker to stop; a worker that does not answer within the grace period is killed."""
         message = f"the model did not answer within {timeout_s:g} s"
         try:
@@ -321,7 +260,7 @@ class FinetunedBackend(Backend):
         grace_end = time.monotonic() + self.cancel_grace_s
         while (left := grace_end - time.monotonic()) > 0:
             try:
-                event = self._events.get(timeout=left)
+                event = events.get(timeout=left)
             except queue.Empty:
                 break
             if event.get("event") == _EXIT:
@@ -338,13 +277,14 @@ class FinetunedBackend(Backend):
         (or live=False) it is only remembered for the next load. The caller serialises this with generate
         (ModelManager does). On failure the previous adapter stays active and a BackendError says why."""
         path = Path(adapter_path)
-        if not live or not self.is_alive():
+        worker = self._worker
+        if not live or worker is None or not self.is_alive():
             self.adapter_path = path
             return {"adapter": str(path), "applied": "next_load"}
         req_id = f"a{next(self._ids)}"
-        events = self._events
+        events = worker.events
         deadline = time.monotonic() + timeout_s
-        self._send(op="set_adapter", id=req_id, adapter=str(path))
+        worker.send(op="set_adapter", id=req_id, adapter=str(path))
         while True:
             try:
                 event = events.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -362,7 +302,7 @@ class FinetunedBackend(Backend):
             if kind == "adapter_set":
                 self.adapter_path = path
                 self._info["adapter"] = str(path)
-                log.info("worker pid %s switched to adapter %s", self._proc.pid, path)
+                log.info("worker pid %s switched to adapter %s", worker.pid, path)
                 return {**(event.get("info") or {}), "applied": "now"}
             if kind == "error":
                 code = event.get("code") or "bad_adapter"
@@ -386,51 +326,34 @@ class FinetunedBackend(Backend):
 
     def unload(self) -> None:
         """End the worker: shutdown, then kill after a grace period. Safe while a load is in progress."""
-        proc = self._proc
+        worker = self._worker
         self._ready = False
-        if proc is None:
+        if worker is None:
             return
-        if proc.poll() is None:
-            try:
-                with self._write_lock:
-                    proc.stdin.write(json.dumps({"op": "shutdown"}) + "\n")
-                    proc.stdin.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                pass
-            try:
-                proc.wait(timeout=SHUTDOWN_GRACE_S)
-            except subprocess.TimeoutExpired:
-                log.warning("model worker pid %s ignored shutdown; killing it", proc.pid)
-        if self._proc is proc:
+        worker.shutdown(SHUTDOWN_GRACE_S)
+        if self._worker is worker:
             self._kill()
-        elif proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.info("model worker pid %s ended", proc.pid)
+        else:  # a new worker took its place meanwhile: end only this one
+            worker.kill()
+        log.info("model worker pid %s ended", worker.pid)
 
     def is_alive(self) -> bool:
-        proc = self._proc
-        return self._ready and proc is not None and proc.poll() is None
+        return self._ready and self._worker_running()
 
     def _model_label(self) -> str:
         return str(self._info.get("model") or self.base_model or "")
 
     def status(self) -> dict:
-        proc = self._proc
-        alive = proc is not None and proc.poll() is None
+        worker = self._worker
+        alive = worker is not None and worker.running()
         rss = gpu = None
         if alive:
-            try:
-                import psutil
-
-                rss = psutil.Process(proc.pid).memory_info().rss
-            except Exception:  # noqa: BLE001 - the process may have just ended
-                rss = None
-            gpu = self._ask_gpu_bytes()
+            rss = worker.rss_bytes()
+            gpu = self._ask_gpu_bytes(worker)
         return {
             "model": self._info.get("model") or self.base_model,
             "adapter": str(self.adapter_path) if self.adapter_path else None,
-            "pid": proc.pid if alive else None,
+            "pid": worker.pid if alive else None,
             "rss_bytes": rss,
             "gpu_bytes": gpu,
             "prewarmed": self._prewarm is not None or bool(self._info.get("prewarmed")),
@@ -439,17 +362,12 @@ class FinetunedBackend(Backend):
             "device": self._info.get("device") if self._ready else None,
         }
 
-    def _ask_gpu_bytes(self) -> int:
+    def _ask_gpu_bytes(self, worker: WorkerProcess) -> int:
         if not self._ready:
             return self._last_gpu_bytes
-        try:
-            while not self._status_replies.empty():  # stale answers to an earlier ask
-                self._status_replies.get_nowait()
-            self._send(op="status")
-            reply = self._status_replies.get(timeout=0.5)
+        reply = worker.ask_status()
+        if reply is not None:
             self._last_gpu_bytes = int(reply.get("gpu_bytes") or 0)
-        except (BackendError, queue.Empty):
-            pass
         return self._last_gpu_bytes
 
     @property
@@ -459,5 +377,5 @@ class FinetunedBackend(Backend):
 
     @property
     def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
+        worker = self._worker
+        return worker.pid if worker is not None and worker.running() else None

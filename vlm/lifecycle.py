@@ -5,6 +5,8 @@ One load at a time (concurrent callers wait for the same load), up to the backen
 once (unload and adapter switches wait for them), and a keep-alive timer that unloads an idle model (keep_alive_s:
 0 = right after each request, -1 = never). Which requests get to generate, and when, is `vlm.scheduler`'s job;
 a request's cancel token also ends its wait for a load. No torch here: the backend decides where the model runs.
+The state names, a load's progress and ETA, and how the backend's facts are shown in the status are
+`vlm.model_status`.
 """
 from __future__ import annotations
 
@@ -16,14 +18,10 @@ from typing import Callable
 from .backend import Backend, BackendError, CancelToken, GenerateRequest, GenerateResult, GenerationCancelled, \
     TokenCallback
 from .engine_facts import EngineFacts
+from .model_status import FAILED, LOADING, NO_ETA, READY, UNLOADED, LoadReport, backend_facts
 from .scheduler import GenerationGate
 
 log = logging.getLogger(__name__)
-
-UNLOADED, LOADING, READY, FAILED = "unloaded", "loading", "ready", "failed"
-# backend facts shown elsewhere in the status; the rest (reachable, loaded, expires_at, pid...) is "engine"
-_NO_ETA = object()  # a backend that reports no ETA of its own: the manager extrapolates from the fraction
-_NOT_ENGINE_FACTS = {"model", "adapter", "rss_bytes", "gpu_bytes", "dtype", "dtype_reason"}
 
 
 class ModelManager:
@@ -44,10 +42,7 @@ class ModelManager:
         self._error: str | None = None
         self._retry_after: float | None = None  # set after a failed load: no new load before this clock value
         self._epoch = 0  # bumped by every load and unload; a load whose epoch moved on is stale
-        self._progress = (0.0, "")
-        self._load_eta: tuple[float, float] | None = None  # (clock when reported, seconds left then)
-        self._load_started: float | None = None
-        self._load_finished: float | None = None
+        self._load = LoadReport(lambda: self.clock())  # the latest load's progress, elapsed time and ETA
         self._active = 0  # requests between arrival and the end of their generation
         self._last_used: float | None = None
         self._timer: threading.Timer | None = None
@@ -95,9 +90,7 @@ class ModelManager:
             return False
         self._epoch += 1
         self.load_count += 1
-        self._progress = (0.0, "starting")
-        self._load_eta = None
-        self._load_started, self._load_finished = self.clock(), None
+        self._load.start()
         self._set_state(LOADING)
         self._identity = None
         epoch = self._epoch
@@ -109,12 +102,10 @@ class ModelManager:
         return True
 
     def _run_load(self, epoch: int) -> None:
-        def progress(fraction: float, phase: str, eta_s: float | None | object = _NO_ETA) -> None:
-            """eta_s: the backend's own estimate; None means "unknown" (no measured load yet), not "guess one"."""
+        def progress(fraction: float, phase: str, eta_s: float | None | object = NO_ETA) -> None:
             with self._cond:
                 if self._epoch == epoch and self._state == LOADING:
-                    self._progress = (max(0.0, min(1.0, float(fraction))), phase)
-                    self._load_eta = None if eta_s is _NO_ETA else (self.clock(), eta_s)
+                    self._load.update(fraction, phase, eta_s)
 
         identity_before = self._backend_identity()
         try:
@@ -124,7 +115,7 @@ class ModelManager:
             with self._cond:
                 if self._epoch == epoch and self._state == LOADING:
                     log.warning("model load failed: %s", reason)
-                    self._load_finished = self.clock()
+                    self._load.finish(ready=False)
                     self._retry_after = self.clock() + self.failure_cooldown_s
                     self._set_state(FAILED, reason)
             return
@@ -135,8 +126,7 @@ class ModelManager:
             if not stale:
                 # files rewritten during the load: which version was read is unknown, so nothing is cached
                 self._identity = identity_before if identity_before == self._backend_identity() else None
-                self._progress = (1.0, "ready")
-                self._load_finished = self.clock()
+                self._load.finish(ready=True)
                 self._retry_after = None
                 self._set_state(READY)
                 self._arm_keep_alive_locked()
@@ -148,7 +138,7 @@ class ModelManager:
             if self._epoch != epoch or self._state != LOADING:
                 return
             self._epoch += 1
-            self._load_finished = self.clock()
+            self._load.finish(ready=False)
             self._retry_after = self.clock() + self.failure_cooldown_s
             self._set_state(FAILED, f"the model did not load within {self.load_timeout_s:g} s")
         self.backend.unload()
@@ -175,7 +165,7 @@ class ModelManager:
                     raise GenerationCancelled("cancelled while the model was loading")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    fraction, phase = self._progress
+                    fraction, phase = self._load.fraction, self._load.phase
                     raise BackendError(f"the model is still loading ({phase or 'starting'}, {fraction:.0%})",
                                        code="model_loading_timeout", status=503)
                 self._cond.wait(left)
@@ -380,37 +370,14 @@ class ModelManager:
     def status(self) -> dict:
         backend_status, facts_age = self._facts.get()
         with self._cond:
-            now = self.clock()
-            fraction, phase = self._progress
-            elapsed = eta = None
-            if self._load_started is not None:
-                elapsed = (self._load_finished or now) - self._load_started
-                if self._state == LOADING and self._load_eta is not None:  # the backend's, from a measured load
-                    reported_at, left = self._load_eta
-                    eta = None if left is None else max(0.0, left - (now - reported_at))
-                elif self._state == LOADING and fraction > 0.02:
-                    eta = elapsed * (1 - fraction) / fraction
-                elif self._state == READY:
-                    eta = 0.0
-            if self._state == UNLOADED:
-                fraction, phase = 0.0, ""
             unload_in = None
             if self._unload_at is not None and self._state == READY:
-                unload_in = max(0.0, self._unload_at - now)
+                unload_in = max(0.0, self._unload_at - self.clock())
             return {
                 "backend": self.backend.name,
-                "model": backend_status.get("model"),
-                "adapter": backend_status.get("adapter"),
                 "state": self._state,
-                "progress": {"fraction": round(fraction, 4), "phase": phase,
-                             "elapsed_s": None if elapsed is None else round(elapsed, 2),
-                             "eta_s": None if eta is None else round(eta, 2)},
-                "memory": {"rss_bytes": backend_status.get("rss_bytes"),
-                           "gpu_bytes": backend_status.get("gpu_bytes")},
-                "dtype": backend_status.get("dtype"),
-                "dtype_reason": backend_status.get("dtype_reason"),
-                "engine": {**{k: v for k, v in backend_status.items() if k not in _NOT_ENGINE_FACTS},
-                           "age_s": facts_age},
+                "progress": self._load.status(self._state),
+                **backend_facts(backend_status, facts_age),
                 "error": self._error,
                 "keep_alive_s": self.keep_alive_s,
                 "unload_in_s": None if unload_in is None else round(unload_in, 2),
