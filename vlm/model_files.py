@@ -91,12 +91,17 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
 
 
+def _check_weights(path: Path, role: str, code: str) -> None:
+    """check_safetensors as a WorkerError with the file's role ("adapter", "base model weights") and code."""
+    try:
+        check_safetensors(path)
+    except (OSError, ValueError) as exc:
+        raise WorkerError(f"{role} {path} is corrupt: {exc}", code) from None
+
+
 def check_adapter_weights(adapter_dir: Path) -> None:
     for path in weight_files(adapter_dir):
-        try:
-            check_safetensors(path)
-        except (OSError, ValueError) as exc:
-            raise WorkerError(f"adapter {path} is corrupt: {exc}", "bad_adapter") from None
+        _check_weights(path, "adapter", "bad_adapter")
 
 
 def files_to_read(base_dir: Path | None, adapter_dir: Path | None) -> list[tuple[Path, str]]:
@@ -114,10 +119,7 @@ def pre_read(files: list[tuple[Path, str]], progress) -> None:
     total = sum(p.stat().st_size for p, _ in files) or 1
     done, last = 0, 0.0
     for path, role in files:
-        try:
-            check_safetensors(path)
-        except (OSError, ValueError) as exc:
-            raise WorkerError(f"{role} {path} is corrupt: {exc}", "corrupt_weights") from None
+        _check_weights(path, role, "corrupt_weights")
         with open(path, "rb", buffering=0) as fh:
             buf = bytearray(READ_CHUNK)
             while n := fh.readinto(buf):
