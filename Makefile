@@ -35,6 +35,8 @@ run: $(PY_STAMP)
 test: $(PY_STAMP) $(SYS_STAMP)
 	$(PY) -m pytest
 
+# The soak tests include a Schemathesis run against the generated OpenAPI document (tests/test_schemathesis.py;
+# OPTIM_SCHEMATHESIS_EXAMPLES per operation, default 25; output in test-artifacts/schemathesis/).
 soak: $(PY_STAMP) $(SYS_STAMP)
 	$(PY) -m pytest -m soak
 

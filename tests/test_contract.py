@@ -83,7 +83,7 @@ def test_the_limits_in_the_document_are_the_ones_the_code_enforces(client):
 
 
 def test_every_request_field_has_its_own_error_code_and_message():
-    for model in REQUEST_MODELS + [rq.RenderQuery, rq.RangeQuery, rq.DownloadQuery]:
+    for model in REQUEST_MODELS + [rq.RangeResetRequest, rq.RenderQuery, rq.RangeQuery, rq.DownloadQuery]:
         assert set(model.model_fields) <= set(model.refusals), model.__name__
 
 
@@ -127,6 +127,12 @@ def test_each_model_has_its_own_document(client):
     doc = client.get(f"/api/models/{other}/openapi.json").get_json()
     names = [p["name"] for p in client.get("/api/params", query_string={"model": other}).get_json()["schema"]]
     assert component(doc, "ParameterName")["enum"] == names
+    assert component(doc, "ModelName")["enum"] == [other]
+    model = next(p for p in doc["paths"]["/api/params"]["get"]["parameters"] if p["name"] == "model")
+    assert model["required"] is True  # a request formed from it names the model its parameters belong to
+    default = client.get("/api/openapi.json").get_json()
+    model = next(p for p in default["paths"]["/api/params"]["get"]["parameters"] if p["name"] == "model")
+    assert model["required"] is False and component(default, "ModelName")["enum"] == ["rover", ""]
     r = client.get("/api/models/nope/openapi.json")
     assert r.status_code == 404 and r.get_json()["error"] == "unknown_model"
 
@@ -139,6 +145,8 @@ def test_range_endpoints_use_the_number_parameter_names(client):
     p = next(p for p in state["schema"] if p["type"] == "float")
     body = {"parameter": p["name"], "min": p["min"], "max": p["max"]}
     conforms(doc, "RangeRequest", body)
+    with pytest.raises(jsonschema.ValidationError):  # each parameter's range ends are its script's range
+        conforms(doc, "RangeRequest", {**body, "max": p["max"] + 1})
     assert client.put("/api/params/range", json=body).status_code == 200
     r = client.delete("/api/params/range", query_string={"parameter": p["name"]})
     assert r.status_code == 200
@@ -146,7 +154,7 @@ def test_range_endpoints_use_the_number_parameter_names(client):
 
 @pytest.mark.parametrize("body, code", [({"max_steps": 0}, "bad_max_steps"), ({"max_steps": True}, "bad_max_steps"),
                                         ({"max_steps": rq.MAX_OPTIMISE_STEPS + 1}, "bad_max_steps"),
-                                        ({"max_steps": 5.0}, "bad_max_steps"), ({"use_vlm": "yes"}, "bad_use_vlm"),
+                                        ({"max_steps": 5.5}, "bad_max_steps"), ({"use_vlm": "yes"}, "bad_use_vlm"),
                                         ({"stream": 1}, "bad_stream"), ({"version": None}, "bad_version"),
                                         ({"model": {}}, "bad_model")])
 def test_optimise_refuses_a_bad_body_before_any_work(client, body, code):

@@ -22,7 +22,8 @@ def spec(app: Flask | None = None, model: str | None = None) -> dict:
     if app is None:
         return document()
     params, name = _parameters(app, model)
-    return document(params, name, rules={r.rule for r in app.url_map.iter_rules()})
+    return document(params, name, rules={r.rule for r in app.url_map.iter_rules()},
+                    default=app.extensions["optim"].registry.default_name)
 
 
 @bp.get("/openapi.json")

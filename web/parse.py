@@ -56,7 +56,10 @@ def model_name(body=None) -> str:
     # Checked even when ?model= wins: a body the spec forbids ("model": {}) is refused, not silently ignored.
     if "model" in body and not isinstance(body["model"], str):
         raise ApiError(400, "bad_model", "model must be a model name string")
-    name = request.args.get("model") or body.get("model") or services().registry.default_name
+    query, named = request.args.get("model"), body.get("model")
+    if query and named and query != named:
+        raise ApiError(400, "bad_model", f"the query names model {query!r} and the body {named!r}; name one")
+    name = query or named or services().registry.default_name
     if len(name) > MAX_MODEL_NAME:
         raise ApiError(400, "bad_model", f"model must be a model name string of at most {MAX_MODEL_NAME} characters")
     return name

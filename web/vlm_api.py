@@ -16,7 +16,8 @@ from vlm.prompts import build_prompt, proposal_json_schema
 from vlm.proposals import ProposalSelectionError, parse_model_output
 
 from .cad_api import entry_json, state_json
-from .contract import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, ApplyRequest, RejectRequest, VlmRequest, validate  # noqa: F401
+from .contract import (MAX_NEW_TOKENS, MAX_PROMPT_CHARS, ApplyRequest, RejectRequest, VlmRequest,  # noqa: F401
+                       validate, validate_form)
 from .errors import ApiError
 from .parse import json_body, model_name
 from .services import services
@@ -31,13 +32,15 @@ DISCONNECT_POLL_S = 0.25
 
 
 def _read_request() -> tuple[VlmRequest, list[bytes]]:
-    """The validated request plus the raw image bytes, from JSON or multipart (form fields are strings: "true",
-    "512"; they are read as the types the contract declares)."""
+    """The validated request plus the raw image bytes, from JSON or multipart (form fields are text: "true",
+    "512"; they are read as the types the contract declares, web/contract/validate.py)."""
     if request.mimetype == "multipart/form-data":
+        if "images" in request.form:
+            raise ApiError(400, "bad_images", "images must be files (multipart file parts named 'images')")
         raw_images = [f.read() for f in request.files.getlist("images") if f]
         if len(raw_images) > MAX_IMAGES:
             raise ApiError(400, "too_many_images", f"send at most {MAX_IMAGES} images")
-        return validate(VlmRequest, {k: v for k, v in request.form.items() if k != "images"}, strict=False), raw_images
+        return validate_form(VlmRequest, request.form), raw_images
     req = validate(VlmRequest, json_body())
     try:
         return req, [decode_base64_image(item, i) for i, item in enumerate(req.images or [])]

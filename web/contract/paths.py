@@ -2,9 +2,16 @@
 (web/contract/spec.py) turns this table into OpenAPI paths; the schemas come from the pydantic models."""
 from __future__ import annotations
 
+import re
+
 from . import requests as rq
 from . import responses as rs
 from .requests import ref
+
+
+def operation_id(method: str, path: str) -> str:
+    """`patch_api_params`, `post_api_proposals_proposal_id_apply`: one per operation, from its method and path."""
+    return "_".join([method, *re.findall(r"[A-Za-z0-9]+", path)]) if path != "/" else f"{method}_page"
 
 
 def json_of(schema: dict) -> dict:
@@ -60,17 +67,23 @@ def history_step(what: str) -> dict:
     return {"post": op(what, answer=STATE, body=rq.VersionBody, errors=WRITE_ERRORS)}
 
 
+def event_stream(*events: str) -> dict:
+    """text/event-stream: in OpenAPI 3.1 the schema describes each event (a name and its JSON data, as text)."""
+    return {"text/event-stream": {"schema": {"type": "object", "required": ["event", "data"], "properties": {
+        "event": {"enum": list(events)}, "data": {"type": "string", "contentMediaType": "application/json"}}}}}
+
+
 def _vlm_form() -> dict:
     fields = rq.VlmRequest.model_json_schema()["properties"]
     props = {k: v for k, v in fields.items() if k != "images"}
-    props["images"] = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    props["images"] = {"type": "array", "maxItems": rq.MAX_IMAGES, "items": {"type": "string", "format": "binary"}}
     return {"multipart/form-data": {"schema": {"type": "object", "required": ["prompt"], "properties": props}}}
 
 
 def _target_upload() -> dict:
-    return {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    return {"application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
             "multipart/form-data": {"schema": {"type": "object", "required": ["target"], "properties": {
-                "target": {"type": "string", "format": "binary"}}}}}
+                "target": {"type": "string", "format": "binary", "minLength": 1}}}}}
 
 
 def cad_paths() -> dict:
@@ -94,7 +107,7 @@ def cad_paths() -> dict:
         "/api/params/range": {
             "put": op("narrow one parameter's range for this session (clamps the value as one entry)",
                       answer=STATE, body=rq.RangeRequest, body_required=True, errors=WRITE_ERRORS),
-            "delete": op("back to the script's range", answer=STATE, body=rq.RangeResetRequest,
+            "delete": op("back to the script's range (?parameter=name)", answer=STATE, body=rq.VersionBody,
                          query=rq.RangeQuery, errors=WRITE_ERRORS)},
         "/api/undo": history_step("undo the current entry"),
         "/api/redo": history_step("redo the next entry"),
@@ -117,7 +130,10 @@ def vlm_paths() -> dict:
             query=None, content=_vlm_form(), errors=VLM_ERRORS, answer={
                 "description": "proposals (JSON), or an event stream when stream=true", "content": {
                     "application/json": {"schema": ref("VlmAnswer")},
-                    "text/event-stream": {"schema": {"type": "string"}}}})},
+                    **event_stream("token", "status", "done", "error")}, "links": {
+                    verb: {"operationId": operation_id("post", f"/api/proposals/{{proposal_id}}/{verb}"),
+                           "parameters": {"path.proposal_id": "$response.body#/id"},
+                           "description": f"{verb} the proposals of this answer"} for verb in ("apply", "reject")}})},
         "/api/vlm/status": {"get": op("model state", query=None, answer=ok("status", ref("VlmStatus")))},
         "/api/vlm/load": {"post": op("start loading in the background", "202", ok("status", ref("VlmStatus")),
                                      query=None, errors={"503": error("the model manager is shut down")})},
@@ -152,7 +168,7 @@ def target_paths() -> dict:
         "/api/target": {
             "put": op(f"attach a STEP or STL target (raw body or multipart field 'target', <= {rq.MAX_TARGET_MB} MB)",
                       "201",
-                      ok("the stored target", ref("Target")), content=_target_upload(),
+                      ok("the stored target", ref("Target")), content=_target_upload(), body_required=True,
                       errors={**COMMON_ERRORS, "413": error(f"larger than {rq.MAX_TARGET_MB} MB"),
                               "422": error("not a readable STEP or STL"), **STORAGE_ERRORS}),
             "get": op("target metadata and its comparison with the current state", answer=ok("target", ref("Target")),
@@ -166,7 +182,7 @@ def target_paths() -> dict:
                        "entry (SSE with stream=true: vlm, progress, done | error)", body=rq.OptimiseRequest,
                        answer={"description": "state + entry + optimise report, or an event stream", "content": {
                            "application/json": {"schema": ref("Optimised")},
-                           "text/event-stream": {"schema": {"type": "string"}}}},
+                           **event_stream("vlm", "progress", "done", "error")}},
                        errors={**WRITE_ERRORS, "404": error("no target"),
                                "409": error("version conflict, or an optimisation already runs"),
                                "504": error("a model script ran past CAD_BUILD_TIMEOUT (cad_build_timeout)")}),
@@ -179,15 +195,17 @@ def target_paths() -> dict:
     }
 
 
-REQUEST_MODELS = [rq.VersionBody, rq.EditRequest, rq.RangeRequest, rq.RangeResetRequest, rq.VlmRequest,
+# RangeResetRequest validates DELETE /api/params/range's body but is not documented: the spec names ?parameter=.
+REQUEST_MODELS = [rq.VersionBody, rq.EditRequest, rq.RangeRequest, rq.VlmRequest,
                   rq.ApplyRequest, rq.RejectRequest, rq.AdapterRequest, rq.OptimiseRequest]
 RESPONSE_MODELS = rs.RESPONSES
 
 
 def all_paths() -> dict:
     paths = {**cad_paths(), **vlm_paths(), **target_paths()}
-    for item in paths.values():
-        for operation in item.values():
+    for path, item in paths.items():
+        for method, operation in item.items():
+            operation["operationId"] = operation_id(method, path)
             for status, answer in GUARD_ERRORS.items():
                 operation["responses"].setdefault(status, answer)
     return paths

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from vlm.dataset import MAX_REASON_CHARS
 from vlm.images import MAX_IMAGES
@@ -47,9 +47,18 @@ NumberParameterName = Annotated[str, WithJsonSchema(component("NumberParameterNa
 # Range ends are checked by the session (a string is 422 invalid_parameter, like an edit); documented as numbers.
 RangeEnd = Annotated[Any, WithJsonSchema({"type": "number"})]
 
-ModelName = Annotated[str, Field(max_length=MAX_MODEL_NAME, description="CAD model (default: the default model; "
-                                                                        "?model= wins)")]
-Version = Annotated[int, Field(description="the version you last saw: 409 version_conflict when the design has "
+
+
+def _integral(value):
+    """JSON Schema's integer includes 3.0 (a fuzzer sends it): an integral float is that integer. Bools, strings
+    and fractions stay as they are and are refused by the strict int."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Whole = Annotated[int, BeforeValidator(_integral)]
+# Documented per document (web/contract/spec.py): any name, or the one model a per-model document is for.
+ModelName = Annotated[str, Field(max_length=MAX_MODEL_NAME), WithJsonSchema(component("ModelName"))]
+Version = Annotated[Whole, Field(description="the version you last saw: 409 version_conflict when the design has "
                                            "moved on; leave it out to skip the check")]
 Flag = bool
 
@@ -99,12 +108,14 @@ class RangeResetRequest(VersionBody):
 
 class VlmRequest(Body):
     """POST /api/vlm (JSON; a multipart form has the same fields as strings, images as files)"""
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS, pattern=r"\S",
+    # Not only white space, as Python's str.strip() sees it (it strips \x1c-\x1f too, which \s does not match).
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS, pattern=r"[^\s\x1c-\x1f\uFEFF]",
                         description="what you want changed")
-    images: list[str] = Field(None, max_length=MAX_IMAGES,
-                              description="base64 or data: URLs (PNG, JPEG, WEBP, GIF, BMP)")
+    images: list[Annotated[str, Field(min_length=1), WithJsonSchema({"type": "string", "format": "byte",
+                                                                      "minLength": 1})]] = Field(
+        None, max_length=MAX_IMAGES, description="base64 (or data: URLs) of PNG, JPEG, WEBP, GIF or BMP images")
     include_render: Flag = False
-    max_new_tokens: int = Field(512, ge=1, le=MAX_NEW_TOKENS)
+    max_new_tokens: Whole = Field(512, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(0.0, ge=0.0, le=MAX_TEMPERATURE)
     stream: Flag = Field(False, description="answer as an event stream (token, status, done | error)")
     model: ModelName = None
@@ -155,7 +166,7 @@ class AdapterRequest(Body):
 
 class OptimiseRequest(VersionBody):
     """POST /api/optimise"""
-    max_steps: int = Field(DEFAULT_OPTIMISE_STEPS, ge=1, le=MAX_OPTIMISE_STEPS, description="evaluated states")
+    max_steps: Whole = Field(DEFAULT_OPTIMISE_STEPS, ge=1, le=MAX_OPTIMISE_STEPS, description="evaluated states")
     use_vlm: Flag = Field(False, description="ask the VLM for a first proposal")
     stream: Flag = Field(False, description="answer as an event stream (vlm, progress, done | error)")
     refusals = {**Body.refusals,
@@ -193,5 +204,6 @@ class RenderQuery(DownloadQuery):
 
 
 class RangeQuery(ModelQuery):
-    parameter: NumberParameterName = None
+    """DELETE /api/params/range: ?parameter= is required (the body's "parameter" is read first when it has one)."""
+    parameter: NumberParameterName
     refusals = {**ModelQuery.refusals, "parameter": RangeResetRequest.refusals["parameter"]}

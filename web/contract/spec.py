@@ -10,9 +10,12 @@ import re
 from pydantic.json_schema import models_json_schema
 
 from .paths import REQUEST_MODELS, RESPONSE_MODELS, all_paths
+from .requests import MAX_MODEL_NAME
 
 VERSION = "1.1.0"
 NUMBER_OR_BOOL = {"anyOf": [{"type": "number"}, {"type": "boolean"}]}
+ANY_MODEL = {"type": "string", "maxLength": MAX_MODEL_NAME,
+             "description": "CAD model (default: the server's default model; ?model= wins)"}
 
 
 def _clean(schema):
@@ -51,44 +54,66 @@ def _parameter_schema(p: dict) -> dict:
     return schema
 
 
-def parameter_schemas(params: list[dict] | None, model: str | None = None) -> dict:
+def _range_bounds(p: dict) -> dict:
+    """One number parameter's branch of RangeRequest: its name and the script's range for both ends."""
+    lo, hi = p.get("script_min", p["min"]), p.get("script_max", p["max"])
+    end = {"type": "integer" if p["type"] == "int" else "number", "minimum": lo, "maximum": hi}
+    return {"properties": {"parameter": {"const": p["name"]}, "min": end, "max": end}}
+
+
+def _model_name(model: str, is_default: bool) -> dict:
+    if is_default:  # an empty name means the default model too
+        return {"type": "string", "enum": [model, ""], "description": f"this document is for CAD model {model!r} "
+                "(the default: empty or left out); other models: GET /api/models/{name}/openapi.json"}
+    return {"type": "string", "enum": [model], "description": f"this document is for CAD model {model!r}, which "
+            "every request names (?model=); other models: GET /api/models/{name}/openapi.json"}
+
+
+def parameter_schemas(params: list[dict] | None, model: str | None = None, is_default: bool = True) -> dict:
     """The model-specific components: with `params` (Param dicts) the names, types and ranges of that model."""
     if not params:
         return {"ParameterValues": {"type": "object", "additionalProperties": NUMBER_OR_BOOL,
                                     "description": "parameter name: value; GET /api/models/{name}/openapi.json "
                                                    "names a model's parameters"},
-                "ParameterName": {"type": "string"}, "NumberParameterName": {"type": "string"}}
+                "ParameterName": {"type": "string"}, "NumberParameterName": {"type": "string"}, "ModelName": ANY_MODEL}
     numbers = [p["name"] for p in params if p["type"] != "bool"]
     where = f"of model {model!r} " if model else ""
-    return {"ParameterValues": {"type": "object", "additionalProperties": False,
-                                "properties": {p["name"]: _parameter_schema(p) for p in params},
-                                "description": f"parameter name: value, {where}(other models: "
-                                               "GET /api/models/{name}/openapi.json)"},
-            "ParameterName": {"type": "string", "enum": [p["name"] for p in params]},
-            "NumberParameterName": {"type": "string", "enum": numbers} if numbers else {"type": "string"}}
+    out = {"ParameterValues": {"type": "object", "additionalProperties": False,
+                               "properties": {p["name"]: _parameter_schema(p) for p in params},
+                               "description": f"parameter name: value, {where}(other models: "
+                                              "GET /api/models/{name}/openapi.json)"},
+           "ParameterName": {"type": "string", "enum": [p["name"] for p in params]},
+           "NumberParameterName": {"type": "string", "enum": numbers} if numbers else {"type": "string"}}
+    out["ModelName"] = _model_name(model, is_default) if model else ANY_MODEL
+    bounded = [_range_bounds(p) for p in params if p["type"] != "bool" and None not in (p["min"], p["max"])]
+    if bounded:  # each parameter with its own range ends (min < max is checked by the server: 422)
+        out["RangeRequest"] = {**copy.deepcopy(model_schemas()["RangeRequest"]), "oneOf": bounded}
+    return out
 
 
-def _query_parameters(query) -> list[dict]:
+def _query_parameters(query, model_required: bool = False) -> list[dict]:
+    """A query model's fields as query parameters; `model_required`: a document for a model that is not the default
+    must name it in every request (?model= wins over a body's)."""
     if query is None:
         return []
     schema = _clean(query.model_json_schema(ref_template="#/components/schemas/{model}"))
-    params = []
+    params, required = [], set(schema.get("required", ())) | ({"model"} if model_required else set())
     for name, prop in schema.get("properties", {}).items():
         prop = dict(prop)
         description = prop.pop("description", None)
-        params.append({"name": name, "in": "query", "required": False, "schema": prop,
+        params.append({"name": name, "in": "query", "required": name in required, "schema": prop,
                        **({"description": description} if description else {})})
     return params
 
 
-def _operations(paths: dict) -> dict:
+def _operations(paths: dict, model_required: bool = False) -> dict:
     out = {}
     for path, item in paths.items():
         out[path] = {}
         for method, operation in item.items():
             operation = dict(operation)
             query = operation.pop("x-query-model", None)
-            operation["parameters"] = _query_parameters(query) + operation["parameters"]
+            operation["parameters"] = _query_parameters(query, model_required) + operation["parameters"]
             if not operation["parameters"]:
                 del operation["parameters"]
             out[path][method] = operation
@@ -106,8 +131,11 @@ def served(paths: dict, rules: set[str]) -> dict:
             if _rule_key(p) in keys or (p.startswith("/api/model.") and "/api/model.{}" in keys)}
 
 
-def document(params: list[dict] | None = None, model: str | None = None, rules: set[str] | None = None) -> dict:
-    paths = _operations(all_paths())
+def document(params: list[dict] | None = None, model: str | None = None, rules: set[str] | None = None,
+             default: str | None = None) -> dict:
+    """The document; with `params` and `model`, for that CAD model (`default`: the server's default model)."""
+    other = model is not None and model != default
+    paths = _operations(all_paths(), model_required=other)
     if rules is not None:
         paths = served(paths, rules)
     return {
@@ -118,7 +146,7 @@ def document(params: list[dict] | None = None, model: str | None = None, rules: 
                                 + (f" Parameters: model {model!r}." if model else "")},
         "servers": [{"url": "/"}],
         "paths": paths,
-        "components": {"schemas": {**copy.deepcopy(model_schemas()), **parameter_schemas(params, model)},
+        "components": {"schemas": {**copy.deepcopy(model_schemas()), **parameter_schemas(params, model, not other)},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "only when the server sets OPTIM_TOKEN"}}},
         "security": [{}, {"bearer": []}],

@@ -59,27 +59,50 @@ def _refusal(model: type[BaseModel], error: dict) -> ApiError:
     return ApiError(status, code, message.format(value=value, length=length, lo=lo, hi=hi))
 
 
-def validate(model: type[M], data: dict, *, strict: bool = True) -> M:
-    """`data` as `model`, or ApiError for its first bad field (fields are checked in declaration order).
-    `strict=False` for form fields, which are all strings ("1", "true", "0.5")."""
+def validate(model: type[M], data: dict) -> M:
+    """`data` as `model`, or ApiError for its first bad field (fields are checked in declaration order)."""
     try:
-        return model.model_validate(data, strict=strict)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise _refusal(model, exc.errors(include_url=False)[0]) from None
 
 
-def _query_value(model: type[BaseModel], name: str, raw: str):
-    """A query string value typed as its field declares: integers are checked strictly here."""
+NUMBER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")  # a JSON number
+BOOL_TEXT = {"true": True, "false": False}
+
+
+def _typed(model: type[BaseModel], name: str, raw: str):
+    """A query string or form value (text) typed as its field declares, by the rules of JSON's own text: integers
+    as digits, numbers as JSON numbers, booleans as true/false. Anything else stays text and is refused."""
     annotation = model.model_fields[name].annotation
+    if annotation is int and not INTEGER_TEXT.fullmatch(raw):
+        raise _refusal(model, {"loc": (name,), "type": "int_parsing", "input": raw, "msg": "not an integer"})
     if annotation is int:
-        if not INTEGER_TEXT.fullmatch(raw):
-            raise _refusal(model, {"loc": (name,), "type": "int_parsing", "input": raw, "msg": "not an integer"})
         return int(raw)
+    if annotation is float and len(raw) <= 400 and NUMBER_TEXT.fullmatch(raw):
+        return float(raw)
+    if annotation is bool:
+        return BOOL_TEXT.get(raw, raw)
     return raw
 
 
+def _once(model: type[BaseModel], fields, name: str) -> str:
+    """The one value of a form field or query parameter: given twice it is a list, which no field here is."""
+    values = fields.getlist(name)
+    if len(values) > 1:
+        raise _refusal(model, {"loc": (name,), "type": "repeated", "input": values, "msg": "given more than once"})
+    return values[0]
+
+
+def validate_form(model: type[M], form) -> M:
+    """Multipart form fields (all text) as `model`: "512", "0.5", "true" are read as the declared types."""
+    return validate(model, {name: _typed(model, name, _once(model, form, name)) for name in model.model_fields
+                            if name in form})
+
+
 def validate_query(model: type[M], args) -> M:
-    """The query string (a MultiDict) as `model`; an empty value counts as absent (the default)."""
-    data = {name: _query_value(model, name, args[name]) for name in model.model_fields
-            if args.get(name) not in (None, "")}
+    """The query string (a MultiDict) as `model`. An empty value is a value (`?view=` is not a view), except for
+    `model`, where it means the default model."""
+    data = {name: _typed(model, name, _once(model, args, name)) for name in model.model_fields
+            if name in args and not (name == "model" and args[name] == "")}
     return validate(model, data)
