@@ -16,7 +16,7 @@ venv: $(PY_STAMP)
 $(PY_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check -q --upgrade pip setuptools wheel
-	$(PIP) install --disable-pip-version-check -q -e '.[test]'
+	$(PIP) install --disable-pip-version-check -q -e '.[finetuned,test]'
 	@touch $@
 
 system-deps: $(SYS_STAMP)
