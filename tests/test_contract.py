@@ -172,3 +172,19 @@ def test_form_fields_are_read_as_the_types_the_contract_declares(client):
     assert r.status_code == 400 and r.get_json()["error"] == "bad_max_new_tokens"
     r = client.post("/api/vlm", data={"prompt": "   "}, content_type="multipart/form-data")
     assert r.status_code == 400 and r.get_json()["error"] == "missing_prompt"
+
+
+def test_docs_api_md_states_the_limits_the_contract_defines():
+    """docs/api.md is prose over the same contract: the limits it states are the ones in web/contract/requests.py."""
+    from pathlib import Path
+
+    from vlm.dataset import MAX_REASON_CHARS
+    from vlm.images import MAX_IMAGES
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    stated = [f"≤ {rq.MAX_PROMPT_CHARS} characters", f"(≤ {MAX_IMAGES})", f"1..{rq.MAX_NEW_TOKENS}",
+              f"0..{rq.MAX_TEMPERATURE:g}", f"≤ {MAX_REASON_CHARS} characters",
+              f"size={rq.MIN_RENDER_SIZE}..{rq.MAX_RENDER_SIZE}", f"1..{rq.MAX_OPTIMISE_STEPS} "
+              f"({rq.DEFAULT_OPTIMISE_STEPS})", f"at most {rq.MAX_TARGET_MB} MB", "nested deeper than 32 levels"]
+    missing = [s for s in stated if s not in text]
+    assert not missing, missing
