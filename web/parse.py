@@ -63,13 +63,3 @@ def model_name(body=None) -> str:
     if len(name) > MAX_MODEL_NAME:
         raise ApiError(400, "bad_model", f"model must be a model name string of at most {MAX_MODEL_NAME} characters")
     return name
-
-
-def expected_version(body: dict) -> int | None:
-    if "version" not in body:
-        return None
-    version = body["version"]
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise ApiError(400, "bad_version", "version must be an integer (the version you last saw); leave it out "
-                                           "to skip the check")
-    return version
