@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("glb", "stl", "step")
 # Bump when any artifact's bytes change for the same inputs, so stale disk caches are never served.
-ARTIFACT_VERSION = "1"
+ARTIFACT_VERSION = "2"  # 2: tessellation and bounding boxes relative to the model's size
 _GEOMETRY_LOCK = threading.RLock()  # OCC is not reliably thread-safe; geometry work is serialised.
 
 
@@ -59,21 +59,39 @@ class BuiltModel:
     def diagonal(self) -> float:
         import cadquery as cq
 
-        return cq.Compound.makeCompound([p.shape for p in self.parts]).BoundingBox().DiagonalLength
+        lo, hi = tight_box(cq.Compound.makeCompound([p.shape for p in self.parts]))
+        return sum((b - a) ** 2 for a, b in zip(lo, hi)) ** 0.5
 
     def measurements(self) -> dict:
         """Bounding box of the whole model and of every part (mm), plus part volumes (mm^3)."""
         import cadquery as cq
 
         def box(shape) -> dict:
-            bb = shape.BoundingBox()
-            return {"min": [bb.xmin, bb.ymin, bb.zmin], "max": [bb.xmax, bb.ymax, bb.zmax],
-                    "size": [bb.xlen, bb.ylen, bb.zlen]}
+            lo, hi = tight_box(shape)
+            return {"min": lo, "max": hi, "size": [b - a for a, b in zip(lo, hi)]}
 
         whole = box(cq.Compound.makeCompound([p.shape for p in self.parts]))
         whole["parts"] = {p.name: {**box(p.shape), "volume": p.shape.Volume()} for p in self.parts}
         whole["units"] = "mm"
         return whole
+
+
+def tight_box(shape) -> tuple[list[float], list[float]]:
+    """(min, max) corners of the shape's exact bounding box, from its B-rep alone.
+
+    cadquery's ``Shape.BoundingBox()`` asks OCC with ``useTriangulation=True``: once a shape has been tessellated
+    (every GLB or PNG does that) the box is grown by the mesh's deflection, 1.8 % of a thin plate's thickness at
+    any scale. Here neither the triangulation nor the shape's tolerance is used.
+    """
+    from OCP.Bnd import Bnd_Box
+    from OCP.BRepBndLib import BRepBndLib
+
+    box = Bnd_Box()
+    BRepBndLib.AddOptimal_s(shape.wrapped, box, False, False)
+    if box.IsVoid():
+        raise ValueError("the shape has no geometry to bound")
+    xmin, ymin, zmin, xmax, ymax, zmax = box.Get()
+    return [xmin, ymin, zmin], [xmax, ymax, zmax]
 
 
 def _flatten(assembly, script_path: str) -> list[BuiltPart]:

@@ -6,7 +6,7 @@ Units and axes of the outputs:
   glTF X, model Z (up) -> glTF Y, model Y -> glTF -Z, and every coordinate is multiplied by 0.001. One node per part,
   named like the part (``chassis``, ``wheel_l1``, ...), under a root node named after the model; each part has its
   own mesh, PBR material (its colour) and smooth-within-a-face vertex normals. Coarse tessellation (preview).
-* **STL**: millimetres, model axes (Z up), binary, fine tessellation (``STL_TOLERANCE_MM``).
+* **STL**: millimetres, model axes (Z up), binary, fine tessellation (``stl_tolerance``).
 * **STEP**: millimetres, model axes, exact B-rep assembly with part names and colours.
 """
 from __future__ import annotations
@@ -20,23 +20,65 @@ import numpy as np
 
 from cad.render import PartMesh
 
-STL_TOLERANCE_MM = 0.02
+# Tessellation deflections are shares of the part's bounding-box diagonal, never absolute lengths: a 0.75 mm plate
+# and a 2 m frame get the same triangles (an absolute 0.05 mm floor made a 0.2 mm part a few coarse facets, an
+# absolute 0.02 mm STL deflection gave a 2 m part 560k triangles). Angular tolerances are scale-free already.
+PREVIEW_DEFLECTION = 1 / 2000  # of the diagonal (0.19 mm on the 385 mm rover)
+STL_DEFLECTION = 1 / 20000  # of the diagonal (0.019 mm on the rover: finer than the preview, for downloads)
 STL_ANGULAR_TOLERANCE = 0.1
 PREVIEW_ANGULAR_TOLERANCE = 0.3
 
 
+def _relative(diagonal_mm: float, share: float) -> float:
+    diagonal = float(diagonal_mm)
+    if not diagonal > 0 or not diagonal < float("inf"):
+        raise ValueError(f"a tessellation needs a positive, finite model size, got a diagonal of {diagonal_mm!r}")
+    return diagonal * share
+
+
 def preview_tolerance(diagonal_mm: float) -> float:
-    """Coarse linear deflection for interactive previews: ~1/2000 of the model size, 0.05..0.5 mm."""
-    return float(min(max(diagonal_mm / 2000.0, 0.05), 0.5))
+    """Coarse linear deflection for interactive previews: 1/2000 of the model's diagonal, at any scale."""
+    return _relative(diagonal_mm, PREVIEW_DEFLECTION)
+
+
+def stl_tolerance(diagonal_mm: float) -> float:
+    """Fine linear deflection for STL downloads: 1/20000 of the model's diagonal, at any scale."""
+    return _relative(diagonal_mm, STL_DEFLECTION)
 
 
 def tessellate(shape, tolerance: float, angular_tolerance: float = PREVIEW_ANGULAR_TOLERANCE):
-    """(vertices (N,3) float64, triangles (M,3) int64) of a cadquery Shape, in model coordinates (mm)."""
-    vertices, triangles = shape.tessellate(tolerance, angular_tolerance)
-    if not triangles:
+    """(vertices (N,3) float64, triangles (M,3) int64) of a cadquery Shape, in model coordinates (mm).
+
+    ``tolerance`` is a deflection in model units (``preview_tolerance``/``stl_tolerance`` of the model's diagonal).
+    cadquery's own ``Shape.mesh`` asks OCC for a deflection *relative to each edge's size* with that number as the
+    ratio, so the same part got 5x the triangles at x0.01 and 50x at x0.001; here OCC meshes with an absolute
+    deflection, and the same part gets the same triangles at any scale.
+    """
+    from OCP.BRep import BRep_Tool
+    from OCP.BRepMesh import BRepMesh_IncrementalMesh
+    from OCP.BRepTools import BRepTools
+    from OCP.TopAbs import TopAbs_REVERSED
+    from OCP.TopLoc import TopLoc_Location
+
+    if not BRepTools.Triangulation_s(shape.wrapped, tolerance):
+        BRepMesh_IncrementalMesh(shape.wrapped, tolerance, False, angular_tolerance, False)
+    # Read the triangulation as cadquery's Shape.tessellate does, without its Shape.mesh (which meshes again,
+    # relative to edge size, wherever OCC recorded a deflection above the one asked for: curved faces).
+    points, faces, offset = [], [], 0
+    for face in shape.Faces():
+        location = TopLoc_Location()
+        poly = BRep_Tool.Triangulation_s(face.wrapped, location)
+        if poly is None:
+            continue
+        transform = location.Transformation()
+        nodes = [poly.Node(i).Transformed(transform) for i in range(1, poly.NbNodes() + 1)]
+        points.append(np.array([(p.X(), p.Y(), p.Z()) for p in nodes], dtype=np.float64).reshape(-1, 3))
+        corners = np.array([t.Get() for t in poly.Triangles()], dtype=np.int64).reshape(-1, 3) - 1 + offset
+        faces.append(corners[:, [0, 2, 1]] if face.wrapped.Orientation() == TopAbs_REVERSED else corners)
+        offset += len(nodes)
+    if not faces or not sum(len(f) for f in faces):
         return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
-    return (np.array([v.toTuple() for v in vertices], dtype=np.float64),
-            np.array(triangles, dtype=np.int64))
+    return np.concatenate(points), np.concatenate(faces)
 
 
 def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
@@ -109,11 +151,16 @@ def stl_bytes(shapes: list) -> bytes:
     """Binary STL (mm) of all parts together, finely tessellated on copies (keeps preview meshes coarse)."""
     import cadquery as cq
 
+    from cad.build import tight_box
+
     compound = cq.Compound.makeCompound([shape.copy() for shape in shapes])
+    lo, hi = tight_box(compound)
+    diagonal = float(np.linalg.norm(np.subtract(hi, lo)))
     with tempfile.TemporaryDirectory(prefix="optim-stl-") as folder:
         path = Path(folder) / "model.stl"
-        # relative=False: the tolerance is an absolute deflection in mm, not a fraction of each edge.
-        compound.exportStl(str(path), tolerance=STL_TOLERANCE_MM, angularTolerance=STL_ANGULAR_TOLERANCE,
+        # relative=False: OCC takes the tolerance as a deflection in model units (here a share of the whole
+        # model's diagonal), not as a fraction of each edge's length.
+        compound.exportStl(str(path), tolerance=stl_tolerance(diagonal), angularTolerance=STL_ANGULAR_TOLERANCE,
                            ascii=False, relative=False)
         return path.read_bytes()
 

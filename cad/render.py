@@ -14,6 +14,7 @@ from cad.mesh import MAX_SIZE, MIN_SIZE, PALETTE, VIEWS, PartMesh  # noqa: F401 
 
 BACKGROUND = np.array([246, 247, 250], dtype=np.float32)
 _MARGIN = 0.06
+DEGENERATE = 1e-12  # of the model's extent (squared for areas): faces and views smaller than this are points
 _CHUNK_PIXELS = 1_500_000  # candidate pixels per vectorised batch: bounds peak memory at large sizes
 
 
@@ -66,8 +67,11 @@ def render_array(meshes: list[PartMesh], view: str, size: int, *, direction=None
     # Flat Lambert shading; normals flipped towards the camera so face orientation cannot blacken a face.
     normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
     lengths = np.linalg.norm(normals, axis=1)
-    keep = lengths > 1e-12
+    extent = float(np.ptp(corners.reshape(-1, 3), axis=0).max())
+    keep = lengths > DEGENERATE * extent * extent  # relative to the model's size: a 5 um part has 1e-12 mm^2 faces
     corners, part_of_triangle, normals = corners[keep], part_of_triangle[keep], normals[keep] / lengths[keep, None]
+    if not len(corners):
+        return image.astype(np.uint8)
     normals *= np.where(normals @ towards_camera < 0, -1.0, 1.0)[:, None]
     light = towards_camera + 0.6 * up - 0.4 * right
     light /= np.linalg.norm(light)
@@ -78,7 +82,7 @@ def render_array(meshes: list[PartMesh], view: str, size: int, *, direction=None
     screen_x, screen_y, depth = corners @ right, corners @ up, corners @ towards_camera
     low = np.array([screen_x.min(), screen_y.min()])
     high = np.array([screen_x.max(), screen_y.max()])
-    scale = size * (1 - 2 * _MARGIN) / max(float((high - low).max()), 1e-9)
+    scale = size * (1 - 2 * _MARGIN) / max(float((high - low).max()), DEGENERATE * max(extent, 1e-300))
     centre = (low + high) / 2
     px = (screen_x - centre[0]) * scale + size / 2
     py = size / 2 - (screen_y - centre[1]) * scale

@@ -28,6 +28,8 @@ MAX_STEP_NESTING = 256  # parenthesis depth; real exports stay near 10, deep one
 _STEP_ENTITY = re.compile(rb"#(\d+)\s*=([^;]*);")
 TARGET_COLOUR = (0.75, 0.78, 0.82)
 EXACT_TOLERANCE = 1e-3  # relative: intersection and union volumes must agree this well for an exact IoU
+VOLUME_NOISE = 1e-6  # relative to the smaller solid's volume: what a boolean's volume may be off by (any scale)
+SIZE_FLOOR = 1e-6  # relative to the target's diagonal: the thickness a flat target's box is given
 
 
 class TargetError(CadError, ValueError):
@@ -163,6 +165,7 @@ def _load_step(path: Path) -> LoadedTarget:
     import cadquery as cq
     import numpy as np
 
+    from cad.build import tight_box
     from cad.export import preview_tolerance, tessellate
 
     try:
@@ -177,8 +180,8 @@ def _load_step(path: Path) -> LoadedTarget:
     solid = _fuse(solids) if solids else None
     if solid is not None and not (solid.isValid() and solid.Volume() > 0):
         solid = None
-    box = compound.BoundingBox()
-    vertices, triangles = tessellate(compound, preview_tolerance(box.DiagonalLength))
+    lo, hi = tight_box(compound)
+    vertices, triangles = tessellate(compound, preview_tolerance(float(np.linalg.norm(np.subtract(hi, lo)))))
     if not len(triangles):
         raise TargetError("the STEP file's surfaces could not be tessellated")
     volume = solid.Volume() if solid is not None else 0.0
@@ -187,8 +190,7 @@ def _load_step(path: Path) -> LoadedTarget:
 
         triangles = oriented(vertices, triangles)
         volume = abs(signed_volume(vertices, triangles))
-    return LoadedTarget("step", solid, np.asarray(vertices), np.asarray(triangles), float(volume),
-                        _box((box.xmin, box.ymin, box.zmin), (box.xmax, box.ymax, box.zmax)))
+    return LoadedTarget("step", solid, np.asarray(vertices), np.asarray(triangles), float(volume), _box(lo, hi))
 
 
 def _fuse(shapes: list):
@@ -232,8 +234,11 @@ def _model_mesh(built):
 
 
 def _fused_model(built):
+    """The union of the model's parts (fused at ``boolean_scale``, as ``exact_iou`` compares)."""
     if getattr(built, "_fused", None) is None:
-        built._fused = _fuse([p.shape for p in built.parts])
+        shapes = [p.shape for p in built.parts]
+        factor = boolean_scale(built.diagonal()) if len(shapes) > 1 else 1.0
+        built._fused = _scaled(_fuse([_scaled(shape, factor) for shape in shapes]), 1 / factor)
     return built._fused
 
 
@@ -260,7 +265,7 @@ def occupancy_residuals(built, target: LoadedTarget, resolution: int = 64, blur:
     from cad.voxel import Grid, fractional_occupancy
 
     lo, hi = np.asarray(target.bbox["min"]), np.asarray(target.bbox["max"])
-    size = np.maximum(hi - lo, 1e-6)
+    size = np.maximum(hi - lo, SIZE_FLOOR * float(np.linalg.norm(hi - lo)))
     lo, hi = lo - FIELD_MARGIN * size, hi + FIELD_MARGIN * size
     grid = Grid(lo, hi, resolution, anchor=lo)
 
@@ -296,21 +301,57 @@ def occupancy_residuals(built, target: LoadedTarget, resolution: int = 64, blur:
             "residuals": (mine - goal).ravel()}
 
 
+BOOLEAN_DIAGONAL_MM = 300.0  # booleans run on copies scaled by a power of ten to about this size (see boolean_scale)
+
+
+def boolean_scale(diagonal: float) -> float:
+    """The power of ten that brings a part of this diagonal to 95..950 mm, where OCC's booleans are at home.
+
+    OCC's tolerances are absolute (Precision::Confusion is 1e-7 model units): the same part's booleans came out
+    differently at x100 (the fuse and the intersection of a 6 m part disagreed) and its shell failed at x0.01.
+    A power of ten keeps the scaled coordinates the unscaled part's digits, and is 1 for the shipped models.
+    """
+    import math
+
+    if not diagonal > 0 or not math.isfinite(diagonal):
+        return 1.0
+    return 10.0 ** round(math.log10(BOOLEAN_DIAGONAL_MM / diagonal))
+
+
+def _scaled(shape, factor: float):
+    return shape if factor == 1 else shape.scale(factor)
+
+
+def _diagonal(shape) -> float:
+    import math
+
+    from cad.build import tight_box
+
+    lo, hi = tight_box(shape)
+    return math.dist(lo, hi)
+
+
 def exact_iou(solid, other) -> float:
-    """Volumetric IoU of two solids by B-rep booleans. Raises ValueError when OCC's answer cannot be trusted."""
+    """Volumetric IoU of two solids by B-rep booleans. Raises ValueError when OCC's answer cannot be trusted.
+
+    Both are scaled by ``boolean_scale`` of ``other``'s size first (the IoU is a ratio: the scale cancels)."""
+    factor = boolean_scale(_diagonal(other))
+    solid, other = _scaled(solid, factor), _scaled(other, factor)
     if not solid.isValid():
         raise ValueError("the model's parts do not fuse into a valid solid")
     volume, other_volume = solid.Volume(), other.Volume()
     common = solid.intersect(other).Volume()
-    if not -1e-6 <= common <= min(volume, other_volume) * (1 + 1e-6) + 1e-6:
-        raise ValueError(f"the boolean gave an impossible intersection volume {common:g}")
+    noise = VOLUME_NOISE * min(abs(volume), abs(other_volume))  # a share of the volumes: mm^3 mean nothing here
+    if not -noise <= common <= min(volume, other_volume) + noise:
+        raise ValueError(f"the boolean gave an impossible intersection volume {common / factor ** 3:g}")
     union = volume + other_volume - common
     # OCC's booleans can go wrong without an error where faces coincide (a wall exactly as thick as the
     # target's): the intersection and the union must agree, or neither is trusted.
     fused = solid.fuse(other).Volume()
     if abs(fused - union) > EXACT_TOLERANCE * max(fused, union):
-        raise ValueError(f"the booleans disagree (intersection implies a union of {union:.6g} mm^3, the "
-                         f"union measures {fused:.6g} mm^3)")
+        cube = factor ** 3  # report the model's own volumes, not the scaled copies
+        raise ValueError(f"the booleans disagree (intersection implies a union of {union / cube:.6g} mm^3, the "
+                         f"union measures {fused / cube:.6g} mm^3)")
     return common / union if union > 0 else 1.0
 
 

@@ -13,6 +13,8 @@ import numpy as np
 
 DEFAULT_RESOLUTION = 128  # voxels along the longest side of the common bounding box
 _JITTER = np.array([0.1234567, 0.2345678, 0.3456789])
+EDGE_ON = 1e-12  # a triangle whose doubled projected area is below this share of a cell's is skipped by the rays
+DEGENERATE = 1e-12  # a grid over an extent below this share of the coordinates' magnitude is a point
 
 
 def oriented(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
@@ -37,7 +39,7 @@ class Grid:
 
     def __init__(self, lo, hi, resolution: int = DEFAULT_RESOLUTION, *, h: float | None = None, anchor=None):
         lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
-        self.h = float(h) if h else float(max(np.max(hi - lo), 1e-9) / resolution)
+        self.h = float(h) if h else float(max(np.max(hi - lo), _floor(lo, hi)) / resolution)
         anchor = lo if anchor is None else np.asarray(anchor, dtype=float)
         # One spare cell on each side; a sub-cell shift keeps regular samples off exact mesh features.
         self.index0 = np.floor((lo - anchor) / self.h).astype(np.int64) - 1
@@ -47,6 +49,11 @@ class Grid:
 
     def voxel_volume(self) -> float:
         return self.h ** 3
+
+
+def _floor(lo, hi) -> float:
+    """The smallest extent a grid is given: a share of the coordinates' magnitude (a point, not a length in mm)."""
+    return max(DEGENERATE * float(np.max(np.abs(np.concatenate([lo, hi])))), np.finfo(float).tiny)
 
 
 def _hash_unit(i: np.ndarray, j: np.ndarray, salt: int) -> np.ndarray:
@@ -79,9 +86,9 @@ def crossings(vertices: np.ndarray, triangles: np.ndarray, grid: Grid, axis: int
     a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
     # Signed doubled area of the (u, v) projection: its sign is the normal's component along the ray.
     area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-    keep = np.abs(area) > 1e-14
-    a, b, c, area = a[keep], b[keep], c[keep], area[keep]
     h = grid.h
+    keep = np.abs(area) > EDGE_ON * h * h  # seen edge-on: no ray can cross it (relative to the cells, any scale)
+    a, b, c, area = a[keep], b[keep], c[keep], area[keep]
     origin = grid.origin[[u_axis, v_axis]]
     lo = np.minimum(np.minimum(a, b), c)[:, :2]
     hi = np.maximum(np.maximum(a, b), c)[:, :2]
@@ -180,7 +187,7 @@ def mesh_iou(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.
         # Cells sized and anchored on the second mesh (the target): the same cells whatever the first one does.
         target_points = v2[t2.ravel()]
         target_lo, target_hi = target_points.min(axis=0), target_points.max(axis=0)
-        h = max(float(np.max(target_hi - target_lo)), 1e-9) / resolution
+        h = max(float(np.max(target_hi - target_lo)), _floor(target_lo, target_hi)) / resolution
         h = max(h, float(np.max(stacked.max(axis=0) - stacked.min(axis=0))) / (4 * resolution))  # bound the work
         grid = Grid(stacked.min(axis=0), stacked.max(axis=0), h=h, anchor=target_lo)
         first, second = (v1, oriented(v1, t1)), (v2, oriented(v2, t2))

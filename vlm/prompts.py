@@ -5,7 +5,7 @@ Image order contract: when the current CAD render is attached it is the FIRST im
 """
 from __future__ import annotations
 
-from vlm.units import format_number
+from vlm.units import format_number, format_significant
 
 MAX_DESCRIPTION_CHARS = 90
 # Bounds on the answer's free text in the schema: a constrained model cannot ramble past them.
@@ -105,3 +105,37 @@ def proposal_json_schema(schema: list[dict]) -> dict:
         "required": ["summary", "changes"],
         "additionalProperties": False,
     }
+
+
+def _axes(values, reference: float | None = None, signed: bool = False) -> str:
+    return ", ".join(f"{axis} {format_significant(v, reference=reference, signed=signed)}"
+                     for axis, v in zip("XYZ", values))
+
+
+def describe_comparison(comparison: dict) -> str:
+    """The request text of optimise's VLM step: what to do, and how far the current state is from the target
+    (model minus target, in the model's units) from a ``cad.target.compare_model`` answer.
+
+    Sizes and volumes have three significant digits whatever the part's scale (fixed decimals read "X 0.0" and
+    "0 mm^3" for a 0.02 mm plate); differences are written to the precision of the target's own figures.
+    """
+    unit = comparison.get("units") or "mm"
+    lines = ["Change the parameters so that the CAD model matches the target shape as closely as possible.",
+             f"Measured now: volumetric IoU with the target {comparison['iou']:.3f} (1 means identical)."]
+    bbox, volume = comparison.get("bbox") or {}, comparison.get("volume") or {}
+    if bbox:
+        target_size = bbox["target"]["size"]
+        extent = max((abs(v) for v in target_size), default=0.0) or None
+        lines.append(f"Bounding box size: model {_axes(bbox['model']['size'])} {unit}; target {_axes(target_size)} "
+                     f"{unit}; difference (model minus target) "
+                     f"{_axes(bbox['size_difference'], extent, signed=True)} {unit}.")
+        lines.append(f"Bounding box centre offset (model minus target): "
+                     f"{_axes(bbox['centre_difference'], extent, signed=True)} {unit}.")
+    if volume:
+        relative = volume.get("relative")
+        share = f" ({relative:+.1%})" if isinstance(relative, (int, float)) else ""
+        target = volume.get("target") or None
+        lines.append(f"Volume: model {format_significant(volume['model'])} {unit}^3, target "
+                     f"{format_significant(volume['target'])} {unit}^3, difference "
+                     f"{format_significant(volume['difference'], reference=target, signed=True)} {unit}^3{share}.")
+    return " ".join(lines)

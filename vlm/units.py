@@ -67,6 +67,50 @@ def format_number(v: Any) -> str:
     return str(v)
 
 
+SIGNIFICANT_DIGITS = 3
+_PLAIN_RANGE = (-6, 6)  # decimal exponents written without an exponent: 0.000001 .. 999999
+
+
+def format_significant(value: Any, digits: int = SIGNIFICANT_DIGITS, reference: float | None = None,
+                       signed: bool = False) -> str:
+    """A measured quantity to ``digits`` significant digits at any scale: 0.0156, 75.2, 2040, 3.49e+09.
+
+    Fixed decimals read "0.0" for a 0.02 mm plate and "0" for its volume; significant digits do not, and the same
+    part at x0.01, x1 and x100 reads the same digits (0.257, 25.7, 2570). Trailing zeros are kept: they are
+    significant (12 to three digits is 12.0). ``reference`` sets the precision instead of the value itself: a
+    difference is written to the precision of the figures it compares (-2.1 beside 25.7, -210 beside 2570), so
+    float noise (1e-13 on a 20 mm box) reads 0.0 and not 1.00e-13. ``signed`` writes a + before positive values
+    (none before 0). Values from 1e6 up and below 1e-6 are written with an exponent. Not a number: "-".
+    """
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    given = isinstance(reference, (int, float)) and not isinstance(reference, bool) and math.isfinite(reference) \
+        and reference != 0
+    scale = abs(reference) if given else abs(value)
+    if scale == 0:
+        return "0"
+    exponent = math.floor(math.log10(scale))
+    place = exponent - digits + 1  # the decimal place of the last significant digit
+    if _PLAIN_RANGE[0] <= exponent < _PLAIN_RANGE[1]:
+        # to the place, half away from zero (as static/js/viewer-units.js does, in the same float arithmetic)
+        whole = math.copysign(math.floor(abs(value) / 10 ** place + 0.5) * 10 ** place, value)
+        text = f"{value:.{-place}f}" if place < 0 else f"{whole:.0f}"
+    else:
+        own = math.floor(math.log10(abs(value))) if value else place - 1
+        kept = own - place + 1  # significant digits of the value at the reference's precision
+        text = f"{value:.{kept - 1}e}" if kept >= 1 else "0"
+    if float(text) == 0:
+        return text.lstrip("-")  # -0.0 is 0.0
+    return f"+{text}" if signed and value > 0 else text
+
+
+def format_size(value: Any, unit: str = "mm", digits: int = SIGNIFICANT_DIGITS, **options) -> str:
+    """``format_significant`` followed by its unit: "0.0156 mm", "2040 mm^3"."""
+    return f"{format_significant(value, digits, **options)} {unit}".rstrip()
+
+
 def tidy_number(value: Any) -> Any:
     """Whole floats as integers (300, not 300.0), as the prompt's parameter table writes them."""
     if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
