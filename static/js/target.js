@@ -4,6 +4,7 @@
 // While it runs the Optimise button is a Cancel button (DELETE /api/optimise): the best state so far is kept.
 import { api, apiUpload, ApiError, postEventStream, withModel } from './api.js';
 import { $, el, formatBytes, formatDuration, toast } from './dom.js';
+import { formatSignificant } from './viewer-units.js';
 
 const TARGET_EXTENSIONS = ['.step', '.stp', '.stl'];
 const AXES = ['X', 'Y', 'Z'];
@@ -11,6 +12,11 @@ const AXES = ['X', 'Y', 'Z'];
 function fixed(value, digits = 1) {
   return typeof value === 'number' && Number.isFinite(value) ? value.toFixed(digits) : '–';
 }
+
+// Sizes and volumes with significant digits (a part may be 0.02 mm or 2 m); differences to the precision of the
+// target's own figure (`reference`), percentages with fixed decimals (they are scale-free).
+const sig = (value) => formatSignificant(value);
+const difference = (value, reference) => formatSignificant(value, { reference, signed: true });
 
 function signed(value, digits = 1) {
   if (typeof value !== 'number' || !Number.isFinite(value)) return '–';
@@ -111,7 +117,7 @@ export class TargetPanel {
     iou.dataset.iou = c ? String(c.iou) : '';
     panel.dataset.version = String(target.version);
     $('target-method').textContent = c
-      ? (c.method === 'exact' ? 'exact (solid boolean)' : `voxels ${fixed(c.voxel_mm, 2)} mm`)
+      ? (c.method === 'exact' ? 'exact (solid boolean)' : `voxels ${sig(c.voxel_mm)} mm`)
       : '';
     $('target-method').title = (c && c.fallback_reason) || '';
     if (!c) {
@@ -123,17 +129,20 @@ export class TargetPanel {
     const unit = c.units || 'mm';
     const rows = [el('tr', {},
       el('th', { text: `Volume (${unit}³)` }),
-      el('td', { text: fixed(c.volume.model, 0) }),
-      el('td', { text: fixed(c.volume.target, 0) }),
-      el('td', { text: `${signed(c.volume.difference, 0)} (${signed(c.volume.relative * 100, 1)}%)` }))];
+      el('td', { text: sig(c.volume.model) }),
+      el('td', { text: sig(c.volume.target) }),
+      el('td', {
+        text: `${difference(c.volume.difference, c.volume.target)} (${signed(c.volume.relative * 100, 1)}%)`,
+      }))];
+    const extent = Math.max(...c.bbox.target.size.map(Math.abs)) || null; // differences to the box's precision
     AXES.forEach((axis, i) => {
       rows.push(el('tr', {},
         el('th', { text: `Size ${axis} (${unit})` }),
-        el('td', { text: fixed(c.bbox.model.size[i]) }),
-        el('td', { text: fixed(c.bbox.target.size[i]) }),
-        el('td', { text: signed(c.bbox.size_difference[i]) })));
+        el('td', { text: sig(c.bbox.model.size[i]) }),
+        el('td', { text: sig(c.bbox.target.size[i]) }),
+        el('td', { text: difference(c.bbox.size_difference[i], extent) })));
     });
-    const centre = c.bbox.centre_difference.map((v) => signed(v)).join(', ');
+    const centre = c.bbox.centre_difference.map((v) => difference(v, extent)).join(', ');
     rows.push(el('tr', {}, el('th', { text: `Centre offset (${unit})` }), el('td', { colspan: '3', text: centre })));
     $('target-compare-body').replaceChildren(...rows);
   }

@@ -5,6 +5,7 @@
 import * as THREE from 'three';
 import { $, el, isTypingTarget } from './dom.js';
 import { partLabel } from './viewer-scene.js';
+import { formatSignificant } from './viewer-units.js';
 
 const POINT_COLOUR = 0xdb2777;
 const LINE_COLOUR = 0xdb2777;
@@ -129,18 +130,20 @@ export class MeasureTool {
 
   render() {
     const rows = [];
-    const mm = (v) => `${v.toFixed(1)} mm`;
+    // Significant digits, not fixed decimals: a part may be 0.02 mm or 2 m. The data attributes keep every digit.
+    const sig = (v, reference = null) => formatSignificant(v, { reference });
     if (this.partInfo) {
       const { name, x, y, z } = this.partInfo;
-      rows.push(el('div', { className: 'measure-row', dataset: { testid: 'measure-size', x: x.toFixed(3), y: y.toFixed(3), z: z.toFixed(3) } },
-        el('strong', { text: name }), ` ${x.toFixed(1)} × ${y.toFixed(1)} × ${z.toFixed(1)} mm`,
+      rows.push(el('div', { className: 'measure-row', dataset: { testid: 'measure-size', x: String(x), y: String(y), z: String(z) } },
+        el('strong', { text: name }), ` ${sig(x)} × ${sig(y)} × ${sig(z)} mm`,
         el('span', { className: 'muted small', text: ' (X × Y × Z box)' })));
     }
     const d = this.distance();
     if (d) {
-      rows.push(el('div', { className: 'measure-row', dataset: { testid: 'measure-distance', mm: d.total.toFixed(3) } },
-        el('strong', { text: 'Distance' }), ` ${mm(d.total)}`,
-        el('span', { className: 'muted small', text: ` (ΔX ${d.dx.toFixed(1)}, ΔY ${d.dy.toFixed(1)}, ΔZ ${d.dz.toFixed(1)})` })));
+      const along = (v) => sig(v, d.total); // the components to the distance's precision
+      rows.push(el('div', { className: 'measure-row', dataset: { testid: 'measure-distance', mm: String(d.total) } },
+        el('strong', { text: 'Distance' }), ` ${sig(d.total)} mm`,
+        el('span', { className: 'muted small', text: ` (ΔX ${along(d.dx)}, ΔY ${along(d.dy)}, ΔZ ${along(d.dz)})` })));
       if (d.angle !== null) {
         rows.push(el('div', { className: 'measure-row', dataset: { testid: 'measure-angle', deg: d.angle.toFixed(3) } },
           el('strong', { text: 'Angle between faces' }), ` ${d.angle.toFixed(1)}°`));

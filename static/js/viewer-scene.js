@@ -52,7 +52,8 @@ export function setHighlight(part, on) {
 }
 
 export function niceStep(raw) {
-  const exp = Math.pow(10, Math.floor(Math.log10(Math.max(raw, 1e-6))));
+  if (!(raw > 0) || !Number.isFinite(raw)) return 1;
+  const exp = Math.pow(10, Math.floor(Math.log10(raw))); // any scale: a 5 um part gets a 0.5 um grid
   const f = raw / exp;
   return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * exp;
 }

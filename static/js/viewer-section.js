@@ -8,6 +8,7 @@
 import * as THREE from 'three';
 import { $ } from './dom.js';
 import { materialsOf } from './viewer-scene.js';
+import { formatSignificant } from './viewer-units.js';
 
 // Model axis -> direction in the scene (glTF is Y up: model X -> X, model Y -> -Z, model Z -> Y).
 const AXES = { x: new THREE.Vector3(1, 0, 0), y: new THREE.Vector3(0, 0, -1), z: new THREE.Vector3(0, 1, 0) };
@@ -124,10 +125,13 @@ export class SectionTool {
       // Keep axis·p <= c (flipped: >= c); three.js clips where normal·p + constant < 0.
       if (flip) this.plane.set(a.clone(), -c);
       else this.plane.set(a.clone().negate(), c);
-      const mm = c * this.viewer.mmPerUnit();
-      $('section-value').textContent = `${this.axis.toUpperCase()} = ${mm.toFixed(1)} mm`;
+      const k = this.viewer.mmPerUnit();
+      const mm = c * k;
+      // to the precision of the model's extent along the axis (significant digits: any scale)
+      const text = formatSignificant(mm, { reference: (hi - lo) * k || null });
+      $('section-value').textContent = `${this.axis.toUpperCase()} = ${text} mm`;
       container.dataset.section = this.axis;
-      container.dataset.sectionMm = mm.toFixed(3);
+      container.dataset.sectionMm = String(mm);
     } else {
       $('section-value').textContent = '';
       delete container.dataset.section;

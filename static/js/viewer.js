@@ -304,7 +304,9 @@ export class Viewer {
     const distance = (sphere.radius / Math.sin(fitFov / 2)) * 1.08;
     this.controls.target.copy(sphere.center);
     this.camera.position.copy(sphere.center).addScaledVector(dir, distance);
-    this.camera.near = Math.max(distance / 1000, 0.01);
+    // Clipping planes as shares of the distance, never absolute lengths: a floor of 0.01 scene units (10 mm)
+    // put the near plane behind parts under ~5 mm and left the view blank.
+    this.camera.near = distance / 1000;
     this.camera.far = distance * 100;
     if (this.camera.isOrthographicCamera) {
       this.orthoHalf = distance * Math.tan(fov / 2);
