@@ -15,36 +15,13 @@ import time
 from cad.errors import BuildError, ParameterError
 from cad.target import TargetError
 from vlm.backend import BackendError, CancelToken, GenerateRequest, GenerationCancelled
-from vlm.prompts import build_prompt, proposal_json_schema
+from vlm.prompts import build_prompt, describe_comparison, proposal_json_schema
 from vlm.proposals import ProposalSet, parse_model_output
 
 log = logging.getLogger(__name__)
 
 RENDER_VIEW, RENDER_SIZE = "iso", 384  # as /api/vlm's include_render
 MAX_NEW_TOKENS = 512
-
-
-def _xyz(values, digits: int = 1) -> str:
-    return ", ".join(f"{axis} {value:+.{digits}f}" for axis, value in zip("XYZ", values))
-
-
-def describe_comparison(comparison: dict) -> str:
-    """The request text: what to do, and how far the current state is from the target (model minus target, mm)."""
-    lines = ["Change the parameters so that the CAD model matches the target shape as closely as possible.",
-             f"Measured now: volumetric IoU with the target {comparison['iou']:.3f} (1 means identical)."]
-    bbox, volume = comparison.get("bbox") or {}, comparison.get("volume") or {}
-    if bbox:
-        model_size = ", ".join(f"{a} {v:.1f}" for a, v in zip("XYZ", bbox["model"]["size"]))
-        target_size = ", ".join(f"{a} {v:.1f}" for a, v in zip("XYZ", bbox["target"]["size"]))
-        lines.append(f"Bounding box size: model {model_size} mm; target {target_size} mm; "
-                     f"difference (model minus target) {_xyz(bbox['size_difference'])} mm.")
-        lines.append(f"Bounding box centre offset (model minus target): {_xyz(bbox['centre_difference'])} mm.")
-    if volume:
-        relative = volume.get("relative")
-        share = f" ({relative:+.1%})" if isinstance(relative, (int, float)) else ""
-        lines.append(f"Volume: model {volume['model']:.0f} mm^3, target {volume['target']:.0f} mm^3, difference "
-                     f"{volume['difference']:+.0f} mm^3{share}.")
-    return " ".join(lines)
 
 
 def _generate(svc, request: GenerateRequest) -> str | None:
