@@ -8,14 +8,18 @@ numeric values within +-``--spread`` of each range around the default (ints +-1.
 target is the hidden state built and saved as STEP; every solver starts at the defaults with the same budget of
 objective evaluations (a build and IoU; a repeated state is answered from a cache and is free for everyone).
 
-Solvers: ``optim`` (``cad.fit.fit`` on its own coarse-to-fine schedule, ``optim_fit``), ``powell`` and ``nelder-mead``
+Solvers: ``optim`` (``cad.fit.fit`` on its own coarse-to-fine schedule, ``optim_fit``; ``optim-worker`` the same through
+one build worker of ``cad.worker_pool``, ``optim-parallel`` through ``--workers`` of them with the fit's batches
+evaluated concurrently, as /api/optimise runs it: same states and answer, ``parallel_identical`` per case says so),
+``powell`` and ``nelder-mead``
 (``scipy.optimize.minimize`` on the numeric parameters normalised to [0, 1], bounds respected, ints rounded inside
 the objective, 1 - IoU minimised on optim's final-stage objective: the ray IoU at 128, or ``--baseline-objective
 exact``). Each is stopped at the budget; the answer is the best state it evaluated. Final score for all: the exact
 B-rep IoU of the returned state (``cad.target.compare_model``, method ``auto``; ``mesh`` when a boolean fails).
 
 Run: .venv/bin/python bench/fit.py [--random 12] [--shipped bracket,pillow_block|all|none] [--models-dir DIR]
-     [--budget 300] [--scale 1] [--jobs 1] [--out bench-results/fit.json]
+     [--budget 300] [--scale 1] [--jobs 1] [--solvers optim-worker,optim-parallel --workers 2]
+     [--out bench-results/fit.json]
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -39,7 +44,8 @@ from bench.random_models import SIZE_CLASSES, generate, scale_script, write_mode
 
 log = logging.getLogger("bench.fit")
 
-SOLVERS = ("optim", "powell", "nelder-mead")
+SOLVERS = ("optim", "optim-worker", "optim-parallel", "powell", "nelder-mead")
+DEFAULT_SOLVERS = ("optim", "powell", "nelder-mead")
 SPREAD = 0.25
 FINAL_STAGE = {"resolution": 128, "rays": True}  # optim's last stage (cad.fit.DEFAULT_SCHEDULE[-1].options)
 MAX_CALLS_PER_EVALUATION = 20  # a baseline circling on cached states is stopped too
@@ -49,13 +55,13 @@ SIMPLEX_STEP = 0.1  # Nelder-Mead's initial simplex, share of each range
 FIT = "cad.fit.fit(schedule=DEFAULT_SCHEDULE)"  # what optim_fit calls, for the report
 
 
-def optim_fit(schema, start: dict, objective, budget: int) -> tuple[dict, str]:
+def optim_fit(schema, start: dict, objective, budget: int, objective_many=None, workers: int = 1) -> tuple[dict, str]:
     """optim's fit on its own schedule: the ONE place that calls it. Returns (values, stopped).
     (Measured before cad/fit landed with ``cad.optimise.optimise(schema, start, objective, max_steps=budget,
     stages=VOXEL_STAGES)``, fields values/steps/stopped.)"""
     from cad.fit import fit
 
-    result = fit(schema, start, objective, max_evaluations=budget)
+    result = fit(schema, start, objective, max_evaluations=budget, objective_many=objective_many, workers=workers)
     return result.values, result.stopped
 
 
@@ -172,6 +178,48 @@ def run_optim(schema, start, path, target, budget):
     return values, calls["count"], stopped, score.failures["count"]
 
 
+def run_optim_parallel(schema, start, path, target, budget, workers):
+    """optim's fit with ``objective_many`` mapped over a pool of ``workers`` build workers (cad.worker_pool), as
+    /api/optimise runs it: each concurrent slot with its own affinity key (the path spelt with /./). The workers
+    are started and have read the target before the clock starts (the web process keeps them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cad.errors import BuildError
+    from cad.worker_pool import WorkerPool
+
+    pool, calls, failures = WorkerPool(workers), {"count": 0}, {"count": 0}
+    folder, _, name = path.rpartition(os.sep)
+    keys = [os.sep.join([folder, *(["."] * slot), name]) for slot in range(workers)]
+
+    lock = threading.Lock()
+
+    def objective(values: dict, stage, slot: int = 0):
+        with lock:
+            calls["count"] += 1
+        try:
+            return pool.call("compare", path, values, target, method="mesh", detail=False, **(stage or {}),
+                             script=keys[slot % workers])
+        except BuildError as exc:
+            failures["count"] += 1
+            log.debug("%s does not score at %s: %s", Path(path).stem, values, exc)
+            return 0.0
+
+    try:
+        with ThreadPoolExecutor(workers) as executor:
+            # Warm-up, not counted: every worker started, the target read, each slot's key on its own worker.
+            list(executor.map(lambda slot: objective(start, FINAL_STAGE, slot), range(workers)))
+            calls["count"] = 0
+            started = time.perf_counter()
+            values, stopped = optim_fit(
+                schema, start, objective, budget,
+                lambda many, stage: list(executor.map(lambda v, slot: objective(v, stage, slot), many,
+                                                      range(len(many)))), workers)
+            elapsed = time.perf_counter() - started
+    finally:
+        pool.close()
+    return values, calls["count"], stopped, failures["count"], elapsed
+
+
 def run_scipy(method: str, schema, start, path, target, budget, baseline_objective: str):
     import numpy as np
     from scipy.optimize import minimize
@@ -209,7 +257,7 @@ def _iou(answer) -> float:
     return float(answer["iou"] if isinstance(answer, dict) else answer)
 
 
-def run_case(case: dict, budget: int, solvers: list[str], baseline_objective: str) -> dict:
+def run_case(case: dict, budget: int, solvers: list[str], baseline_objective: str, workers: int = 2) -> dict:
     """One case: build the hidden target as STEP, run every solver from the defaults, score with the exact IoU."""
     from cad import export
     from cad.build import build_model, clear_process_cache
@@ -231,6 +279,10 @@ def run_case(case: dict, budget: int, solvers: list[str], baseline_objective: st
             started = time.perf_counter()
             if solver == "optim":
                 values, evaluations, stopped, failures = run_optim(schema, start, str(path), target, budget)
+            elif solver in ("optim-worker", "optim-parallel"):
+                values, evaluations, stopped, failures, elapsed = run_optim_parallel(
+                    schema, start, str(path), target, budget, workers if solver == "optim-parallel" else 1)
+                started = time.perf_counter() - elapsed
             else:
                 method = {"powell": "Powell", "nelder-mead": "Nelder-Mead"}[solver]
                 values, evaluations, stopped, failures = run_scipy(method, schema, start, str(path), target,
@@ -245,8 +297,13 @@ def run_case(case: dict, budget: int, solvers: list[str], baseline_objective: st
             result["solvers"][solver] = {
                 "iou": after["iou"], "iou_method": after["method"], "evaluations": evaluations, "wall_s": elapsed,
                 "stopped": stopped, "failed_evaluations": failures, "parameter_error": error, "values": values}
-            log.info("%-22s %-12s IoU %.4f -> %.4f (%s)  %4d evaluations  %6.1f s  %s", case["name"], solver,
+            log.info("%-22s %-14s IoU %.4f -> %.4f (%s)  %4d evaluations  %6.1f s  %s", case["name"], solver,
                      before["iou"], after["iou"], after["method"], evaluations, elapsed, stopped)
+    serial = result["solvers"].get("optim-worker") or result["solvers"].get("optim")
+    parallel = result["solvers"].get("optim-parallel")
+    if serial and parallel:  # the same fit: the same states and answer, only the wall time differs
+        result["parallel_identical"] = (serial["values"] == parallel["values"]
+                                        and serial["evaluations"] == parallel["evaluations"])
     return result
 
 
@@ -271,11 +328,11 @@ def summarise(results: list[dict], solvers: list[str]) -> dict:
 
 
 def table(summary: dict) -> str:
-    lines = [f"{'class':<15}{'solver':<13}{'cases':>6}{'median IoU':>12}{'worst IoU':>11}{'>=0.99':>8}"
+    lines = [f"{'class':<15}{'solver':<16}{'cases':>6}{'median IoU':>12}{'worst IoU':>11}{'>=0.99':>8}"
              f"{'median evals':>14}{'median wall s':>15}"]
     for case_class, by_solver in summary.items():
         for solver, row in by_solver.items():
-            lines.append(f"{case_class:<15}{solver:<13}{row['cases']:>6}{row['median_iou']:>12.4f}"
+            lines.append(f"{case_class:<15}{solver:<16}{row['cases']:>6}{row['median_iou']:>12.4f}"
                          f"{row['worst_iou']:>11.4f}{row['at_least_0.99']:>5}/{row['cases']:<2}"
                          f"{row['median_evaluations']:>14.0f}{row['median_wall_s']:>15.1f}")
     return "\n".join(lines)
@@ -283,11 +340,12 @@ def table(summary: dict) -> str:
 
 def _run_cases(cases: list[dict], args, solvers: list[str], level: int, tqdm) -> list[dict]:
     if args.jobs <= 1:
-        return [run_case(case, args.budget, solvers, args.baseline_objective)
+        return [run_case(case, args.budget, solvers, args.baseline_objective, args.workers)
                 for case in tqdm(cases, desc="cases", unit="case")]
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"),
                              initializer=_worker_init, initargs=(level,)) as pool:
-        futures = [pool.submit(run_case, case, args.budget, solvers, args.baseline_objective) for case in cases]
+        futures = [pool.submit(run_case, case, args.budget, solvers, args.baseline_objective, args.workers)
+                   for case in cases]
         return [future.result() for future in tqdm(as_completed(futures), total=len(futures), desc="cases",
                                                    unit="case")]
 
@@ -305,7 +363,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every length parameter by this")
     parser.add_argument("--spread", type=float, default=SPREAD, help="hidden values: +- this share of each range")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--solvers", default=",".join(SOLVERS), help=f"comma-separated, of {', '.join(SOLVERS)}")
+    parser.add_argument("--solvers", default=",".join(DEFAULT_SOLVERS),
+                        help=f"comma-separated, of {', '.join(SOLVERS)}")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="build workers of optim-parallel (the same fit, its batches evaluated concurrently on a "
+                             "pool of build workers, as /api/optimise runs it); optim-worker: the same on one worker")
     parser.add_argument("--baseline-objective", choices=("rays", "exact"), default="rays",
                         help="the baselines' objective: optim's final stage (ray IoU at 128) or the exact IoU")
     parser.add_argument("--jobs", type=int, default=1, help="cases run in parallel processes")

@@ -10,9 +10,11 @@ A cancelled run still applies its best state so far when that beats the start.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from flask import Response, current_app, jsonify, stream_with_context
 
@@ -111,19 +113,13 @@ def _run(ctx: dict, progress=None, on_vlm=None) -> dict:
         if on_vlm is not None:
             on_vlm(vlm)
 
-    def objective(values: dict, stage) -> dict | float:
-        # The whole answer: least-squares stages read its residuals, the others its iou.
-        try:
-            return svc.builder.compare(model, values, path, method="mesh", detail=False, **(stage or {}))
-        except BuildTimeout:
-            raise
-        except BuildError as exc:  # this combination does not build: treat it as no overlap, search on
-            log.info("optimise: %s does not build at %s: %s", model.name, values, exc)
-            return 0.0
-
     _stop_if_shutting_down(svc)
-    result = fit(model.schema, search_start, objective, max_evaluations=ctx["max_steps"],
-                 schedule=DEFAULT_SCHEDULE, progress=progress, cancel=cancel, extra_starts=extra_starts)
+    with _Evaluator(svc, model, path) as evaluator:
+        if progress is not None:
+            progress = _with_eta(progress, ctx["max_steps"])
+        result = fit(model.schema, search_start, evaluator.objective, max_evaluations=ctx["max_steps"],
+                     schedule=DEFAULT_SCHEDULE, progress=progress, cancel=cancel, extra_starts=extra_starts,
+                     objective_many=evaluator.objective_many, workers=evaluator.workers)
     _stop_if_shutting_down(svc)
     if result.values != best_values:
         # The search scores voxels; the state kept is the one the real comparison (exact where possible) prefers.
@@ -147,6 +143,75 @@ def _run(ctx: dict, progress=None, on_vlm=None) -> dict:
         "search_iou_before": result.start_iou, "search_iou_after": result.iou,
         "elapsed_s": round(time.perf_counter() - started, 2), **vlm}
     return answer
+
+
+def _with_eta(progress, max_steps: int):
+    """``progress`` with ``eta_s``: seconds left at the measured time per evaluation (since the fit started, so
+    it counts the parallel workers) for the budget left; an upper bound, the fit may converge sooner."""
+    started = time.perf_counter()
+
+    def report(step: int, iou: float, stage: int) -> None:
+        per_step = (time.perf_counter() - started) / step if step > 0 else None
+        progress(step, iou, stage, None if per_step is None else round(per_step * max(max_steps - step, 0), 1))
+
+    return report
+
+
+class _Evaluator:
+    """The fit's objective over the build workers: ``objective`` for one state, ``objective_many`` for a batch,
+    one state per worker at once (``workers``: the pool's size).
+
+    Each concurrent slot calls the pool with its own affinity key (the script's path spelt with ``/./``: the same
+    file, and the same name in error messages): the pool would otherwise hold a second job of the same script
+    back for the worker that ran the first (``cad.worker_pool.AFFINITY_WAIT_S``), which serialises the fit. The
+    keys settle on different workers on their first overlap (at most one such wait per run).
+    """
+
+    def __init__(self, svc, model, path):
+        self.svc, self.model, self.path = svc, model, path
+        self.workers = max(len(getattr(svc.builder.worker, "clients", ())), 1)
+        self._executor = None
+
+    def __enter__(self):
+        if self.workers > 1:
+            self._executor = ThreadPoolExecutor(max_workers=self.workers,
+                                                thread_name_prefix=f"optimise-{self.model.name}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def _script_key(self, slot: int) -> str:
+        script = str(self.model.path)
+        if slot == 0:
+            return script
+        folder, _, name = script.rpartition(os.sep)
+        return os.sep.join([folder, *(["."] * slot), name])
+
+    def objective(self, values: dict, stage) -> dict | float:
+        return self._compare(values, stage, self._script_key(0))
+
+    def objective_many(self, values_list: list, stage) -> list:
+        """The fit hands over at most ``workers`` states at once: state i of the chunk runs in slot i."""
+        if self._executor is None or len(values_list) == 1:
+            return [self.objective(values, stage) for values in values_list]
+        keys = [self._script_key(slot % self.workers) for slot in range(len(values_list))]
+        return list(self._executor.map(lambda v, key: self._compare(v, stage, key), values_list, keys))
+
+    def _compare(self, values: dict, stage, script: str) -> dict | float:
+        # The whole answer: least-squares stages read its residuals, the others its iou. (What Builder.compare
+        # sends, with the slot's affinity key.)
+        builder = self.svc.builder
+        try:
+            return builder.worker.call("compare", str(self.model.path), self.model.schema.complete(values),
+                                       str(self.path), method="mesh", detail=False, **(stage or {}),
+                                       timeout_s=builder.timeout_s, script=script)
+        except BuildTimeout:
+            raise
+        except BuildError as exc:  # this combination does not build: treat it as no overlap, search on
+            log.info("optimise: %s does not build at %s: %s", self.model.name, values, exc)
+            return 0.0
 
 
 @bp.post("/optimise")
@@ -192,14 +257,14 @@ def _error_event(exc: BaseException) -> dict:
 
 def _start(ctx: dict) -> queue.Queue:
     """Start the run in a thread (it finishes even if nobody reads the stream); its events go to the queue:
-    ``vlm`` (use_vlm only), ``progress`` {step, iou, stage, stages, max_steps}, then ``done`` or ``error``."""
+    ``vlm`` (use_vlm only), ``progress`` {step, iou, stage, stages, max_steps, eta_s}, then ``done`` or ``error``."""
     events: queue.Queue = queue.Queue()
     app = current_app._get_current_object()
     stages = len(DEFAULT_SCHEDULE)
 
-    def progress(step: int, iou: float, stage: int) -> None:
+    def progress(step: int, iou: float, stage: int, eta_s: float | None = None) -> None:
         events.put(("progress", {"step": step, "iou": iou, "stage": stage, "stages": stages,
-                                 "max_steps": ctx["max_steps"]}))
+                                 "max_steps": ctx["max_steps"], "eta_s": eta_s}))
 
     def on_vlm(report: dict) -> None:
         events.put(("vlm", {k[4:]: v for k, v in report.items()}))  # vlm_iou -> iou, ...

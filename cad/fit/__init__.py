@@ -4,6 +4,8 @@
   of it; through the start value), the counted and cached objective with a tiny pull toward the start.
 - ``solvers``: Levenberg-Marquardt on residual fields, a coordinate/pattern search, scipy's Powell; one interface.
 - ``integers``: neighbour moves of the ints with a short refit of the floats.
+- Parallel: ``fit(..., objective_many=, workers=)`` evaluates the solvers' batches of independent states
+  concurrently; the batches are fixed by the algorithm, so the answer and the count are those of the serial fit.
 - ``schedule``: the stages as data; ``fitting``: ``fit`` and ``FitResult`` (the revert pass, then the answer
   moved onto the step grid wherever that costs no IoU).
 

@@ -42,7 +42,8 @@ class FitResult:
 
 
 def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, cancel=None,
-        parameters: list[str] | None = None, extra_starts=(), schedule=DEFAULT_SCHEDULE) -> FitResult:
+        parameters: list[str] | None = None, extra_starts=(), schedule=DEFAULT_SCHEDULE, objective_many=None,
+        workers: int = 1) -> FitResult:
     """Maximise ``objective(values, stage.options)`` (an IoU, or a dict with ``iou`` and ``residuals``) over the
     numeric parameters of ``schema`` (or the ``parameters`` among them) from ``start``.
 
@@ -51,7 +52,15 @@ def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, 
     ``progress(evaluations, best_iou, stage_index)`` follows every evaluation with the best IoU under the last
     stage's objective so far. ``cancel`` (anything with ``is_set()``) stops before the next
     evaluation; the result is the best state so far. Raises ValueError on a bad budget, schedule or name.
+
+    ``objective_many(list_of_values, stage.options) -> list of answers`` (in the same order), when given, is used
+    for the batches of independent states the solvers ask for (least squares' finite-difference columns, both
+    directions of a pattern-search probe, its pair moves two at a time), handed over ``workers`` at a time; a cancel is seen between such chunks. The
+    batches do not depend on ``workers`` or on the order evaluations finish in: with or without
+    ``objective_many`` the fit makes the same evaluations and returns the same answer.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a whole number of at least 1, got {workers!r}")
     if isinstance(max_evaluations, bool) or not isinstance(max_evaluations, int) \
             or not 1 <= max_evaluations <= MAX_EVALUATIONS_LIMIT:
         raise ValueError(f"max_evaluations must be a whole number between 1 and {MAX_EVALUATIONS_LIMIT}, "
@@ -59,13 +68,15 @@ def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, 
     if not schedule:
         raise ValueError("the schedule needs at least one stage")
     problem = Problem(schema, start, parameters)
-    run = _Run(problem, objective, tuple(schedule), Counter(max_evaluations, cancel), progress)
+    run = _Run(problem, objective, tuple(schedule), Counter(max_evaluations, cancel), progress,
+               objective_many, workers)
     return run.execute([schema.complete({**problem.start, **extra}) for extra in extra_starts])
 
 
 class _Run:
-    def __init__(self, problem, objective, schedule, counter, progress):
+    def __init__(self, problem, objective, schedule, counter, progress, objective_many=None, workers=1):
         self.problem, self.objective, self.schedule = problem, objective, schedule
+        self.objective_many, self.workers = objective_many, workers
         self.counter, self.progress = counter, progress
         self.stage_index = 0
         self.trace: list[tuple[int, float]] = []
@@ -74,8 +85,9 @@ class _Run:
 
     def stage_objective(self, index, target=None) -> StageObjective:
         options = self.schedule[index].options
+        many = None if self.objective_many is None else (lambda values: self.objective_many(values, options))
         return StageObjective(self.problem, lambda values: self.objective(values, options), self.counter,
-                              on_evaluation=self.report, target=target)
+                              on_evaluation=self.report, target=target, evaluate_many=many, chunk=self.workers)
 
     def report(self) -> None:
         best = self.final.best_iou

@@ -175,11 +175,17 @@ class Counter:
     limits: list = field(default_factory=list)  # nested ceilings (a stage's share, a refit's allowance)
 
     def charge(self) -> None:
+        self.grant(1)
+        self.evaluations += 1
+
+    def grant(self, wanted: int) -> int:
+        """How many of ``wanted`` evaluations may run now (at least one; the caller counts each as it lands);
+        raises OutOfBudget when none may (cancelled, target reached, or the innermost ceiling is met)."""
         if self.cancel is not None and self.cancel.is_set():
             self.cancelled = True
         if self.cancelled or self.target_reached or self.evaluations >= self.ceiling():
             raise OutOfBudget
-        self.evaluations += 1
+        return min(wanted, self.ceiling() - self.evaluations)
 
     @contextmanager
     def allowance(self, evaluations: int):
@@ -216,6 +222,8 @@ class StageObjective:
     evaluate: object  # values -> IoU | {"iou", "residuals"}
     counter: Counter
     on_evaluation: object = None  # called after every real evaluation
+    evaluate_many: object = None  # [values] -> [answers], evaluated concurrently; None: one by one
+    chunk: int = 1  # states handed to evaluate_many at once (the workers it has)
     target: float | None = None  # an IoU that ends the whole fit (the final objective only)
     scores: dict = field(default_factory=dict)
     residual_cache: OrderedDict = field(default_factory=OrderedDict)
@@ -227,11 +235,49 @@ class StageObjective:
 
     def iou(self, u, want_residuals: bool = False) -> float:
         key = self.problem.key(u)
-        if key in self.scores and not (want_residuals and key not in self.residual_cache):
-            return self.scores[key]
-        self.counter.charge()
-        answer = self.evaluate(self.problem.to_values(u))
-        self.residual_cache[key] = answer.get("residuals") if isinstance(answer, dict) else None
+        if key not in self.scores or (want_residuals and key not in self.residual_cache):
+            self.evaluate_batch([u], want_residuals)
+        return self.scores[key]
+
+    def evaluate_batch(self, us, want_residuals: bool = False) -> dict:
+        """Evaluate the distinct states among ``us`` that the cache cannot answer, as one batch: they go to
+        ``evaluate_many`` (concurrently, on the build workers) in chunks of ``chunk``, and are recorded in the
+        order of ``us`` whatever order they finish in, so a fit is the same serial or parallel. The budget is
+        exact: past the ceiling only the first states run, then OutOfBudget; a cancel is seen before each chunk.
+        Returns key -> residuals (or None) of the states evaluated here."""
+        pending, seen = [], set()
+        for u in us:
+            key = self.problem.key(u)
+            if key in seen or (key in self.scores and not (want_residuals and key not in self.residual_cache)):
+                continue
+            seen.add(key)
+            pending.append((key, u))
+        fresh: dict = {}
+        if not pending:
+            return fresh
+        granted = self.counter.grant(len(pending))
+        for begin in range(0, granted, self.chunk):
+            if begin and self.counter.cancel is not None and self.counter.cancel.is_set():
+                self.counter.cancelled = True  # a cancel stops the batch between chunks (a reached target
+                raise OutOfBudget  # does not: what a batch evaluates must not depend on the chunk size)
+            chunk = pending[begin:min(begin + self.chunk, granted)]
+            values = [self.problem.to_values(u) for _, u in chunk]
+            answers = [self.evaluate(v) for v in values] if self.evaluate_many is None or len(chunk) == 1 \
+                else list(self.evaluate_many(values))
+            if len(answers) != len(chunk):
+                raise ValueError(f"objective_many answered {len(answers)} states for {len(chunk)}")
+            for (key, u), answer in zip(chunk, answers):
+                fresh[key] = self.record(key, u, answer)
+        if granted < len(pending):
+            raise OutOfBudget
+        return fresh
+
+    def record(self, key, u, answer):
+        """Count one evaluation's answer; returns its residuals (or None)."""
+        self.counter.evaluations += 1
+        residuals = answer.get("residuals") if isinstance(answer, dict) else None
+        self.residual_cache[key] = residuals
+        self.residual_cache.move_to_end(key)
         while len(self.residual_cache) > RESIDUAL_CACHE:
             self.residual_cache.popitem(last=False)
         self.scores[key] = score = finite_score(answer)
@@ -243,7 +289,23 @@ class StageObjective:
             self.counter.target_reached = True
         if self.on_evaluation is not None:
             self.on_evaluation()
-        return score
+        return residuals
+
+    def scores_of(self, us) -> list[float]:
+        """``score(u)`` for every u, the uncached ones evaluated as one batch (see ``evaluate_batch``)."""
+        self.evaluate_batch(us)
+        return [self.score(u) for u in us]
+
+    def residuals_of(self, us) -> list:
+        """``residuals(u)`` for every u, the missing ones evaluated as one batch (see ``evaluate_batch``)."""
+        known = {}
+        for u in us:
+            key = self.problem.key(u)
+            if key in self.residual_cache:
+                self.residual_cache.move_to_end(key)
+                known[key] = self.residual_cache[key]
+        known.update(self.evaluate_batch([u for u in us if self.problem.key(u) not in known], want_residuals=True))
+        return [known[self.problem.key(u)] for u in us]
 
     def offer(self, u, score) -> None:
         if score > self.best_score:

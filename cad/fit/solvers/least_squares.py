@@ -81,18 +81,28 @@ class _LevenbergMarquardt:
         return u
 
     def jacobian(self, u, current, step):
-        """One forward difference per coordinate (backward at the top of its range)."""
+        """One forward difference per coordinate (backward at the top of its range, or where the forward state
+        gives no residuals). The columns are independent: each direction is one batch (parallel evaluations)."""
         jacobian = np.zeros((len(current), len(self.indices)), dtype=np.float32)
-        for column, index in enumerate(self.indices):
-            for sign in ((1, -1) if u[index] + step <= 1 else (-1, 1)):
+        first = {index: 1 if u[index] + step <= 1 else -1 for index in self.indices}
+        pending = list(enumerate(self.indices))
+        for attempt in (0, 1):
+            probes = []
+            for column, index in pending:
+                sign = first[index] if attempt == 0 else -first[index]
                 candidate = self.moved(u, {index: sign * step})
-                moved = candidate[index] - u[index]
-                if moved == 0:
-                    continue
-                shifted = self.residuals(candidate)
+                probes.append((column, index, candidate, candidate[index] - u[index]))
+            measured = [probe for probe in probes if probe[3] != 0]
+            shifted_all = self.objective.residuals_of([probe[2] for probe in measured])
+            done = set()
+            for (column, _, _, moved), shifted in zip(measured, shifted_all):
                 if shifted is not None:
-                    jacobian[:, column] = (shifted - current) / moved
-                    break
+                    jacobian[:, column] = (np.asarray(shifted, dtype=np.float32) - current) / moved
+                    done.add(column)
+            del shifted_all
+            pending = [(column, index) for column, index in pending if column not in done]
+            if not pending:
+                break
         return jacobian
 
     def moved(self, u, deltas: dict) -> tuple:

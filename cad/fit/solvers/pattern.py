@@ -15,6 +15,7 @@ MAX_STEP = 0.5
 GROW, SHRINK = 2.0, 0.25
 PATTERN_DOUBLINGS = 10  # how far a helpful joint move is pushed on, doubling each time
 PAIR_CANDIDATES = 5  # ridge moves: pairs among this many coordinates that lost most when moved alone
+PAIR_BATCH = 2  # pair moves evaluated at once (fixed, so the search does not depend on the worker count)
 GAIN = 1e-12  # smallest score change that counts as a gain (scores are IoU-like, 0..1)
 
 
@@ -66,8 +67,11 @@ class _Search:
 
     def _coordinate_move(self, index, losses) -> bool:
         step, before, grid = self.steps[index], self.score, self.problem.resolution(index)
-        for sign in (self.direction[index], -self.direction[index]):
-            candidate = self.problem.snap(self._shifted([(index, sign * step)]))
+        probes = [(sign, self.problem.snap(self._shifted([(index, sign * step)])))
+                  for sign in (self.direction[index], -self.direction[index])]
+        # Both directions as one batch (two workers at once; one spare evaluation where the first one gains).
+        self.objective.scores_of([candidate for _, candidate in probes if candidate != self.u])
+        for sign, candidate in probes:
             if candidate == self.u:
                 continue
             if self._try(candidate):
@@ -91,14 +95,21 @@ class _Search:
         """Move two pinned coordinates at once, the second by what keeps the first-order loss balanced."""
         pinned = sorted({i for i, _ in losses if (i, 1) in losses and (i, -1) in losses},
                         key=lambda i: (-max(losses[(i, 1)][0], losses[(i, -1)][0]), i))[:PAIR_CANDIDATES]
+        candidates = []
         for first, second in itertools.combinations(pinned, 2):
             for signs in itertools.product((1, -1), repeat=2):
                 (rate_first, size), (rate_second, _) = losses[(first, signs[0])], losses[(second, signs[1])]
                 if rate_first <= 0 or rate_second <= 0:
                     continue
                 moves = [(first, signs[0] * size), (second, signs[1] * size * rate_first / rate_second)]
+                candidates.append((first, second, size, self._shifted(moves)))
+        # In fixed batches of PAIR_BATCH (parallel evaluations), the first that gains in order wins.
+        for begin in range(0, len(candidates), PAIR_BATCH):
+            batch = candidates[begin:begin + PAIR_BATCH]
+            self.objective.scores_of([self.problem.snap(c[3]) for c in batch if self.problem.snap(c[3]) != self.u])
+            for first, second, size, candidate in batch:
                 origin = self.u
-                if self._try(self._shifted(moves)):
+                if self._try(candidate):
                     self._pattern_move(origin)
                     for index in (first, second):
                         self.steps[index] = max(self.steps[index], size, self.problem.resolution(index))

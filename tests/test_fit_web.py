@@ -1,0 +1,49 @@
+"""/api/optimise runs the fit's batches on both build workers at once and streams an ETA."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.test_web_targets import HIDDEN, file_of_state, sse_events
+from web import create_app
+from web.config import Config
+
+
+@pytest.fixture()
+def app(tmp_path):
+    app = create_app(Config(data_dir=tmp_path / "data", cad_warmup=False, testing=True))
+    app.testing = True
+    yield app
+    app.extensions["optim"].shutdown()
+
+
+def test_optimise_evaluates_on_both_workers_at_once_and_streams_an_eta(app):
+    client = app.test_client()
+    client.put("/api/target?model=bracket", data=file_of_state(client, HIDDEN, "step"))
+    pool = app.extensions["optim"].builder.worker
+    if len(getattr(pool, "clients", ())) < 2:
+        pytest.skip("CAD_BUILD_WORKERS is 1")
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def watched(call):
+        def wrapper(job, *args, **kwargs):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            try:
+                return call(job, *args, **kwargs)
+            finally:
+                with lock:
+                    running[0] -= 1
+        return wrapper
+
+    for worker in pool.clients:
+        worker.call = watched(worker.call)
+    r = client.post("/api/optimise?model=bracket", json={"stream": True, "max_steps": 24})
+    events = sse_events(r.get_data(as_text=True))
+    progress = [data for kind, data in events if kind == "progress"]
+    assert events[-1][0] == "done" and events[-1][1]["optimise"]["steps"] == 24
+    assert most[0] == 2  # two comparisons ran at once
+    assert all(isinstance(p["eta_s"], (int, float)) and p["eta_s"] >= 0 for p in progress)
+    assert progress[-1]["eta_s"] == 0 and progress[0]["eta_s"] > 0
