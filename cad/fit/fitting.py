@@ -54,8 +54,8 @@ def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, 
     evaluation; the result is the best state so far. Raises ValueError on a bad budget, schedule or name.
 
     ``objective_many(list_of_values, stage.options) -> list of answers`` (in the same order), when given, is used
-    for the batches of independent states the solvers ask for (least squares' finite-difference columns, both
-    directions of a pattern-search probe, its pair moves two at a time), handed over ``workers`` at a time; a cancel is seen between such chunks. The
+    for the batches of independent states the solvers ask for (least squares' finite-difference columns, the
+    pattern search's pair moves two at a time), handed over ``workers`` at a time; a cancel is seen between such chunks. The
     batches do not depend on ``workers`` or on the order evaluations finish in: with or without
     ``objective_many`` the fit makes the same evaluations and returns the same answer.
     """

@@ -67,11 +67,10 @@ class _Search:
 
     def _coordinate_move(self, index, losses) -> bool:
         step, before, grid = self.steps[index], self.score, self.problem.resolution(index)
-        probes = [(sign, self.problem.snap(self._shifted([(index, sign * step)])))
-                  for sign in (self.direction[index], -self.direction[index])]
-        # Both directions as one batch (two workers at once; one spare evaluation where the first one gains).
-        self.objective.scores_of([candidate for _, candidate in probes if candidate != self.u])
-        for sign, candidate in probes:
+        # (Both directions as one batch, for two workers at once, was tried: the spare evaluation after every gain
+        # cost the bracket 0.940 -> 0.905 exact IoU at a budget of 150; probing one after the other stays.)
+        for sign in (self.direction[index], -self.direction[index]):
+            candidate = self.problem.snap(self._shifted([(index, sign * step)]))
             if candidate == self.u:
                 continue
             if self._try(candidate):
