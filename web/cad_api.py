@@ -6,7 +6,7 @@ import hashlib
 from flask import Blueprint, Response, jsonify, request
 
 from .contract import (MAX_RENDER_SIZE, MIN_RENDER_SIZE, VIEWS, DownloadQuery, EditRequest,  # noqa: F401
-                       RangeQuery, RangeRequest, RangeResetRequest, RenderQuery, VersionBody, validate,
+                       ModelQuery, PreviewRequest, RangeQuery, RangeRequest, RangeResetRequest, RenderQuery, VersionBody, validate,
                        validate_query)
 from .errors import ApiError
 from .parse import json_body, model_name
@@ -145,6 +145,24 @@ def export_model(fmt: str):
     download = query.download in {"1", "true"}
     data = services().builder.export(model, snap["values"], fmt)
     return _file_response(data, EXPORT_TYPES[fmt], f"{model.name}-v{snap['version']}.{fmt}" if download else None)
+
+
+@bp.post("/preview.glb")
+def preview_glb():
+    """The GLB of the current values with the body's `values` over them, e.g. the proposals ticked in the table:
+    validated like an edit (the session's ranges; 422 names the parameter), built in the build pool under its
+    timeout, and never written to the session (no history entry, no new version)."""
+    validate_query(ModelQuery, request.args)
+    req = validate(PreviewRequest, json_body(required=False))
+    name = model_name(req)
+    svc = services()
+    session = svc.sessions.get(name)
+    snap = session.snapshot()
+    changes = session.schema.validate(req.values or {})
+    data = svc.builder.export(svc.registry.get(name), {**snap["values"], **changes}, "glb")
+    resp = _file_response(data, EXPORT_TYPES["glb"])
+    resp.headers["X-Base-Version"] = str(snap["version"])  # the design the values were laid over
+    return resp
 
 
 @bp.get("/render.png")

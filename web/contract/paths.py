@@ -116,6 +116,14 @@ def cad_paths() -> dict:
         "/api/model.glb": binary("model/gltf-binary", "GLB of the current design"),
         "/api/model.stl": binary("model/stl", "STL of the current design"),
         "/api/model.step": binary("model/step", "STEP of the current design"),
+        "/api/preview.glb": {"post": op(
+            "GLB of the current design with the given values over it (a proposal before it is applied); the "
+            "session is not changed (no history entry, no new version)", body=rq.PreviewRequest, query=rq.ModelQuery,
+            answer={"description": "the previewed design as GLB", "content": {"model/gltf-binary": {"schema": {
+                "type": "string", "format": "binary"}}}},
+            errors={**COMMON_ERRORS, "422": error("a value is not valid for the parameter it names (invalid_parameter, "
+                                                  "with `parameter`), or the model script failed for these values"),
+                    "504": error("the model script ran past CAD_BUILD_TIMEOUT (cad_build_timeout)")})},
         "/api/render.png": binary("image/png", "PNG render", rq.RenderQuery,
                                   "the model script failed, or size is outside the range (bad_size)"),
         "/api/openapi.json": {"get": op("this document (generated from web/contract)", query=None,
@@ -196,7 +204,7 @@ def target_paths() -> dict:
 
 
 # RangeResetRequest validates DELETE /api/params/range's body but is not documented: the spec names ?parameter=.
-REQUEST_MODELS = [rq.VersionBody, rq.EditRequest, rq.RangeRequest, rq.VlmRequest,
+REQUEST_MODELS = [rq.VersionBody, rq.EditRequest, rq.RangeRequest, rq.VlmRequest, rq.PreviewRequest,
                   rq.ApplyRequest, rq.RejectRequest, rq.AdapterRequest, rq.OptimiseRequest]
 RESPONSE_MODELS = rs.RESPONSES
 

@@ -175,6 +175,16 @@ class OptimiseRequest(VersionBody):
                 "stream": Refusal("bad_stream", "stream must be true or false")}
 
 
+class PreviewRequest(Body):
+    """POST /api/preview.glb: the GLB of the current values with `values` over them (a proposal before it is
+    applied). The session is not touched: no history entry, no new version."""
+    model: ModelName = None
+    values: ParameterValues = Field(None, description="parameter name: value over the current ones, validated like "
+                                                      "an edit (leave it out for the current design)")
+    refusals = {"model": MODEL_REFUSAL,
+                "values": Refusal("bad_values", "values must be an object of parameter name: value")}
+
+
 class Query(BaseModel):
     """A query string; each field is one parameter (all optional)."""
     model_config = ConfigDict(strict=True, extra="ignore")
