@@ -6,7 +6,8 @@ held-out test split, side by side with the "no change" and "mean" baselines.
    text requests skip the CAD build (thousands of them in a minute); validation, test and every example with an
    image are built.
 2. `vlm.train` on the train split, validated on the val split (the adapter of the best validation is kept). The
-   base model is the one the tests build (`vlm.tiny`: random weights), so any skill comes from this training.
+   base model is the one the tests build (`vlm.tiny`: random weights apart from one hand-set recency head per layer), so
+   any task skill comes from this training.
 3. `vlm.eval` on the test split through the real serving path (the fine-tuned backend's worker process), with the
    exact CAD IoU to the target state before and after applying each answer.
 

@@ -2,8 +2,9 @@
 
 Both are real `LlavaOnevisionForConditionalGeneration` folders in Hugging Face layout (config, safetensors
 weights, processor with tokenizer, image and video processors, chat template), so every loading and
-generation code path is the production one. The weights are random: outputs are gibberish, but
-deterministic for a given seed.
+generation code path is the production one. The weights are random (outputs are gibberish, but deterministic for
+a given seed), except that the tiny model's first attention head in each layer leans toward recent tokens
+(`add_recency_heads`), as the local heads of every pretrained language model do.
 
 CLI: `python -m vlm.tiny OUT_DIR [--synthetic]` writes `OUT_DIR/base` (+ `OUT_DIR/adapter` for the tiny one).
 """
@@ -127,6 +128,45 @@ def _config(tokenizer, *, text: dict, vision: dict, vocab_size: int | None = Non
     return config, eos
 
 
+# (strength, omega) per KV group: q/k bias on the rotary pair nearest omega (angle per token): logit 25 at
+# distance 0, ~24 at 100 tokens, ~-20 at 800, so the request after the table outweighs the table. (A sharper
+# "local" head at omega 0.03 is periodic, every ~200 tokens, over a prompt this long: not used.)
+RECENCY_HEADS = ((10.0, 0.003),)
+
+
+def add_recency_heads(model, heads=RECENCY_HEADS) -> int:
+    """Give the first attention head of every text layer (one per entry of `heads`, in KV-group order) a
+    content-free preference for recent tokens.
+
+    Why: a random 64-wide model attends uniformly over an 800-token prompt, so the request (the last ~30 tokens,
+    after the parameter table) is 3% of what any answer position sees, and LoRA on 2 cores does not find it
+    (first-parameter accuracy 3/38 after 1500 steps, 14/38 after 4000). Real bases have local heads from
+    pre-training. Here they are set by hand: a constant q and k bias on the rotary pair whose frequency is
+    closest to omega makes the score `strength**2 * cos(omega * distance) / sqrt(head_dim)`, largest for the
+    nearest tokens. Everything task-specific is still learnt (24-28/38 after 4000 steps). Returns the number of
+    heads set.
+    """
+    import torch
+
+    text = model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    theta = (getattr(text, "rope_parameters", None) or {}).get("rope_theta") or getattr(text, "rope_theta", 10000.0)
+    freqs = [theta ** (-2 * i / head_dim) for i in range(head_dim // 2)]
+    per_group = text.num_attention_heads // text.num_key_value_heads
+    done = 0
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not ("language_model" in name and name.endswith("self_attn")):
+                continue
+            for group, (strength, omega) in enumerate(heads[:text.num_key_value_heads]):
+                pair = min(range(len(freqs)), key=lambda i: abs(freqs[i] - omega))
+                # the first query head of KV group `group`, and that group's key
+                module.q_proj.bias[group * per_group * head_dim + pair] = strength
+                module.k_proj.bias[group * head_dim + pair] = strength
+                done += 1
+    return done
+
+
 def _save_base(model, processor, eos: int, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config.eos_token_id = eos
@@ -156,6 +196,7 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0, perturb_lora: bool = True)
         vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
     )
     model = LlavaOnevisionForConditionalGeneration(config).eval()
+    add_recency_heads(model)
     _save_base(model, processor, eos, base_dir)
 
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
