@@ -8,7 +8,7 @@ import { ProposalTable } from './proposals.js';
 const IMAGE_TYPES = ['image/png', 'image/jpeg', 'image/webp'];
 
 export class AssistantPanel {
-  constructor({ maxUploadMb, getContext, onApplied, onCommitError, statusBadge }) {
+  constructor({ maxUploadMb, getContext, onApplied, onCommitError, statusBadge, preview = null }) {
     this.getContext = getContext; // () => {model, version, schema, values}
     this.onApplied = onApplied; // (state) => void
     this.onCommitError = onCommitError; // (err) => boolean (true: handled)
@@ -36,7 +36,7 @@ export class AssistantPanel {
       const file = e.dataTransfer && e.dataTransfer.files[0];
       if (file) this.attach(file);
     });
-    this.table = new ProposalTable({ getContext, onApplied, onCommitError });
+    this.table = new ProposalTable({ getContext, onApplied, onCommitError, preview });
   }
 
   // Forget the answer on screen (its proposals belong to the model that was shown when it was asked).

@@ -5,6 +5,7 @@ import { $, hideBanner, isTypingTarget, showBanner, toast } from './dom.js';
 import { Viewer } from './viewer.js';
 import { FallbackViewer } from './viewer-fallback.js';
 import { installViewerTools } from './viewer-tools.js';
+import { ProposalPreview } from './viewer-preview.js';
 import { ParamsPanel, renderHistory } from './params.js';
 import { StatusBadge } from './status.js';
 import { AssistantPanel } from './assistant.js';
@@ -296,6 +297,7 @@ async function main() {
     onApplied: (state) => setState(state),
     onCommitError: (err) => handleStateError(err) || app.params.showServerError(err),
     statusBadge: badge,
+    preview: new ProposalPreview(app.viewer),
   });
   bindToolbar();
   badge.start();

@@ -37,8 +37,10 @@ function valueInput(param, value) {
 }
 
 export class ProposalTable {
-  constructor({ getContext, onApplied, onCommitError }) {
+  constructor({ getContext, onApplied, onCommitError, preview = null }) {
     this.getContext = getContext;
+    this.preview = preview && preview.available ? preview : null; // the ticked rows as a ghost (viewer-preview.js)
+    this.previewTimer = null;
     this.onApplied = onApplied;
     this.onCommitError = onCommitError;
     this.response = null;
@@ -47,6 +49,55 @@ export class ProposalTable {
     $('apply-all').addEventListener('click', () => this.apply(true));
     $('reject-proposals').addEventListener('click', () => this.reject());
     $('add-proposal').addEventListener('click', () => this.addRow());
+    $('preview-proposal').closest('label').hidden = !this.preview;
+    $('preview-proposal').addEventListener('change', () => this.updatePreview(0));
+  }
+
+  // The values the ticked rows would apply (corrected ones as corrected), for the preview.
+  tickedValues() {
+    const values = {};
+    for (const entry of this.rows) {
+      if (!entry.param || entry.box.disabled || !entry.box.checked) continue;
+      const value = this.check(entry);
+      if (value !== null) values[entry.param.name] = value;
+    }
+    return values;
+  }
+
+  // Show (or refresh, after `delay` ms so typing makes one build) or clear the preview as the toggle says.
+  updatePreview(delay = 300) {
+    if (!this.preview) return;
+    clearTimeout(this.previewTimer);
+    const on = $('preview-proposal').checked && this.response && !this.response.rejected;
+    if (!on) {
+      this.clearPreview(false);
+      return;
+    }
+    this.previewTimer = setTimeout(async () => {
+      const values = this.tickedValues();
+      const status = $('preview-status');
+      if (!Object.keys(values).length) {
+        this.preview.clear();
+        status.textContent = 'Tick a change with a valid value to preview it.';
+        return;
+      }
+      status.textContent = 'Building the preview…';
+      try {
+        if (await this.preview.show(this.getContext().model, values)) {
+          const n = Object.keys(values).length;
+          status.textContent = `Violet: the design with the ${n} ticked change${n === 1 ? '' : 's'} (not applied).`;
+        }
+      } catch (err) {
+        status.textContent = `No preview: ${err.message}`;
+      }
+    }, delay);
+  }
+
+  clearPreview(untick = true) {
+    clearTimeout(this.previewTimer);
+    if (untick) $('preview-proposal').checked = false;
+    $('preview-status').textContent = '';
+    if (this.preview) this.preview.clear();
   }
 
   schema() {
@@ -73,6 +124,7 @@ export class ProposalTable {
     $('reject-proposals').textContent = 'Reject';
     $('proposals').dataset.decision = '';
     $('proposals').hidden = false;
+    this.clearPreview();
     this.updateButtons();
   }
 
@@ -98,10 +150,10 @@ export class ProposalTable {
       verdict);
     const entry = { param, proposal, box, input, row, verdict };
     if (input) {
-      input.addEventListener('input', () => { box.checked = true; this.check(entry); this.updateButtons(); });
-      input.addEventListener('change', () => { box.checked = true; this.check(entry); this.updateButtons(); });
+      input.addEventListener('input', () => { box.checked = true; this.check(entry); this.updateButtons(); this.updatePreview(); });
+      input.addEventListener('change', () => { box.checked = true; this.check(entry); this.updateButtons(); this.updatePreview(); });
     }
-    box.addEventListener('change', () => this.updateButtons());
+    box.addEventListener('change', () => { this.updateButtons(); this.updatePreview(); });
     this.rows.push(entry);
     $('proposals-table').querySelector('tbody').append(row);
     this.check(entry);
@@ -166,6 +218,7 @@ export class ProposalTable {
     $('apply-selected').disabled = !open || !live.some((r) => r.box.checked);
     $('apply-all').disabled = !open || !live.length;
     $('add-proposal').disabled = !open;
+    $('preview-proposal').disabled = !open;
   }
 
   async apply(all) {
@@ -194,6 +247,7 @@ export class ProposalTable {
       $('proposals-status').textContent = state.entry
         ? `Applied ${changed} change${changed === 1 ? '' : 's'}; undo reverts them.`
         : 'Nothing changed: those values are already in place.';
+      this.clearPreview(); // the design on screen is the applied state now
       this.onApplied(state);
     } catch (err) {
       if (err.status === 409 && err.body && err.body.error === 'stale_proposal') {
@@ -233,6 +287,7 @@ export class ProposalTable {
         if (entry.input) entry.input.disabled = true;
       }
       button.textContent = 'Rejected';
+      this.clearPreview();
       $('proposals').dataset.decision = 'rejected';
       $('proposals-status').textContent = noChange
         ? 'Recorded: nothing should change for this request (kept as a training example).'
@@ -248,6 +303,7 @@ export class ProposalTable {
   }
 
   hide() {
+    this.clearPreview();
     this.response = null;
     this.rows = [];
     $('proposals').hidden = true;

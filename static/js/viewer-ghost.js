@@ -1,4 +1,4 @@
-// The target drawn as a ghost over the model (used by viewer.js).
+// The target drawn as a ghost over the model (used by viewer.js); a proposal's preview too (viewer-preview.js).
 import * as THREE from 'three';
 import { materialsOf } from './viewer-scene.js';
 
@@ -6,17 +6,17 @@ const GHOST_COLOUR = 0xf97316; // the target: orange, so it never reads as one o
 
 // Translucent faces plus crease edges: the faces show the volume, the edges keep its outline readable through
 // the model. Drawn after the opaque model (renderOrder) and never written to the depth buffer.
-export function makeGhost(root) {
+export function makeGhost(root, colour = GHOST_COLOUR) {
   const group = new THREE.Group();
   group.name = 'target-ghost';
   const faces = new THREE.MeshStandardMaterial({
-    color: GHOST_COLOUR, transparent: true, opacity: 0.25, depthWrite: false, side: THREE.DoubleSide,
+    color: colour, transparent: true, opacity: 0.25, depthWrite: false, side: THREE.DoubleSide,
     roughness: 0.8, metalness: 0,
     // Where the target and the model share a face, pull the ghost forward so the face is tinted evenly
     // instead of flickering between the two (z-fighting).
     polygonOffset: true, polygonOffsetFactor: -1, polygonOffsetUnits: -4,
   });
-  const lines = new THREE.LineBasicMaterial({ color: GHOST_COLOUR, transparent: true, opacity: 0.8 });
+  const lines = new THREE.LineBasicMaterial({ color: colour, transparent: true, opacity: 0.8 });
   root.updateMatrixWorld(true);
   root.traverse((o) => {
     if (!o.isMesh) return;

@@ -1,0 +1,135 @@
+"""Browser test for issue 18's "preview before apply": the ticked proposals (with corrected values) shown as a violet
+ghost over the current design, built by POST /api/preview.glb without touching the session, and gone once the
+proposals are applied or rejected or the model changes. One real server (Ollama backend on the scripted engine:
+wheel_diameter 120, pan_tilt_z 70, chassis_length 9999 rejected). Screenshots go to test-artifacts/ui/.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from tests.fixtures_server import start_live_server
+from tests.test_ui import (  # noqa: F401  (browser, page and playwright are fixtures used by name)
+    ARTIFACTS, browser, open_app, page, playwright, wait_current_model_shown,
+)
+from tests.test_ui_layout import ask
+
+pytestmark = pytest.mark.browser
+VIOLET = (139, 92, 246)
+NOT_THE_PAGES = ("Failed to load resource", "GL Driver Message")
+
+
+@pytest.fixture(scope="module")
+def server(scripted_engine, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui_preview")
+    s = start_live_server({"VLM_BACKEND": "ollama", "OLLAMA_URL": scripted_engine.url, "OLLAMA_MODEL": "llava:latest",
+                           "PRELOAD_MODEL": "0", "CAD_WARMUP": "0"}, root / "data")
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def ui(page):
+    """The shared page fixture, failing on console errors and warnings too."""
+    messages: list[str] = []
+    page.on("console", lambda m: messages.append(f"{m.type}: {m.text}")
+            if m.type in ("error", "warning") and not any(n in m.text for n in NOT_THE_PAGES) else None)
+    yield page
+    assert not messages, messages
+
+
+def session(server, model="rover"):
+    state = server.api("GET", f"/api/params?model={model}").json()
+    history = server.api("GET", f"/api/history?model={model}").json()
+    return state["version"], state["values"], len(history["entries"])
+
+
+def preview_state(page) -> str:
+    return page.get_attribute("#viewer", "data-preview")
+
+
+def wait_preview(page, state: str) -> None:
+    page.wait_for_function("s => document.querySelector('#viewer').dataset.preview === s", arg=state)
+
+
+def shown_values(page) -> dict:
+    return json.loads(page.get_attribute("#viewer", "data-preview-values") or "{}")
+
+
+def violet_share(page, step: str) -> float:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"preview-{step}.png"
+    page.wait_for_timeout(300)  # the viewer renders on the next animation frame
+    page.locator(".viewer-panel").screenshot(path=str(path))
+    canvas = ARTIFACTS / f"preview-{step}-canvas.png"
+    page.locator("[data-testid=viewer-canvas]").screenshot(path=str(canvas))
+    img = Image.open(canvas).convert("RGB")
+    pixels = list(img.getdata())
+    # Translucent violet over grey parts or the light background: clearly more blue than green, and more red
+    # than green (the model's greys and the target's orange are not).
+    hits = sum(1 for r, g, b in pixels if b - g > 40 and r - g > 12)
+    return hits / len(pixels)
+
+
+def test_proposal_preview_shows_ticked_values_without_changing_the_session(server, ui):
+    page = ui
+    open_app(page, server)
+    page.uncheck("[data-testid=toggle-grid]")
+    before = session(server)
+    assert violet_share(page, "0-before") < 0.002
+    ask(page)
+    assert preview_state(page) == "none"
+    page.check("[data-testid=preview-proposal]")
+    wait_preview(page, "shown")
+    assert shown_values(page) == {"wheel_diameter": 120, "pan_tilt_z": 70}  # the rejected 9999 is not ticked
+    assert violet_share(page, "1-shown") > 0.01
+    assert session(server) == before  # no history entry, no new version, same values
+    assert "not applied" in page.locator("[data-testid=preview-status]").inner_text()
+
+    # Unticking a row and correcting another refresh the preview to what Apply selected would apply.
+    page.uncheck("[data-testid=proposal-check] >> nth=1")
+    page.locator("[data-testid=proposal-value]").nth(0).fill("100")
+    page.wait_for_function("() => document.querySelector('#viewer').dataset.preview === 'shown' && "
+                           "JSON.parse(document.querySelector('#viewer').dataset.previewValues || '{}')"
+                           ".wheel_diameter === 100")
+    assert shown_values(page) == {"wheel_diameter": 100}
+    assert session(server) == before
+
+    # Toggling it off removes the ghost; on again shows it.
+    page.uncheck("[data-testid=preview-proposal]")
+    wait_preview(page, "none")
+    assert violet_share(page, "2-off") < 0.002
+    page.check("[data-testid=preview-proposal]")
+    wait_preview(page, "shown")
+
+    # Applying: the preview goes, the design becomes what it showed.
+    page.click("[data-testid=apply-selected]")
+    page.wait_for_function("() => document.querySelector('[data-testid=proposals-status]').textContent"
+                           ".startsWith('Applied')")
+    wait_preview(page, "none")
+    assert not page.is_checked("[data-testid=preview-proposal]")
+    version, values, entries = session(server)
+    assert values["wheel_diameter"] == 100 and version == before[0] + 1 and entries == before[2] + 1
+    wait_current_model_shown(page)
+    assert violet_share(page, "3-applied") < 0.002
+
+    # Rejecting the next answer clears its preview too.
+    ask(page)
+    page.check("[data-testid=preview-proposal]")
+    wait_preview(page, "shown")
+    page.click("[data-testid=reject-proposals]")
+    page.wait_for_function("() => document.querySelector('#proposals').dataset.decision === 'rejected'")
+    wait_preview(page, "none")
+    assert page.is_disabled("[data-testid=preview-proposal]")
+
+    # And a model switch drops the answer with its preview.
+    ask(page)
+    page.check("[data-testid=preview-proposal]")
+    wait_preview(page, "shown")
+    page.select_option("[data-testid=model-select]", "bracket")
+    page.wait_for_function("() => window.optim.state.model === 'bracket'")
+    wait_preview(page, "none")
+    assert page.locator("[data-testid=proposals]").is_hidden()
+    assert session(server)[0] == version
