@@ -58,7 +58,10 @@ class WorkerPool:
     def restarts(self) -> int:
         return sum(c.restarts for c in self.clients)
 
-    def call(self, job: str, *args, timeout_s: float = DEFAULT_TIMEOUT_S, script: str = "<worker>", **kwargs):
+    def call(self, job: str, *args, timeout_s: float = DEFAULT_TIMEOUT_S, script: str = "<worker>",
+             affinity: str | None = None, **kwargs):
+        """Run `job` on a free worker, preferably the one that last ran the same `affinity` key (default: the
+        script). Callers that run several jobs of one script at once on purpose give each its own key."""
         if job == "clear":  # every running worker forgets its shapes
             for client in self.clients:
                 if client.pid is not None:
@@ -69,7 +72,7 @@ class WorkerPool:
             answers = [c.call("stats") for c in running]
             return {"pid": answers[0]["pid"], "pids": [a["pid"] for a in answers],
                     "builds": sum(a["builds"] for a in answers)}
-        index = self._acquire(script)
+        index = self._acquire(affinity or script)
         try:
             return self.clients[index].call(job, *args, timeout_s=timeout_s, script=script, **kwargs)
         finally:

@@ -10,7 +10,6 @@ A cancelled run still applies its best state so far when that beats the start.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -161,10 +160,10 @@ class _Evaluator:
     """The fit's objective over the build workers: ``objective`` for one state, ``objective_many`` for a batch,
     one state per worker at once (``workers``: the pool's size).
 
-    Each concurrent slot calls the pool with its own affinity key (the script's path spelt with ``/./``: the same
-    file, and the same name in error messages): the pool would otherwise hold a second job of the same script
-    back for the worker that ran the first (``cad.worker_pool.AFFINITY_WAIT_S``), which serialises the fit. The
-    keys settle on different workers on their first overlap (at most one such wait per run).
+    Each concurrent slot calls the pool with its own affinity key (``WorkerPool.call(affinity=...)``): the pool
+    would otherwise hold a second job of the same script back for the worker that ran the first
+    (``cad.worker_pool.AFFINITY_WAIT_S``), which serialises the fit. The keys settle on different workers on
+    their first overlap (at most one such wait per run).
     """
 
     def __init__(self, svc, model, path):
@@ -182,12 +181,12 @@ class _Evaluator:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    def _script_key(self, slot: int) -> str:
+    def _script_key(self, slot: int) -> dict:
+        """The pool's affinity key of a slot (slot 0: the script's own, which previews and exports share)."""
+        if self.workers == 1:
+            return {}  # a single WorkerClient has no affinity to choose
         script = str(self.model.path)
-        if slot == 0:
-            return script
-        folder, _, name = script.rpartition(os.sep)
-        return os.sep.join([folder, *(["."] * slot), name])
+        return {"affinity": script if slot == 0 else f"{script}#optimise-slot-{slot}"}
 
     def objective(self, values: dict, stage) -> dict | float:
         return self._compare(values, stage, self._script_key(0))
@@ -199,14 +198,14 @@ class _Evaluator:
         keys = [self._script_key(slot % self.workers) for slot in range(len(values_list))]
         return list(self._executor.map(lambda v, key: self._compare(v, stage, key), values_list, keys))
 
-    def _compare(self, values: dict, stage, script: str) -> dict | float:
+    def _compare(self, values: dict, stage, affinity: dict) -> dict | float:
         # The whole answer: least-squares stages read its residuals, the others its iou. (What Builder.compare
         # sends, with the slot's affinity key.)
         builder = self.svc.builder
         try:
             return builder.worker.call("compare", str(self.model.path), self.model.schema.complete(values),
                                        str(self.path), method="mesh", detail=False, **(stage or {}),
-                                       timeout_s=builder.timeout_s, script=script)
+                                       timeout_s=builder.timeout_s, script=str(self.model.path), **affinity)
         except BuildTimeout:
             raise
         except BuildError as exc:  # this combination does not build: treat it as no overlap, search on
