@@ -47,3 +47,18 @@ def test_optimise_evaluates_on_both_workers_at_once_and_streams_an_eta(app):
     assert most[0] == 2  # two comparisons ran at once
     assert all(isinstance(p["eta_s"], (int, float)) and p["eta_s"] >= 0 for p in progress)
     assert progress[-1]["eta_s"] == 0 and progress[0]["eta_s"] > 0
+
+
+def test_optimise_searches_inside_a_narrowed_range_and_its_answer_applies(app):
+    client = app.test_client()
+    client.put("/api/target?model=bracket", data=file_of_state(client, HIDDEN, "step"))
+    state = client.get("/api/params?model=bracket").get_json()
+    assert state["values"]["base_length"] == 80
+    r = client.put("/api/params/range?model=bracket", json={"parameter": "base_length", "min": 76, "max": 90,
+                                                             "version": state["version"]})
+    assert r.status_code == 200, r.get_json()
+    r = client.post("/api/optimise?model=bracket", json={"max_steps": 40})
+    assert r.status_code == 200, r.get_json()
+    values = client.get("/api/params?model=bracket").get_json()["values"]
+    # the target's 70 is outside the user's range: the search goes to its edge, not past it (which was a 422)
+    assert 76 <= values["base_length"] <= 90 and values["base_length"] < 80

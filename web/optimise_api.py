@@ -43,12 +43,15 @@ def _prepare() -> dict:
     svc = services()
     model = svc.registry.get(model_name(req))
     max_steps, use_vlm, stream, version = req.max_steps, req.use_vlm, req.stream, req.version
-    snapshot = svc.sessions.get(model.name).snapshot()
+    session = svc.sessions.get(model.name)
+    snapshot = session.snapshot()
     if version is not None and version != snapshot["version"]:
         raise VersionConflict(f"the design changed since you loaded it (your version {version}, current "
                               f"{snapshot['version']}); reload to see the latest state",
                               current_version=snapshot["version"])
-    return {"model": model, "path": _target_path(model.name), "max_steps": max_steps, "snapshot": snapshot,
+    # The search stays inside the session's ranges (narrowed by the user where they were), so its answer applies.
+    return {"model": model, "schema": session.schema, "path": _target_path(model.name), "max_steps": max_steps,
+            "snapshot": snapshot,
             "use_vlm": use_vlm, "stream": stream, "cancel": CancelToken()}
 
 
@@ -116,7 +119,7 @@ def _run(ctx: dict, progress=None, on_vlm=None) -> dict:
     with _Evaluator(svc, model, path) as evaluator:
         if progress is not None:
             progress = _with_eta(progress, ctx["max_steps"])
-        result = fit(model.schema, search_start, evaluator.objective, max_evaluations=ctx["max_steps"],
+        result = fit(ctx["schema"], search_start, evaluator.objective, max_evaluations=ctx["max_steps"],
                      schedule=DEFAULT_SCHEDULE, progress=progress, cancel=cancel, extra_starts=extra_starts,
                      objective_many=evaluator.objective_many, workers=evaluator.workers)
     _stop_if_shutting_down(svc)
