@@ -6,6 +6,9 @@ part and dark outlines where parts or depth change. Imports only numpy and Pillo
 from __future__ import annotations
 
 import io
+import json
+import math
+import struct
 
 import numpy as np
 from PIL import Image
@@ -33,17 +36,76 @@ def _camera(view: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
 
 
-def render_png(meshes: list[PartMesh], view: str = "iso", size: int = 384) -> bytes:
+def check_camera(camera: dict) -> dict:
+    """A camera as the viewer has it, in model coordinates (mm, Z up): position, target, up (three finite numbers
+    each), projection perspective (fov: vertical degrees) or orthographic (height: the visible height in mm), aspect
+    (width / height of the view). Returns it with floats and defaults; ValueError says what is wrong."""
+    def vector(name):
+        v = camera.get(name)
+        if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+            raise ValueError(f"camera {name} must be three finite numbers")
+        return np.array(v, dtype=np.float64)
+
+    position, target, up = vector("position"), vector("target"), vector("up")
+    forward = target - position
+    distance = float(np.linalg.norm(forward))
+    if not distance > 0:
+        raise ValueError("camera position and target must differ")
+    if not np.linalg.norm(np.cross(forward / distance, up)) > 1e-6 * max(float(np.linalg.norm(up)), 1e-300):
+        raise ValueError("camera up must not be along the view direction")
+    projection = camera.get("projection", "perspective")
+    if projection not in ("perspective", "orthographic"):
+        raise ValueError("camera projection must be perspective or orthographic")
+    fov, height, aspect = (float(camera.get(k) if camera.get(k) is not None else d)
+                           for k, d in (("fov", 40.0), ("height", distance), ("aspect", 1.0)))
+    if not (1.0 <= fov <= 170.0 and 0.0 < height < math.inf and 0.1 <= aspect <= 10.0):
+        raise ValueError("camera fov must be 1..170 degrees, height a positive number, aspect 0.1..10")
+    return {"position": position, "target": target, "up": up, "projection": projection, "fov": fov,
+            "height": height, "aspect": aspect}
+
+
+def meshes_from_glb(data: bytes) -> list[PartMesh]:
+    """The parts of a GLB written by cad.export.glb_bytes (metres, Y up) back in model coordinates (mm, Z up),
+    with their colours as the viewer shows them (cad.export writes the display colour into baseColorFactor)."""
+    json_length = struct.unpack_from("<I", data, 12)[0]
+    doc = json.loads(data[20:20 + json_length])
+    binary = data[20 + json_length + 8:]
+    views, accessors = doc.get("bufferViews", []), doc.get("accessors", [])
+
+    def read(index: int, dtype, width: int) -> np.ndarray:
+        accessor = accessors[index]
+        view = views[accessor["bufferView"]]
+        start = view.get("byteOffset", 0) + accessor.get("byteOffset", 0)
+        count = accessor["count"] * (3 if accessor["type"] == "VEC3" else 1)
+        return np.frombuffer(binary, dtype=dtype, count=count, offset=start).reshape(-1, width)
+
+    meshes = []
+    for node in doc.get("nodes", []):
+        if "mesh" not in node:
+            continue
+        for primitive in doc["meshes"][node["mesh"]]["primitives"]:
+            points = read(primitive["attributes"]["POSITION"], "<f4", 3).astype(np.float64)
+            vertices = np.stack([points[:, 0], -points[:, 2], points[:, 1]], axis=1) * 1000.0
+            triangles = read(primitive["indices"], "<u4", 3).astype(np.int64)
+            material = doc["materials"][primitive["material"]] if "material" in primitive else {}
+            colour = material.get("pbrMetallicRoughness", {}).get("baseColorFactor", [0.6, 0.6, 0.6, 1])[:3]
+            meshes.append(PartMesh(node.get("name", "part"), vertices, triangles, tuple(colour)))
+    return meshes
+
+
+def render_png(meshes: list[PartMesh], view: str = "iso", size: int = 384, camera: dict | None = None) -> bytes:
+    """PNG of the meshes from a preset view, or from `camera` (see check_camera) when given."""
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size must be a whole number between {MIN_SIZE} and {MAX_SIZE}, got {size!r}")
-    image = render_array(meshes, view, size)
+    image = render_array(meshes, view, size, camera=check_camera(camera) if camera is not None else None)
     buffer = io.BytesIO()
     Image.fromarray(image, "RGB").save(buffer, "PNG", compress_level=6)
     return buffer.getvalue()
 
 
 def render_array(meshes: list[PartMesh], view: str, size: int, *, direction=None,
-                 background=None) -> np.ndarray:
+                 background=None, camera: dict | None = None) -> np.ndarray:
     """RGB uint8 image (size, size, 3). ``direction`` (from the model towards the camera) overrides the view's own,
     keeping its up hint, e.g. for a slightly jittered camera; ``background`` is an RGB triple in 0..255."""
     towards_camera, up_hint = _camera(view)
@@ -51,6 +113,9 @@ def render_array(meshes: list[PartMesh], view: str, size: int, *, direction=None
         towards_camera = np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
         if abs(float(towards_camera @ up_hint)) > 0.98:  # looking along the up hint: take another one
             up_hint = np.array([1.0, 0.0, 0.0])
+    if camera is not None:  # checked by check_camera: the view is the camera's, not the model's fit
+        forward = camera["target"] - camera["position"]
+        towards_camera, up_hint = -forward / np.linalg.norm(forward), camera["up"]
     right = np.cross(-towards_camera, up_hint)
     right /= np.linalg.norm(right)
     up = np.cross(right, -towards_camera)
@@ -78,6 +143,13 @@ def render_array(meshes: list[PartMesh], view: str, size: int, *, direction=None
     shade = 0.38 + 0.62 * np.clip(normals @ light, 0.0, 1.0)
     triangle_rgb = colours[part_of_triangle] * shade[:, None].astype(np.float32) * 255.0
 
+    if camera is not None:
+        px, py, depth, keep, scale = _camera_projection(corners, camera, right, up, towards_camera, size)
+        corners, part_of_triangle, triangle_rgb = corners[keep], part_of_triangle[keep], triangle_rgb[keep]
+        px, py, depth = px[keep], py[keep], depth[keep]
+        return _draw(image, px, py, depth, triangle_rgb, part_of_triangle, size, scale,
+                     linear=None if camera["projection"] == "orthographic" else camera)
+
     # Orthographic projection fitted to the image with a margin.
     screen_x, screen_y, depth = corners @ right, corners @ up, corners @ towards_camera
     low = np.array([screen_x.min(), screen_y.min()])
@@ -87,13 +159,47 @@ def render_array(meshes: list[PartMesh], view: str, size: int, *, direction=None
     px = (screen_x - centre[0]) * scale + size / 2
     py = size / 2 - (screen_y - centre[1]) * scale
 
+    return _draw(image, px, py, depth, triangle_rgb, part_of_triangle, size, scale)
+
+
+def _camera_projection(corners, camera, right, up, towards_camera, size):
+    """Pixel coordinates, depth (larger is nearer), the triangles to draw and pixels per mm at the target, for the
+    viewer's camera. The square image covers the view's wider side, so everything on screen is in it. A
+    perspective view draws triangles wholly in front of the camera (depth 1/distance, which is linear on screen)."""
+    eye, target = camera["position"], camera["target"]
+    distance = float(np.linalg.norm(target - eye))
+    if camera["projection"] == "orthographic":
+        half = camera["height"] / 2 * max(1.0, camera["aspect"])
+        scale = size / (2 * half)
+        rel = corners - target
+        px = rel @ right * scale + size / 2
+        py = size / 2 - rel @ up * scale
+        return px, py, corners @ towards_camera, np.ones(len(corners), dtype=bool), scale
+    tan_half = math.tan(math.radians(camera["fov"]) / 2) * max(1.0, camera["aspect"])
+    rel = corners - eye
+    along = rel @ -towards_camera  # distance in front of the camera
+    keep = (along > distance * 1e-3).all(axis=1)
+    along = np.where(along > distance * 1e-3, along, distance)
+    half = size / 2
+    px = half + (rel @ right) / (along * tan_half) * half
+    py = half - (rel @ up) / (along * tan_half) * half
+    # a triangle reaching far outside the image would make a huge raster batch: drop what lies beyond 4 images
+    keep &= (np.abs(px - half) < 4 * size).all(axis=1) & (np.abs(py - half) < 4 * size).all(axis=1)
+    return px, py, 1.0 / along, keep, size / (2 * distance * tan_half)
+
+
+def _draw(image, px, py, depth, triangle_rgb, part_of_triangle, size, scale, linear=None):
     zbuffer = np.full(size * size, -np.inf)
     part_buffer = np.full(size * size, -1, dtype=np.int64)
     colour_buffer = image.reshape(-1, 3)
-    for batch in _batches(px, py, size):
-        _rasterise(batch, px, py, depth, triangle_rgb, part_of_triangle, size, zbuffer, colour_buffer, part_buffer)
-
-    _outline(image, zbuffer.reshape(size, size), part_buffer.reshape(size, size), scale)
+    if len(px):
+        for batch in _batches(px, py, size):
+            _rasterise(batch, px, py, depth, triangle_rgb, part_of_triangle, size, zbuffer, colour_buffer,
+                       part_buffer)
+    zbuffer = zbuffer.reshape(size, size)
+    if linear is not None:  # perspective: outline on distances (mm), not on their inverses
+        zbuffer = np.where(np.isfinite(zbuffer) & (zbuffer > 0), -1.0 / np.where(zbuffer > 0, zbuffer, 1.0), -np.inf)
+    _outline(image, zbuffer, part_buffer.reshape(size, size), scale)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

@@ -138,3 +138,99 @@ def test_a_cross_site_preview_is_refused(client):
     r = client.post("/api/preview.glb", json={}, headers={"Origin": "https://evil.example",
                                                           "Sec-Fetch-Site": "cross-site"})
     assert r.status_code == 403
+
+
+# --- "include current view": the render from the viewer's camera (POST /api/vlm's camera) ---------------------
+import base64  # noqa: E402
+import io  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from web import create_app  # noqa: E402
+from web.config import Config  # noqa: E402
+
+ISO = {"position": [400, -400, 300], "target": [0, 0, 40], "up": [0, 0, 1], "fov": 40, "aspect": 1.5}
+TOP = {"position": [0, 0, 600], "target": [0, 0, 0], "up": [1, 0, 0], "projection": "orthographic", "height": 400}
+
+
+@pytest.fixture()
+def vlm_client(ollama, tmp_path):
+    config = Config(data_dir=tmp_path / "data", cad_warmup=False, backend="ollama", ollama_url=ollama.url,
+                    ollama_model="llava:latest", keep_alive_s=300)
+    app = create_app(config)
+    with app.test_client() as c:
+        yield c
+    app.extensions["optim"].shutdown()
+
+
+def sent_render(ollama) -> np.ndarray:
+    body = [q for q in ollama.requests if q.path == "/api/chat"][-1].body
+    images = body["messages"][-1]["images"]
+    assert len(images) == 1
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(images[0]))).convert("RGB"))
+
+
+def test_the_render_the_model_sees_is_taken_from_the_camera_sent(vlm_client, ollama):
+    c = vlm_client
+    before = session_of(c)
+    renders = {}
+    for name, camera in (("iso", None), ("camera-iso", ISO), ("camera-top", TOP)):
+        body = {"prompt": f"bigger wheels {name}", "include_render": True, **({"camera": camera} if camera else {})}
+        r = c.post("/api/vlm", json=body)
+        assert r.status_code == 200, r.get_json()
+        renders[name] = sent_render(ollama)
+        assert renders[name].shape == (384, 384, 3)
+    fixed = c.get("/api/render.png?view=iso&size=384").data
+    assert np.array_equal(renders["iso"], np.asarray(Image.open(io.BytesIO(fixed)).convert("RGB")))
+    assert not np.array_equal(renders["camera-iso"], renders["iso"])
+    assert not np.array_equal(renders["camera-top"], renders["camera-iso"])
+    for image in renders.values():  # each shows the model, not an empty background
+        assert (np.abs(image.astype(int) - [246, 247, 250]).max(axis=2) > 24).mean() > 0.02
+    assert session_of(c) == before
+
+
+@pytest.mark.parametrize("camera", [
+    "iso", [1, 2, 3], {"position": [1, 2], "target": [0, 0, 0], "up": [0, 0, 1]},
+    {"position": ["1", 2, 3], "target": [0, 0, 0], "up": [0, 0, 1]},
+    {"position": [1e300, 2, 3], "target": [0, 0, 0], "up": [0, 0, 1]},
+    {"position": [1, 2, 3], "target": [0, 0, 0], "up": [0, 0, 1], "fov": 0},
+    {"position": [1, 2, 3], "target": [0, 0, 0], "up": [0, 0, 1], "projection": "fisheye"},
+    {"position": [1, 2, 3], "target": [0, 0, 0], "up": [0, 0, 1], "extra": 1},
+])
+def test_a_bad_camera_is_400_before_any_model_work(vlm_client, ollama, camera):
+    r = vlm_client.post("/api/vlm", json={"prompt": "ok", "include_render": True, "camera": camera})
+    assert r.status_code == 400, r.get_json()
+    assert r.get_json()["error"] == "bad_camera" and "camera" in r.get_json()["message"]
+    assert not [q for q in ollama.requests if q.path == "/api/chat"]
+
+
+@pytest.mark.parametrize("camera", [
+    {"position": [0, 0, 0], "target": [0, 0, 0], "up": [0, 0, 1]},
+    {"position": [0, 0, 10], "target": [0, 0, 0], "up": [0, 0, 1]},
+])
+def test_a_degenerate_camera_is_422(vlm_client, ollama, camera):
+    r = vlm_client.post("/api/vlm", json={"prompt": "ok", "include_render": True, "camera": camera})
+    assert r.status_code == 422 and r.get_json()["error"] == "bad_camera", r.get_json()
+    assert not [q for q in ollama.requests if q.path == "/api/chat"]
+
+
+def test_render_camera_frames_what_it_is_given():
+    from cad import render
+    from cad.mesh import PartMesh
+
+    v = np.array([[x, y, z] for x in (-5, 5) for y in (-5, 5) for z in (-5, 5)], float)
+    t = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1], [2, 3, 7], [2, 7, 6],
+                  [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
+    cube = [PartMesh("cube", v, t, (0.3, 0.4, 0.5))]
+
+    def share(camera):
+        image = np.asarray(Image.open(io.BytesIO(render.render_png(cube, "iso", 128, camera=camera))))
+        return (np.abs(image.astype(int) - [246, 247, 250]).max(axis=2) > 24).mean()
+
+    top = {"position": [0, 0, 100], "target": [0, 0, 0], "up": [1, 0, 0], "projection": "orthographic"}
+    assert share({**top, "height": 20}) == pytest.approx(0.25, abs=0.03)  # a 10 mm square in 20 mm
+    assert share({**top, "height": 40}) == pytest.approx(0.0625, abs=0.02)
+    near, far = (share({"position": [0, 0, d], "target": [0, 0, 0], "up": [1, 0, 0], "fov": 40}) for d in (40, 80))
+    assert near > 3 * far > 0  # perspective: nearer is bigger
+    assert share({"position": [0, 0, -100], "target": [0, 0, -200], "up": [1, 0, 0]}) == 0  # looking away

@@ -133,3 +133,45 @@ def test_proposal_preview_shows_ticked_values_without_changing_the_session(serve
     wait_preview(page, "none")
     assert page.locator("[data-testid=proposals]").is_hidden()
     assert session(server)[0] == version
+
+
+def test_include_render_sends_the_camera_on_screen(server, ui, scripted_engine):
+    page = ui
+    open_app(page, server)
+    assert page.locator("[data-testid=vlm-render-view]").inner_text() == "the current 3D view"
+    sent = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/api/vlm") else None)
+
+    def ask_with_render(prompt):
+        page.fill("[data-testid=vlm-prompt]", prompt)
+        page.check("[data-testid=vlm-include-render]")
+        page.click("[data-testid=vlm-send]")
+        page.locator("[data-testid=proposals]").wait_for(state="visible")
+        return sent[-1]
+
+    page.click("[data-view=top]")
+    top = ask_with_render("bigger wheels, seen from the top")
+    camera = page.evaluate("""() => {
+        const v = window.optim.viewer, k = v.mmPerUnit(), p = v.camera.position;
+        return [p.x * k, -p.z * k, p.y * k];
+    }""")
+    assert top["include_render"] is True and top["camera"]["projection"] == "perspective"
+    assert top["camera"]["position"] == pytest.approx(camera)
+    assert top["camera"]["position"][2] > 5 * abs(top["camera"]["position"][0])  # from above (Z up)
+    assert page.get_attribute("[data-testid=vlm-include-render]", "data-sent") == "camera"
+    top_image = scripted_engine.posts("/api/chat")[-1]["messages"][-1]["images"][0]
+
+    page.check("[data-testid=toggle-ortho]")
+    page.click("[data-view=front]")
+    front = ask_with_render("bigger wheels, seen from the front")
+    assert front["camera"]["projection"] == "orthographic" and front["camera"]["height"] > 0
+    assert front["camera"]["position"][0] > 5 * abs(front["camera"]["position"][2] - front["camera"]["target"][2])
+    assert scripted_engine.posts("/api/chat")[-1]["messages"][-1]["images"][0] != top_image
+    page.shot("camera-sent")
+
+    page.uncheck("[data-testid=vlm-include-render]")
+    page.fill("[data-testid=vlm-prompt]", "no render this time")
+    page.click("[data-testid=vlm-send]")
+    page.wait_for_selector("#vlm-answer[data-state=done]")
+    assert page.get_attribute("[data-testid=vlm-include-render]", "data-sent") == "none"
+    assert "camera" not in sent[-1] and sent[-1]["include_render"] is False

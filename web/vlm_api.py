@@ -63,7 +63,7 @@ def _prepare():
     model = svc.registry.get(name)
     snap = svc.sessions.get(name).snapshot()
     if include_render:
-        images.insert(0, svc.builder.render_png(model, snap["values"], RENDER_VIEW, RENDER_SIZE))
+        images.insert(0, _design_render(model, snap["values"], req.camera))
     schema = svc.sessions.get(name).schema.to_json()  # with this session's narrowed ranges
     system, user = build_prompt(schema, snap["values"], prompt.strip(), model_title=model.title,
                                 has_images=len(images) > (1 if include_render else 0), has_render=include_render)
@@ -72,6 +72,21 @@ def _prepare():
                           timeout_s=svc.config.generate_timeout_s)
     return {"model": model, "schema": schema, "snapshot": snap, "request": gen, "stream": stream, "prompt": prompt,
             "include_render": include_render}
+
+
+def _design_render(model, values: dict, camera) -> bytes:
+    """The render the model sees: from the viewer's camera when the request sends it (built from the state's GLB,
+    which the build pool makes under its timeout; drawn here with cad.render), else the fixed iso view."""
+    svc = services()
+    if camera is None:
+        return svc.builder.render_png(model, values, RENDER_VIEW, RENDER_SIZE)
+    from cad import render
+
+    meshes = render.meshes_from_glb(svc.builder.export(model, values, "glb"))
+    try:
+        return render.render_png(meshes, RENDER_VIEW, RENDER_SIZE, camera=camera.model_dump())
+    except ValueError as exc:
+        raise ApiError(422, "bad_camera", str(exc)) from None
 
 
 def _cache_key(ctx) -> str | None:

@@ -1,4 +1,5 @@
-// Assistant panel: request text + optional reference photo + "include a render of the design" (the server renders the current values from the iso view, not the camera on screen); the answer streams in
+// Assistant panel: request text + optional reference photo + "include a render of the design" (the server renders
+// the current values from the 3D view's camera, sent with the request; the iso view where there is no 3D view); the answer streams in
 // (POST /api/vlm with stream: true); proposals show as a reviewable, correctable table (proposals.js) and are
 // applied through POST /api/proposals/<id>/apply, which makes an ordinary, undoable history entry.
 import { api, postEventStream } from './api.js';
@@ -8,7 +9,8 @@ import { ProposalTable } from './proposals.js';
 const IMAGE_TYPES = ['image/png', 'image/jpeg', 'image/webp'];
 
 export class AssistantPanel {
-  constructor({ maxUploadMb, getContext, onApplied, onCommitError, statusBadge, preview = null }) {
+  constructor({ maxUploadMb, getContext, onApplied, onCommitError, statusBadge, preview = null, getCamera = () => null }) {
+    this.getCamera = getCamera; // () => the view's camera (viewer-camera.js) or null: the server's iso view
     this.getContext = getContext; // () => {model, version, schema, values}
     this.onApplied = onApplied; // (state) => void
     this.onCommitError = onCommitError; // (err) => boolean (true: handled)
@@ -104,6 +106,9 @@ export class AssistantPanel {
     const ctx = this.getContext();
     const body = { prompt, stream: true, include_render: $('vlm-include-render').checked, model: ctx.model };
     if (this.image) body.images = [this.image.dataUrl];
+    const camera = body.include_render ? this.getCamera() : null;
+    if (camera) body.camera = camera;
+    $('vlm-include-render').dataset.sent = body.include_render ? (camera ? 'camera' : 'iso') : 'none';
 
     this.showError('');
     const answer = $('vlm-answer');

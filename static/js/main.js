@@ -6,6 +6,7 @@ import { Viewer } from './viewer.js';
 import { FallbackViewer } from './viewer-fallback.js';
 import { installViewerTools } from './viewer-tools.js';
 import { ProposalPreview } from './viewer-preview.js';
+import { viewerCamera } from './viewer-camera.js';
 import { ParamsPanel, renderHistory } from './params.js';
 import { StatusBadge } from './status.js';
 import { AssistantPanel } from './assistant.js';
@@ -298,7 +299,10 @@ async function main() {
     onCommitError: (err) => handleStateError(err) || app.params.showServerError(err),
     statusBadge: badge,
     preview: new ProposalPreview(app.viewer),
+    getCamera: () => viewerCamera(app.viewer),
   });
+  // The render the assistant gets is the view on screen; without a 3D view it is the server's iso view.
+  $('vlm-render-view').textContent = app.viewer instanceof FallbackViewer ? 'iso view' : 'the current 3D view';
   bindToolbar();
   badge.start();
   app.adapters.refresh();

@@ -75,7 +75,7 @@ def event_stream(*events: str) -> dict:
 
 def _vlm_form() -> dict:
     fields = rq.VlmRequest.model_json_schema()["properties"]
-    props = {k: v for k, v in fields.items() if k != "images"}
+    props = {k: v for k, v in fields.items() if k not in ("images", "camera")}  # camera: JSON bodies only
     props["images"] = {"type": "array", "maxItems": rq.MAX_IMAGES, "items": {"type": "string", "format": "binary"}}
     return {"multipart/form-data": {"schema": {"type": "object", "required": ["prompt"], "properties": props}}}
 

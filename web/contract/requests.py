@@ -106,6 +106,24 @@ class RangeResetRequest(VersionBody):
     refusals = {**Body.refusals, "parameter": Refusal("bad_range", "say which parameter: ?parameter=name")}
 
 
+MAX_CAMERA_COORD = 1e9  # mm; the viewer's camera, in the model's coordinates (cad.render.check_camera)
+CameraCoord = Annotated[float, Field(ge=-MAX_CAMERA_COORD, le=MAX_CAMERA_COORD, allow_inf_nan=False)]
+Vector3 = Annotated[list[CameraCoord], Field(min_length=3, max_length=3)]
+
+
+class Camera(BaseModel):
+    """The 3D view's camera in the model's coordinates (mm, Z up): "include_render" renders what is on screen."""
+    model_config = ConfigDict(strict=True, extra="forbid")
+    position: Vector3
+    target: Vector3
+    up: Vector3
+    projection: Literal["perspective", "orthographic"] = "perspective"
+    fov: float = Field(40.0, ge=1.0, le=170.0, allow_inf_nan=False, description="vertical, degrees (perspective)")
+    height: float = Field(None, gt=0.0, le=MAX_CAMERA_COORD, allow_inf_nan=False,
+                          description="visible height in mm (orthographic)")
+    aspect: float = Field(1.0, ge=0.1, le=10.0, allow_inf_nan=False, description="the view's width / height")
+
+
 class VlmRequest(Body):
     """POST /api/vlm (JSON; a multipart form has the same fields as strings, images as files)"""
     # Not only white space, as Python's str.strip() sees it (it strips \x1c-\x1f too, which \s does not match).
@@ -115,6 +133,8 @@ class VlmRequest(Body):
                                                                       "minLength": 1})]] = Field(
         None, max_length=MAX_IMAGES, description="base64 (or data: URLs) of PNG, JPEG, WEBP, GIF or BMP images")
     include_render: Flag = False
+    camera: Camera = Field(None, description="with include_render: render from this camera (the view on screen) "
+                                             "instead of the iso view; JSON bodies only")
     max_new_tokens: Whole = Field(512, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(0.0, ge=0.0, le=MAX_TEMPERATURE)
     stream: Flag = Field(False, description="answer as an event stream (token, status, done | error)")
@@ -127,6 +147,9 @@ class VlmRequest(Body):
                           range_code="too_many_images", range_status=400,
                           range_message="send at most {hi} images"),
         "include_render": Refusal("bad_flag", "expected true or false, got {value!r}"),
+        "camera": Refusal("bad_camera", "camera must be {{position, target, up: three finite numbers (mm, at most "
+                                        f"{MAX_CAMERA_COORD:g}), projection: perspective|orthographic, fov: 1..170, "
+                                        "height > 0, aspect: 0.1..10}}"),
         "stream": Refusal("bad_flag", "expected true or false, got {value!r}"),
         "max_new_tokens": Refusal("bad_max_new_tokens", "max_new_tokens must be an integer between {lo} and {hi}"),
         "temperature": Refusal("bad_temperature", "temperature must be a number between {lo} and {hi}"),
