@@ -267,7 +267,9 @@ export class TargetPanel {
           // next to the IoU the search started from; the final IoU comes with the answer.
           const stage = `stage ${data.stage + 1}/${data.stages}`;
           const elapsed = (performance.now() - started) / 1000;
-          const left = data.step > 0 ? (elapsed / data.step) * (data.max_steps - data.step) : null;
+          // the server's ETA (its measured time per evaluation, both build workers counted) where it sends one
+          const left = typeof data.eta_s === 'number' ? data.eta_s
+            : (data.step > 0 ? (elapsed / data.step) * (data.max_steps - data.step) : null);
           const eta = left === null ? '' : ` · ~${formatDuration(left)} left`;
           const from = startIou === null ? '' : ` · IoU at start ${formatIou(startIou)}`;
           this.progress(data.step / data.max_steps, `step ${data.step}/${data.max_steps} · ${stage}${eta}${from}`);
