@@ -13,10 +13,10 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 venv: $(PY_STAMP)
 
-$(PY_STAMP): pyproject.toml
+$(PY_STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check -q --upgrade pip setuptools wheel
-	$(PIP) install --disable-pip-version-check -q -e '.[finetuned,test]'
+	$(PIP) install --disable-pip-version-check -q -c constraints.txt -e '.[finetuned,test]'
 	@touch $@
 
 system-deps: $(SYS_STAMP)

@@ -60,3 +60,21 @@ def test_the_server_runs_without_the_finetuned_extra():
     run = subprocess.run([sys.executable, "-c", WITHOUT_THE_EXTRA], cwd=ROOT, capture_output=True, text=True,
                          timeout=240)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def test_every_declared_dependency_has_an_exact_tested_version_inside_its_range():
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [Requirement(r) for r in project["dependencies"]]
+    declared += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    for req in declared:
+        version = pins.get(req.name.lower().replace("_", "-"))
+        assert version is not None, f"{req.name} has no exact version in constraints.txt"
+        assert req.specifier.contains(version), f"{req.name}=={version} is outside {req.specifier}"
+    assert "constraints.txt" in (ROOT / "Makefile").read_text()
