@@ -83,16 +83,41 @@ class DesignSession:
         self._state = self._load(fallback)
 
     def follow(self, schema) -> None:
-        """Use the script's current schema (its file changed): overrides that no longer fit are ignored and
-        values the new schema rejects go back to its defaults (in memory; saved with the next change)."""
+        """Use the script's current schema (its file changed): overrides that no longer fit are ignored; values
+        outside a new range are clamped into it and values the script no longer has are dropped, as one history
+        entry (kind "script") that says so. Read-only sessions follow in memory only."""
         with self._lock:
             if schema.to_json() == self.base_schema.to_json():
                 return
             self.base_schema = schema
             self._ranges = self._valid_ranges(self._ranges)
             self.schema = schema.with_ranges(self._ranges)
-            self._state.values = self._reconcile(self._state.values)
-            log.info("session %s follows the changed script", self.model_name)
+            s = self._state
+            values = self._reconcile(s.values)
+            diff = {n: {"from": s.values[n], "to": v} for n, v in values.items()
+                    if n in s.values and not _same(s.values[n], v)}
+            dropped = sorted(set(s.values) - set(values))
+            log.info("session %s follows the changed script (%d values moved, %d dropped)", self.model_name,
+                     len(diff), len(dropped))
+            if not (diff or dropped):
+                s.values = values
+                return
+            summary = "the script changed: " + "; ".join(
+                ([_describe(diff)] if diff else []) + ([f"dropped {', '.join(dropped)} (no longer in the script)"]
+                                                       if dropped else []))
+            entry = HistoryEntry(id=uuid.uuid4().hex[:12], source={"kind": "script", "dropped": dropped},
+                                 summary=summary, changes=diff, timestamp=time.time())
+            entries = s.entries[: s.position + 1] + [entry]
+            position, first_seq = len(entries) - 1, s.first_seq
+            if len(entries) > MAX_HISTORY:
+                drop = len(entries) - MAX_HISTORY
+                entries, position, first_seq = entries[drop:], position - drop, first_seq + drop
+            try:
+                self._commit(StoredSession(version=s.version + 1, values=values, entries=entries,
+                                           position=position, first_seq=first_seq), entry)
+            except PersistError as exc:
+                log.error("session %s: %s; following the script in memory only", self.model_name, exc)
+                s.values = values
 
     def _load_ranges(self) -> dict[str, tuple]:
         """Stored range overrides that still narrow the script's ranges (the script may have changed)."""
@@ -136,11 +161,14 @@ class DesignSession:
                       first_seq=first_seq)
 
     def _reconcile(self, stored: dict) -> dict:
-        """Values restored from disk, adapted to the current schema (the model script may have changed)."""
+        """Values restored from disk, adapted to the current schema (the model script may have changed): a number
+        outside its range is clamped into it; a value that cannot fit goes back to the default."""
         values = dict(self.schema.defaults())
         for name, value in stored.items():
+            if name not in self.schema:
+                continue
             try:
-                values.update(self.schema.validate({name: value}))
+                values.update(self.schema.validate({name: _clamped(self.schema[name], value)}))
             except ParameterError:
                 log.warning("%s: dropping stored value %s=%r that the current schema rejects", self.model_name, name, value)
         return values
@@ -301,6 +329,17 @@ class DesignSession:
         """Back to the defaults, as an undoable entry."""
         return self.apply(self.schema.defaults(), source={"kind": "reset"}, expected_version=expected_version,
                           summary="reset to defaults")
+
+
+def _clamped(param, value):
+    """`value` moved into the parameter's range when both are numbers (ints rounded); otherwise as it is."""
+    if param.type == "bool" or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if param.min is not None:
+        value = max(value, param.min)
+    if param.max is not None:
+        value = min(value, param.max)
+    return int(round(value)) if param.type == "int" else value
 
 
 def _same(a, b) -> bool:

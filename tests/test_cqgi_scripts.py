@@ -358,3 +358,21 @@ def test_a_cqgi_script_is_exported_and_fitted_to_a_target(app_factory, folders):
     report = r.get_json()["optimise"]
     assert report["iou_after"] > 0.95 > report["iou_before"], report
     assert client.get("/api/params?model=cqgi_cube").get_json()["values"]["side"] == pytest.approx(16, abs=0.3)
+
+
+def test_an_edited_script_clamps_a_value_outside_its_new_range_as_one_history_entry(app_factory, folders):
+    client = app_factory().test_client()
+    assert client.patch("/api/params?model=caster", json={"values": {"fork_gap": 6.0}}).status_code == 200
+    script = folders[0] / "caster.py"
+    # the inferred range follows the default (0.5x..2x): 2.0 makes it 1..4, so the session's 6.0 no longer fits
+    script.write_text(script.read_text().replace("fork_gap = 4.0\n", "fork_gap = 2.0\n"))
+    state = client.get("/api/params?model=caster").get_json()
+    assert state["values"]["fork_gap"] == 4.0
+    entries = client.get("/api/history?model=caster").get_json()["entries"]
+    last = entries[-1]
+    assert last["source"]["kind"] == "script" and last["changes"] == {"fork_gap": {"from": 6.0, "to": 4.0}}
+    assert "script changed" in last["summary"]
+    version = state["version"]
+    assert client.get("/api/params?model=caster").get_json()["version"] == version  # followed once, not per read
+    client = app_factory().test_client()  # a restart keeps the clamped value and the entry
+    assert client.get("/api/params?model=caster").get_json()["values"]["fork_gap"] == 4.0
