@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("glb", "stl", "step")
 # Bump when any artifact's bytes change for the same inputs, so stale disk caches are never served.
-ARTIFACT_VERSION = "2"  # 2: tessellation and bounding boxes relative to the model's size
+ARTIFACT_VERSION = "3"  # 2: tessellation and bounding boxes relative to the model's size; 3: linear GLB colours
 _GEOMETRY_LOCK = threading.RLock()  # OCC is not reliably thread-safe; geometry work is serialised.
 
 

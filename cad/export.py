@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cad.mesh import srgb_to_linear
 from cad.render import PartMesh
 
 # Tessellation deflections are shares of the part's bounding-box diagonal, never absolute lengths: a 0.75 mm plate
@@ -123,7 +124,7 @@ def glb_bytes(meshes: list[PartMesh], root_name: str) -> bytes:
         accessors.append({"bufferView": index_view, "componentType": 5125, "count": int(indices.size),
                           "type": "SCALAR"})
         materials.append({"name": mesh.name, "pbrMetallicRoughness": {
-            "baseColorFactor": [*map(float, mesh.color), 1.0], "metallicFactor": 0.0, "roughnessFactor": 0.7}})
+            "baseColorFactor": [*(srgb_to_linear(float(c)) for c in mesh.color), 1.0], "metallicFactor": 0.0, "roughnessFactor": 0.7}})
         base = len(accessors) - 3
         gltf_meshes.append({"name": mesh.name, "primitives": [{
             "attributes": {"POSITION": base, "NORMAL": base + 1}, "indices": base + 2,

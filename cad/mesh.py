@@ -16,3 +16,12 @@ class PartMesh:
     vertices: "np.ndarray"  # (N, 3) float64
     triangles: "np.ndarray"  # (M, 3) int64 indices into vertices
     color: tuple[float, float, float]
+
+
+def srgb_to_linear(c: float) -> float:
+    """glTF's baseColorFactor is linear; part colours are sRGB, as their authors picked them."""
+    return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+
+def linear_to_srgb(c: float) -> float:
+    return c * 12.92 if c <= 0.0031308 else 1.055 * c ** (1 / 2.4) - 0.055

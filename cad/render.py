@@ -13,7 +13,7 @@ import struct
 import numpy as np
 from PIL import Image
 
-from cad.mesh import MAX_SIZE, MIN_SIZE, PALETTE, VIEWS, PartMesh  # noqa: F401 (re-exported)
+from cad.mesh import MAX_SIZE, MIN_SIZE, PALETTE, VIEWS, PartMesh, linear_to_srgb  # noqa: F401 (re-exported)
 
 BACKGROUND = np.array([246, 247, 250], dtype=np.float32)
 _MARGIN = 0.06
@@ -67,7 +67,7 @@ def check_camera(camera: dict) -> dict:
 
 def meshes_from_glb(data: bytes) -> list[PartMesh]:
     """The parts of a GLB written by cad.export.glb_bytes (metres, Y up) back in model coordinates (mm, Z up),
-    with their colours as the viewer shows them (cad.export writes the display colour into baseColorFactor)."""
+    with their sRGB colours (cad.export writes them into glTF's linear baseColorFactor, converted)."""
     json_length = struct.unpack_from("<I", data, 12)[0]
     doc = json.loads(data[20:20 + json_length])
     binary = data[20 + json_length + 8:]
@@ -89,7 +89,8 @@ def meshes_from_glb(data: bytes) -> list[PartMesh]:
             vertices = np.stack([points[:, 0], -points[:, 2], points[:, 1]], axis=1) * 1000.0
             triangles = read(primitive["indices"], "<u4", 3).astype(np.int64)
             material = doc["materials"][primitive["material"]] if "material" in primitive else {}
-            colour = material.get("pbrMetallicRoughness", {}).get("baseColorFactor", [0.6, 0.6, 0.6, 1])[:3]
+            linear = material.get("pbrMetallicRoughness", {}).get("baseColorFactor", [0.6, 0.6, 0.6, 1])[:3]
+            colour = [linear_to_srgb(float(c)) for c in linear]  # glTF's factor is linear; renders draw sRGB
             meshes.append(PartMesh(node.get("name", "part"), vertices, triangles, tuple(colour)))
     return meshes
 

@@ -212,3 +212,23 @@ def test_the_disk_cache_stays_under_its_limit_and_keeps_recently_used_files(tmp_
     fresh = Builder(tmp_path / "cache", disk_limit_bytes=limit)
     fresh.export(rover, kept, "glb")
     assert fresh.stats()["disk_hits"] == 1  # the file used all along survived the pruning
+
+
+def test_glb_colours_are_linear_as_gltf_requires(shared_builder):
+    """glTF's baseColorFactor is linear: an sRGB part colour written unchanged looks washed out in other viewers."""
+    import json
+    import struct
+
+    from cad.mesh import linear_to_srgb, srgb_to_linear
+    from cad.registry import ModelRegistry
+
+    data = shared_builder.export(ModelRegistry().get("bracket"), {}, "glb")
+    doc = json.loads(data[20:20 + struct.unpack_from("<I", data, 12)[0]])
+    factors = [m["pbrMetallicRoughness"]["baseColorFactor"][:3] for m in doc["materials"]]
+    assert factors and all(0 <= c <= 1 for f in factors for c in f)
+    assert abs(srgb_to_linear(0.5) - 0.2140) < 1e-4 and abs(linear_to_srgb(srgb_to_linear(0.73)) - 0.73) < 1e-9
+    from cad.render import meshes_from_glb
+
+    back = meshes_from_glb(data)  # read back as the sRGB colours the parts were given
+    assert [tuple(round(c, 6) for c in m.color) for m in back] == \
+        [tuple(round(linear_to_srgb(c), 6) for c in f) for f in factors]

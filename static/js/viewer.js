@@ -213,9 +213,6 @@ export class Viewer {
       // Each mesh gets its own material so highlighting one part never tints another sharing it.
       mesh.material = Array.isArray(mesh.material) ? mesh.material.map((m) => m.clone()) : mesh.material.clone();
       for (const m of materialsOf(mesh)) {
-        // CadQuery writes its sRGB part colours into glTF's linear baseColorFactor unchanged; undo that so the
-        // view shows the colours the model author picked (and matches the server's PNG renders).
-        if (m.color) m.color.convertSRGBToLinear();
         m.side = THREE.DoubleSide;
         m.wireframe = this.wireframe;
         if ('metalness' in m) m.metalness = Math.min(m.metalness, 0.2);
