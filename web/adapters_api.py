@@ -16,6 +16,8 @@ from flask import Blueprint, jsonify
 
 from vlm.model_files import check_safetensors
 
+from .contract.requests import AdapterRequest
+from .contract.validate import validate
 from .errors import ApiError
 from .parse import json_body
 from .services import services
@@ -105,10 +107,7 @@ def get_adapters():
 @bp.post("/adapter")
 def switch_adapter():
     svc = services()
-    body = json_body()
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ApiError(400, "missing_name", "send {\"name\": \"<adapter folder under runs/>\"}")
+    name = validate(AdapterRequest, json_body()).name  # the contract's model (400 missing_name)
     if not svc.manager.supports_adapters:
         raise ApiError(409, "adapters_unsupported",
                        f"the {svc.manager.backend.name} backend serves a fixed model; switching adapters needs the "
