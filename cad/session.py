@@ -107,14 +107,8 @@ class DesignSession:
                                                        if dropped else []))
             entry = HistoryEntry(id=uuid.uuid4().hex[:12], source={"kind": "script", "dropped": dropped},
                                  summary=summary, changes=diff, timestamp=time.time())
-            entries = s.entries[: s.position + 1] + [entry]
-            position, first_seq = len(entries) - 1, s.first_seq
-            if len(entries) > MAX_HISTORY:
-                drop = len(entries) - MAX_HISTORY
-                entries, position, first_seq = entries[drop:], position - drop, first_seq + drop
             try:
-                self._commit(StoredSession(version=s.version + 1, values=values, entries=entries,
-                                           position=position, first_seq=first_seq), entry)
+                self._commit(StoredSession(s.version + 1, values, *_appended(s, entry)), entry)
             except PersistError as exc:
                 log.error("session %s: %s; following the script in memory only", self.model_name, exc)
                 s.values = values
@@ -249,14 +243,8 @@ class DesignSession:
                 return None
             entry = HistoryEntry(id=uuid.uuid4().hex[:12], source=dict(source), summary=summary or _describe(diff),
                                  changes=diff, timestamp=time.time())
-            entries = s.entries[: s.position + 1] + [entry]  # a new change drops the redo branch
-            position, first_seq = len(entries) - 1, s.first_seq
-            if len(entries) > MAX_HISTORY:
-                drop = len(entries) - MAX_HISTORY
-                entries, position, first_seq = entries[drop:], position - drop, first_seq + drop
             values = {**s.values, **{n: c["to"] for n, c in diff.items()}}
-            self._commit(StoredSession(version=s.version + 1, values=values, entries=entries, position=position,
-                                first_seq=first_seq), entry)
+            self._commit(StoredSession(s.version + 1, values, *_appended(s, entry)), entry)
             return entry
 
     def undo(self, expected_version: int | None = None) -> HistoryEntry:
@@ -306,21 +294,14 @@ class DesignSession:
             current = s.values.get(name, schema[name].default)
             clamped = min(max(current, schema[name].min), schema[name].max)
             shown = f"{bounds[0]}..{bounds[1]}" if bounds else "the script's range"
-            entry = entries = None
-            position, first_seq = s.position, s.first_seq
+            entry, history = None, (list(s.entries), s.position, s.first_seq)
             if not _same(current, clamped):
                 diff = {name: {"from": current, "to": clamped}}
                 entry = HistoryEntry(id=uuid.uuid4().hex[:12], source={"kind": "range"},
                                      summary=f"range of {name} set to {shown}; {_describe(diff)}", changes=diff,
                                      timestamp=time.time())
-                entries = s.entries[: s.position + 1] + [entry]
-                position = len(entries) - 1
-                if len(entries) > MAX_HISTORY:
-                    drop = len(entries) - MAX_HISTORY
-                    entries, position, first_seq = entries[drop:], position - drop, first_seq + drop
-            new = StoredSession(version=s.version + 1, values={**s.values, name: clamped},
-                                entries=entries if entries is not None else list(s.entries), position=position,
-                                first_seq=first_seq)
+                history = _appended(s, entry)
+            new = StoredSession(s.version + 1, {**s.values, name: clamped}, *history)
             self._commit(new, entry, also=lambda conn: put_range(conn, self.model_name, name, bounds))
             self._ranges, self.schema = ranges, schema
             return entry
@@ -329,6 +310,17 @@ class DesignSession:
         """Back to the defaults, as an undoable entry."""
         return self.apply(self.schema.defaults(), source={"kind": "reset"}, expected_version=expected_version,
                           summary="reset to defaults")
+
+
+def _appended(s: StoredSession, entry: HistoryEntry) -> tuple[list, int, int]:
+    """(entries, position, first_seq) with `entry` as the newest: it drops the redo branch, and the oldest entries
+    past MAX_HISTORY."""
+    entries = s.entries[: s.position + 1] + [entry]
+    position, first_seq = len(entries) - 1, s.first_seq
+    if len(entries) > MAX_HISTORY:
+        drop = len(entries) - MAX_HISTORY
+        entries, position, first_seq = entries[drop:], position - drop, first_seq + drop
+    return entries, position, first_seq
 
 
 def _clamped(param, value):
