@@ -8,24 +8,13 @@ import re
 import jsonschema
 import pytest
 
-from tests.test_security import make_app
+from tests.test_hardening import client  # noqa: F401  (a fixture: the test client of this module's app)
+from tests.test_security import app  # noqa: F401  (a fixture)
 from web.contract import requests as rq
 from web.contract.paths import REQUEST_MODELS
 from web.openapi import spec
 
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
-
-
-@pytest.fixture()
-def app(tmp_path):
-    app = make_app(tmp_path)
-    yield app
-    app.extensions["optim"].shutdown()
-
-
-@pytest.fixture()
-def client(app):
-    return app.test_client()
 
 
 def _key(path: str) -> str:

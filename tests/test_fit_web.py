@@ -5,17 +5,7 @@ import threading
 
 import pytest
 
-from tests.test_web_targets import HIDDEN, file_of_state, sse_events
-from web import create_app
-from web.config import Config
-
-
-@pytest.fixture()
-def app(tmp_path):
-    app = create_app(Config(data_dir=tmp_path / "data", cad_warmup=False, testing=True))
-    app.testing = True
-    yield app
-    app.extensions["optim"].shutdown()
+from tests.test_web_targets import HIDDEN, app, file_of_state, sse_events  # noqa: F401  (app is a fixture)
 
 
 def test_optimise_evaluates_on_both_workers_at_once_and_streams_an_eta(app):

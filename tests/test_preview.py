@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.test_web_cad import make_app
+from tests.test_web_targets import client  # noqa: F401  (a fixture: the test client of this module's app)
 
 
 @pytest.fixture(scope="module")
@@ -15,12 +16,6 @@ def app(tmp_path_factory):
     app = make_app(tmp_path_factory.mktemp("preview") / "data")
     yield app
     app.extensions["optim"].shutdown()
-
-
-@pytest.fixture()
-def client(app):
-    with app.test_client() as c:
-        yield c
 
 
 def session_of(client, model="rover") -> tuple[dict, dict]:

@@ -56,6 +56,22 @@ def page(browser, request):
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
+# Console lines that are not the page's: failed fetches (a 404 for a missing target is expected) and the software
+# GL driver's performance notes (screenshots read pixels back).
+NOT_THE_PAGES = ("Failed to load resource", "GL Driver Message")
+
+
+@pytest.fixture()
+def strict_page(page):
+    """The `page` fixture (which fails on page errors and CSP reports), failing on console errors and warnings
+    too (three.js reports shader and geometry problems as console warnings)."""
+    messages: list[str] = []
+    page.on("console", lambda m: messages.append(f"{m.type}: {m.text}")
+            if m.type in ("error", "warning") and not any(n in m.text for n in NOT_THE_PAGES) else None)
+    yield page
+    assert not messages, messages
+
+
 def _screenshot(p, test_name: str, step: str, locator=None) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{test_name}-{step}.png"

@@ -11,14 +11,13 @@ import pytest
 from PIL import Image
 
 from tests.fixtures_server import start_live_server
-from tests.test_ui import (  # noqa: F401  (browser, page and playwright are fixtures used by name)
-    ARTIFACTS, browser, open_app, page, playwright, wait_current_model_shown,
+from tests.test_ui import (  # noqa: F401  (browser, page, playwright, strict_page: fixtures)
+    ARTIFACTS, browser, open_app, page, playwright, strict_page, wait_current_model_shown,
 )
 from tests.test_ui_layout import ask
 
 pytestmark = pytest.mark.browser
 VIOLET = (139, 92, 246)
-NOT_THE_PAGES = ("Failed to load resource", "GL Driver Message")
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +30,8 @@ def server(scripted_engine, tmp_path_factory):
 
 
 @pytest.fixture()
-def ui(page):
-    """The shared page fixture, failing on console errors and warnings too."""
-    messages: list[str] = []
-    page.on("console", lambda m: messages.append(f"{m.type}: {m.text}")
-            if m.type in ("error", "warning") and not any(n in m.text for n in NOT_THE_PAGES) else None)
-    yield page
-    assert not messages, messages
+def ui(strict_page):
+    return strict_page
 
 
 def session(server, model="rover"):

@@ -12,15 +12,14 @@ import shutil
 import pytest
 
 from tests.fixtures_server import start_live_server
-from tests.test_ui import (  # noqa: F401  (browser, page and playwright are fixtures used by name)
-    ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, browser, page, playwright,
+from tests.test_ui import (  # noqa: F401  (browser, page, playwright, strict_page: fixtures)
+    ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, browser, page, playwright, strict_page,
 )
 from tests.test_cqgi_scripts import SCRIPTS
 
 pytestmark = pytest.mark.browser
 
 MODEL = "hinge_pair"
-NOT_THE_PAGES = ("Failed to load resource", "GL Driver Message")
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +37,8 @@ def server(scripted_engine, tmp_path_factory):
 
 
 @pytest.fixture()
-def ui(page):
-    """The shared `page` fixture (fails on page errors and CSP reports), failing on console errors and warnings too."""
-    messages: list[str] = []
-    page.on("console", lambda m: messages.append(f"{m.type}: {m.text}")
-            if m.type in ("error", "warning") and not any(n in m.text for n in NOT_THE_PAGES) else None)
-    yield page
-    assert not messages, messages
+def ui(strict_page):
+    return strict_page
 
 
 def shot(page, step: str, selector: str = "body") -> None:

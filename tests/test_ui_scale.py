@@ -18,6 +18,7 @@ from tests.fixtures_server import start_live_server
 from tests.test_ui import (  # noqa: F401  (browser, page and playwright are fixtures used by name)
     ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, browser, page, playwright,
 )
+from tests.test_ui_viewer_tools import canvas_shot, open_model
 
 pytestmark = pytest.mark.browser
 
@@ -39,25 +40,9 @@ def server(scripted_engine, tmp_path_factory):
     s.stop()
 
 
-def open_model(page, server, model: str) -> None:
-    page.goto(f"{server.url}/?model={model}")
-    page.wait_for_selector("body[data-ready=true]")
-    page.wait_for_function("""m => {
-        const v = document.querySelector('#viewer');
-        return window.optim.state && window.optim.state.model === m && v.dataset.loading === 'false'
-            && Number(v.dataset.glbLoads) >= 1;
-    }""", arg=model)
-    page.uncheck("[data-testid=toggle-grid]")
-    page.uncheck("[data-testid=toggle-axes]")  # the triad's corner would count as model pixels
-
-
 def coverage(page, name: str) -> dict:
     """Share of the canvas the model covers, and the share of the canvas' width and height its pixels span."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"scale-{name}.png"
-    page.wait_for_timeout(250)  # the viewer renders on the next animation frame
-    page.locator("[data-testid=viewer-canvas]").screenshot(path=str(path))
-    img = Image.open(path).convert("RGB")
+    img = Image.open(canvas_shot(page, name, prefix="scale")).convert("RGB")
     width, height = img.size
     img = img.crop((0, 0, width, height - 30))  # the hint line at the bottom of the view is not the model
     pixels = img.load()

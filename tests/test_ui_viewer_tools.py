@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from tests.fixtures_server import start_live_server
-from tests.test_ui import (  # noqa: F401  (browser, page and playwright are fixtures used by name)
-    ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, browser, page, playwright,
+from tests.test_ui import (  # noqa: F401  (browser, page, playwright, strict_page: fixtures)
+    ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, browser, page, playwright, strict_page,
 )
 
 pytestmark = pytest.mark.browser
@@ -37,20 +37,11 @@ def server(scripted_engine, tmp_path_factory):
     s.stop()
 
 
-# Console lines that are not the page's: failed fetches (a 404 for a missing target is expected) and the software
-# GL driver's performance notes (screenshots read pixels back).
-NOT_THE_PAGES = ("Failed to load resource", "GL Driver Message")
 
 
 @pytest.fixture()
-def tool_page(page):
-    """The shared `page` fixture (which fails on page errors and CSP reports), failing on console errors and
-    warnings too (three.js reports shader and geometry problems as console warnings)."""
-    messages: list[str] = []
-    page.on("console", lambda m: messages.append(f"{m.type}: {m.text}")
-            if m.type in ("error", "warning") and not any(n in m.text for n in NOT_THE_PAGES) else None)
-    yield page
-    assert not messages, messages
+def tool_page(strict_page):
+    return strict_page
 
 
 def open_model(page, server, model: str, axes: bool = False) -> None:
@@ -66,9 +57,9 @@ def open_model(page, server, model: str, axes: bool = False) -> None:
         page.uncheck("[data-testid=toggle-axes]")  # the triad's corner would count as model pixels
 
 
-def canvas_shot(page, step: str) -> Path:
+def canvas_shot(page, step: str, prefix: str = "viewer-tools") -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"viewer-tools-{step}.png"
+    path = ARTIFACTS / f"{prefix}-{step}.png"
     page.wait_for_timeout(250)  # the viewer renders on the next animation frame
     page.locator("[data-testid=viewer-canvas]").screenshot(path=str(path))
     return path
