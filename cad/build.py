@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("glb", "stl", "step")
 # Bump when any artifact's bytes change for the same inputs, so stale disk caches are never served.
-ARTIFACT_VERSION = "3"  # 2: tessellation and bounding boxes relative to the model's size; 3: linear GLB colours
+# 2: tessellation and bounding boxes relative to the model's size; 3: linear GLB colours; 4: B-rep edges in the GLB
+ARTIFACT_VERSION = "4"
 _GEOMETRY_LOCK = threading.RLock()  # OCC is not reliably thread-safe; geometry work is serialised.
 
 
@@ -46,6 +47,7 @@ class BuiltModel:
     parts: list[BuiltPart]
     _preview: list[PartMesh] | None = field(default=None, repr=False)
     _fused: object | None = field(default=None, repr=False)  # union of the parts (cad.target's exact IoU)
+    _edges: dict | None = field(default=None, repr=False)  # part name -> B-rep edge polylines (cad.edges)
 
     def preview_meshes(self) -> list[PartMesh]:
         """Coarse tessellation shared by the GLB export and the PNG renderer (computed once)."""
@@ -55,6 +57,14 @@ class BuiltModel:
             tolerance = preview_tolerance(self.diagonal())
             self._preview = [PartMesh(p.name, *tessellate(p.shape, tolerance), p.color) for p in self.parts]
         return self._preview
+
+    def edge_lines(self) -> dict[str, list]:
+        """Every part's B-rep edges as polylines in mm (cad.edges, relative to the part's size; computed once)."""
+        if self._edges is None:
+            from cad.edges import part_edges
+
+            self._edges = {p.name: part_edges(p.shape) for p in self.parts}
+        return self._edges
 
     def diagonal(self) -> float:
         import cadquery as cq
@@ -177,13 +187,14 @@ def clear_process_cache() -> None:
 
 def produce(script_path: str | Path, values: dict, artifact: str, view: str = "iso", size: int = 384,
             name: str = "model") -> bytes:
-    """Artifact bytes for ``artifact`` in glb|stl|step|png|bbox (bbox: UTF-8 JSON of ``measurements``)."""
+    """Artifact bytes for ``artifact`` in glb|stl|step|png|bbox|measure (bbox: UTF-8 JSON of ``measurements``;
+    measure: of ``cad.measure.summary``)."""
     from cad import export, render
 
     with _GEOMETRY_LOCK:
         built = build_model(script_path, values)
         if artifact == "glb":
-            return export.glb_bytes(built.preview_meshes(), name)
+            return export.glb_bytes(built.preview_meshes(), name, edges=built.edge_lines())
         if artifact == "stl":
             return export.stl_bytes([p.shape for p in built.parts])
         if artifact == "step":
@@ -192,6 +203,10 @@ def produce(script_path: str | Path, values: dict, artifact: str, view: str = "i
             meshes = built.preview_meshes()
         elif artifact == "bbox":
             return json.dumps(built.measurements()).encode("utf-8")
+        elif artifact == "measure":
+            from cad.measure import summary
+
+            return json.dumps(summary(built)).encode("utf-8")
         else:
             raise ValueError(f"unknown artifact {artifact!r}")
     return render.render_png(meshes, view, size)  # pure numpy: no need to hold the geometry lock
@@ -241,6 +256,10 @@ class Builder:
     def bounding_box(self, model: CadModel, params: dict) -> dict:
         """{"min","max","size" (mm, whole model), "parts": {name: {"min","max","size","volume"}}, "units":"mm"}."""
         return json.loads(self._get(model, params, "bbox"))
+
+    def measure(self, model: CadModel, params: dict) -> dict:
+        """{"min","max","size" (whole model), "volume" (of the parts' union), "volume_method", "units"}."""
+        return json.loads(self._get(model, params, "measure"))
 
     def warm_up(self, model: CadModel) -> float:
         """Import cadquery and build the default state's GLB and iso render; returns seconds taken."""
@@ -335,7 +354,7 @@ class Builder:
             return data
 
     def _disk_path(self, key: str, artifact: str) -> Path:
-        extension = "json" if artifact == "bbox" else artifact
+        extension = "json" if artifact in ("bbox", "measure") else artifact
         return self.cache_dir / key[:2] / f"{key}.{extension}"
 
     def _cached(self, key: str) -> bytes | None:

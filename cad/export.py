@@ -6,6 +6,9 @@ Units and axes of the outputs:
   glTF X, model Z (up) -> glTF Y, model Y -> glTF -Z, and every coordinate is multiplied by 0.001. One node per part,
   named like the part (``chassis``, ``wheel_l1``, ...), under a root node named after the model; each part has its
   own mesh, PBR material (its colour) and smooth-within-a-face vertex normals. Coarse tessellation (preview).
+  A part's B-rep edges (cad.edges) are a child node of its node, named ``<part> edges``, holding one LINES
+  primitive (mode 1) with the shared material ``optim edges``; the node's extras say ``{"optim": "brep_edges",
+  "edges": <number of B-rep edges>}``, so a viewer tells them from faces (and hides them with their part).
 * **STL**: millimetres, model axes (Z up), binary, fine tessellation (``stl_tolerance``).
 * **STEP**: millimetres, model axes, exact B-rep assembly with part names and colours.
 """
@@ -97,48 +100,87 @@ def _to_gltf_axes_metres(points: np.ndarray) -> np.ndarray:
     return np.stack([points[:, 0], points[:, 2], -points[:, 1]], axis=1) * 0.001
 
 
-def glb_bytes(meshes: list[PartMesh], root_name: str) -> bytes:
-    """Binary glTF 2.0 with one named node per part (see module docstring for units)."""
-    binary = bytearray()
-    buffer_views, accessors, gltf_meshes, materials, nodes = [], [], [], [], []
+EDGE_MATERIAL = {"name": "optim edges", "pbrMetallicRoughness": {"baseColorFactor": [0.006, 0.009, 0.016, 1.0],
+                                                               "metallicFactor": 0.0, "roughnessFactor": 1.0}}
 
-    def add_view(data: bytes, target: int) -> int:
-        while len(binary) % 4:
-            binary.append(0)
-        buffer_views.append({"buffer": 0, "byteOffset": len(binary), "byteLength": len(data), "target": target})
-        binary.extend(data)
-        return len(buffer_views) - 1
 
+class _Writer:
+    """The binary chunk and the accessor/bufferView lists of one GLB being written."""
+
+    def __init__(self):
+        self.binary = bytearray()
+        self.buffer_views, self.accessors = [], []
+
+    def add(self, array: np.ndarray, target: int, kind: str, component: int, bounds: bool = False) -> int:
+        while len(self.binary) % 4:
+            self.binary.append(0)
+        data = array.tobytes()
+        self.buffer_views.append({"buffer": 0, "byteOffset": len(self.binary), "byteLength": len(data),
+                                  "target": target})
+        self.binary.extend(data)
+        accessor = {"bufferView": len(self.buffer_views) - 1, "componentType": component,
+                    "count": int(len(array) if kind == "VEC3" else array.size), "type": kind}
+        if bounds:
+            accessor.update(min=array.min(axis=0).tolist(), max=array.max(axis=0).tolist())
+        self.accessors.append(accessor)
+        return len(self.accessors) - 1
+
+    def positions(self, points_mm: np.ndarray) -> int:
+        return self.add(_to_gltf_axes_metres(points_mm).astype(np.float32), 34962, "VEC3", 5126, bounds=True)
+
+    def indices(self, indices: np.ndarray) -> int:
+        return self.add(indices.astype(np.uint32), 34963, "SCALAR", 5125)
+
+
+def _edge_node(writer: _Writer, gltf_meshes: list, name: str, lines: list, material: int) -> dict | None:
+    from cad.edges import segments
+
+    points, pairs = segments(lines)
+    if not len(pairs):
+        return None
+    gltf_meshes.append({"name": f"{name} edges", "primitives": [{
+        "attributes": {"POSITION": writer.positions(points)}, "indices": writer.indices(pairs),
+        "material": material, "mode": 1}]})
+    return {"name": f"{name} edges", "mesh": len(gltf_meshes) - 1,
+            "extras": {"optim": "brep_edges", "edges": len(lines)}}
+
+
+def glb_bytes(meshes: list[PartMesh], root_name: str, edges: dict[str, list] | None = None) -> bytes:
+    """Binary glTF 2.0 with one named node per part, and its B-rep edges ``edges[part name]`` (polylines, mm)
+    as a child node (see module docstring for units)."""
+    writer = _Writer()
+    gltf_meshes, materials, nodes, parts = [], [], [], []
+    edges = edges or {}
+    if any(edges.values()):
+        materials.append(EDGE_MATERIAL)
     for mesh in meshes:
         if not len(mesh.triangles):
             continue
-        positions = _to_gltf_axes_metres(mesh.vertices).astype(np.float32)
         normals = (vertex_normals(mesh.vertices, mesh.triangles)[:, [0, 2, 1]] * [1, 1, -1]).astype(np.float32)
-        indices = mesh.triangles.astype(np.uint32)
-        position_view = add_view(positions.tobytes(), 34962)
-        normal_view = add_view(normals.tobytes(), 34962)
-        index_view = add_view(indices.tobytes(), 34963)
-        accessors.append({"bufferView": position_view, "componentType": 5126, "count": len(positions),
-                          "type": "VEC3", "min": positions.min(axis=0).tolist(), "max": positions.max(axis=0).tolist()})
-        accessors.append({"bufferView": normal_view, "componentType": 5126, "count": len(normals), "type": "VEC3"})
-        accessors.append({"bufferView": index_view, "componentType": 5125, "count": int(indices.size),
-                          "type": "SCALAR"})
+        attributes = {"POSITION": writer.positions(mesh.vertices),
+                      "NORMAL": writer.add(normals, 34962, "VEC3", 5126)}
         materials.append({"name": mesh.name, "pbrMetallicRoughness": {
             "baseColorFactor": [*(srgb_to_linear(float(c)) for c in mesh.color), 1.0], "metallicFactor": 0.0, "roughnessFactor": 0.7}})
-        base = len(accessors) - 3
         gltf_meshes.append({"name": mesh.name, "primitives": [{
-            "attributes": {"POSITION": base, "NORMAL": base + 1}, "indices": base + 2,
+            "attributes": attributes, "indices": writer.indices(mesh.triangles),
             "material": len(materials) - 1, "mode": 4}]})
-        nodes.append({"name": mesh.name, "mesh": len(gltf_meshes) - 1})
+        part = {"name": mesh.name, "mesh": len(gltf_meshes) - 1}
+        edge_node = _edge_node(writer, gltf_meshes, mesh.name, edges.get(mesh.name) or [], 0)
+        parts.append(len(nodes))
+        nodes.append(part)
+        if edge_node:
+            part["children"] = [len(nodes)]
+            nodes.append(edge_node)
+    binary = writer.binary
     while len(binary) % 4:
         binary.append(0)
-    nodes.append({"name": root_name, "children": list(range(len(nodes))),
+    nodes.append({"name": root_name, "children": parts,
                   "extras": {"units": "m", "up": "Y", "source_units": "mm", "source_up": "Z"}})
     document = {
         "asset": {"version": "2.0", "generator": "optim cad.export"},
         "scene": 0, "scenes": [{"name": root_name, "nodes": [len(nodes) - 1]}],
-        "nodes": nodes, "meshes": gltf_meshes, "materials": materials, "accessors": accessors,
-        "bufferViews": buffer_views, "buffers": [{"byteLength": len(binary)}],
+        "nodes": nodes, "meshes": gltf_meshes, "materials": materials, "accessors": writer.accessors,
+        "bufferViews": writer.buffer_views, "buffers": [{"byteLength": len(binary)}],
     }
     json_chunk = json.dumps(document, separators=(",", ":")).encode("utf-8")
     json_chunk += b" " * (-len(json_chunk) % 4)

@@ -66,8 +66,9 @@ def check_camera(camera: dict) -> dict:
 
 
 def meshes_from_glb(data: bytes) -> list[PartMesh]:
-    """The parts of a GLB written by cad.export.glb_bytes (metres, Y up) back in model coordinates (mm, Z up),
-    with their sRGB colours (cad.export writes them into glTF's linear baseColorFactor, converted)."""
+    """The parts (triangles; edge lines are skipped) of a GLB written by cad.export.glb_bytes (metres, Y up) back
+    in model coordinates (mm, Z up), with their sRGB colours (cad.export writes them into glTF's linear
+    baseColorFactor, converted)."""
     json_length = struct.unpack_from("<I", data, 12)[0]
     doc = json.loads(data[20:20 + json_length])
     binary = data[20 + json_length + 8:]
@@ -85,6 +86,8 @@ def meshes_from_glb(data: bytes) -> list[PartMesh]:
         if "mesh" not in node:
             continue
         for primitive in doc["meshes"][node["mesh"]]["primitives"]:
+            if primitive.get("mode", 4) != 4:  # B-rep edge lines (cad.export): not surfaces
+                continue
             points = read(primitive["attributes"]["POSITION"], "<f4", 3).astype(np.float64)
             vertices = np.stack([points[:, 0], -points[:, 2], points[:, 1]], axis=1) * 1000.0
             triangles = read(primitive["indices"], "<u4", 3).astype(np.int64)

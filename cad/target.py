@@ -415,14 +415,10 @@ def compare_model(script_path: str, values: dict, target_path: str, method: str 
     result["iou"] = float(min(max(result["iou"], 0.0), 1.0))
     if not detail:
         return result
+    from cad.measure import model_volume as measured_volume
+
     measured = built.measurements()
-    if model_solid is None:
-        try:
-            model_solid = _fused_model(built)
-        except Exception:  # volume then falls back to the sum of the parts
-            model_solid = None
-    model_volume = model_solid.Volume() if model_solid is not None else sum(
-        p["volume"] for p in measured["parts"].values())
+    model_volume = model_solid.Volume() if model_solid is not None else measured_volume(built)[0]
     model_box = _box(measured["min"], measured["max"])
     size_difference = [m - t for m, t in zip(model_box["size"], target.bbox["size"])]
     centre_difference = [(m0 + m1 - t0 - t1) / 2 for m0, m1, t0, t1 in
