@@ -147,11 +147,20 @@ class Schema:
                                  min=bounds[0], max=bounds[1])
         return low, high
 
+    def length_unit(self) -> str:
+        """The unit the script's lengths are in (and so its geometry): the most common length unit among its
+        parameters (``mm``, ``cm``, ``m``, ``in``, ...), ``mm`` when none names one."""
+        units = [p.unit for p in self.parameters if p.unit in LENGTH_UNITS]
+        return max(LENGTH_UNITS, key=units.count) if units else "mm"
+
     def complete(self, values: dict) -> dict:
         """Defaults overlaid with validated ``values``, in schema order (the canonical full state)."""
         merged = self.defaults()
         merged.update(self.validate(values))
         return {n: merged[n] for n in self.names()}
+
+
+LENGTH_UNITS = ("mm", "cm", "m", "um", "µm", "in", "ft")  # ties go to the first (mm)
 
 
 def _fmt(value: float | int | None) -> str:

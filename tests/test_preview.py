@@ -84,9 +84,10 @@ def test_preview_of_another_model_by_query_or_body(client):
     ({"model": "x" * 500}, 400, "bad_model", None),
     ({"model": "no-such-model"}, 404, "unknown_model", None),
 ])
-def test_bad_previews_are_json_errors_and_change_nothing(client, body, status, code, parameter):
+@pytest.mark.parametrize("route", ["/api/preview.glb", "/api/preview/diff"])
+def test_bad_previews_are_json_errors_and_change_nothing(client, body, status, code, parameter, route):
     before = session_of(client)
-    r = client.post("/api/preview.glb", json=body)
+    r = client.post(route, json=body)
     assert r.status_code == status, r.data[:200]
     err = r.get_json()
     assert err["error"] == code and err["message"]
@@ -119,12 +120,46 @@ def test_preview_respects_the_sessions_narrowed_range(client):
     client.delete("/api/params/range?parameter=wheel_diameter")
 
 
+def test_the_diff_gives_the_exact_size_and_volume_change_of_a_proposal(client):
+    """The bracket's base leg 80 -> 100 mm: 20 mm longer along X, and one leg's thickness x width x 20 more volume
+    (its holes move along but keep their size); measured on the B-rep, so exact to the kernel's precision."""
+    from web.contract.responses import PreviewDiff
+
+    state, history = session_of(client, "bracket")
+    p = state["values"]
+    assert p["base_length"] == 80
+    r = client.post("/api/preview/diff?model=bracket", json={"values": {"base_length": 100}})
+    assert r.status_code == 200, r.get_json()
+    diff = r.get_json()
+    PreviewDiff.model_validate(diff)  # the contract's response model
+    assert diff["model"] == "bracket" and diff["units"] == "mm" and diff["base_version"] == state["version"]
+    assert diff["before"]["size"] == pytest.approx([80, p["width"], p["upright_height"]], abs=1e-6)
+    assert diff["after"]["size"] == pytest.approx([100, p["width"], p["upright_height"]], abs=1e-6)
+    assert diff["size_change"] == pytest.approx([20, 0, 0], abs=1e-6)
+    leg = p["thickness"] * p["width"] * 20
+    assert diff["volume_change"] == pytest.approx(leg, rel=1e-6)
+    assert diff["after"]["volume"] - diff["before"]["volume"] == pytest.approx(leg, rel=1e-6)
+    assert diff["volume_relative"] == pytest.approx(leg / diff["before"]["volume"], rel=1e-9)
+    assert diff["before"]["volume_method"] == "union"
+    assert session_of(client, "bracket") == (state, history)  # nothing applied
+    # The current design's own figures are the target panel's (the same B-rep measurement).
+    same = client.post("/api/preview/diff?model=bracket", json={}).get_json()
+    assert same["before"] == same["after"] == diff["before"] and same["volume_change"] == 0
+
+
 def test_the_operation_is_in_the_generated_document(client):
     doc = client.get("/api/openapi.json").get_json()
     op = doc["paths"]["/api/preview.glb"]["post"]
     assert op["operationId"] == "post_api_preview_glb"
     assert "model/gltf-binary" in op["responses"]["200"]["content"]
     assert {"400", "404", "422", "504"} <= set(op["responses"])
+    assert op["responses"]["200"]["headers"]["X-Base-Version"]["schema"] == {"type": "integer"}
+    diff = doc["paths"]["/api/preview/diff"]["post"]
+    assert diff["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PreviewDiff"}
+    assert {"400", "404", "422", "504"} <= set(diff["responses"])
+    assert diff["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PreviewRequest"}
+    assert {"before", "after", "units", "volume_change"} <= set(doc["components"]["schemas"]["PreviewDiff"]["required"])
     body = doc["components"]["schemas"]["PreviewRequest"]
     assert body["properties"]["values"] == {"$ref": "#/components/schemas/ParameterValues"}
 
@@ -229,3 +264,15 @@ def test_render_camera_frames_what_it_is_given():
     near, far = (share({"position": [0, 0, d], "target": [0, 0, 0], "up": [1, 0, 0], "fov": 40}) for d in (40, 80))
     assert near > 3 * far > 0  # perspective: nearer is bigger
     assert share({"position": [0, 0, -100], "target": [0, 0, -200], "up": [1, 0, 0]}) == 0  # looking away
+
+
+def test_the_length_unit_comes_from_the_schema():
+    from cad.schema import Parameter, Schema
+
+    def schema(*units):
+        return Schema([Parameter(f"p{i}", f"P{i}", unit, "float", 0.0, 10.0, None, 1.0, "G", "")
+                       for i, unit in enumerate(units)])
+
+    assert schema("in", "in", "deg", "").length_unit() == "in"
+    assert schema("mm", "deg").length_unit() == "mm"
+    assert schema("deg", "").length_unit() == "mm"  # no length parameter: the project's default

@@ -147,11 +147,9 @@ def export_model(fmt: str):
     return _file_response(data, EXPORT_TYPES[fmt], f"{model.name}-v{snap['version']}.{fmt}" if download else None)
 
 
-@bp.post("/preview.glb")
-def preview_glb():
-    """The GLB of the current values with the body's `values` over them, e.g. the proposals ticked in the table:
-    validated like an edit (the session's ranges; 422 names the parameter), built in the build pool under its
-    timeout, and never written to the session (no history entry, no new version)."""
+def _preview_states():
+    """(model, snapshot, the values previewed) of a preview request: the current values with the body's `values`
+    over them, validated like an edit (the session's ranges; 422 names the parameter). Nothing is written."""
     validate_query(ModelQuery, request.args)
     req = validate(PreviewRequest, json_body(required=False))
     name = model_name(req)
@@ -159,10 +157,34 @@ def preview_glb():
     session = svc.sessions.get(name)
     snap = session.snapshot()
     changes = session.schema.validate(req.values or {})
-    data = svc.builder.export(svc.registry.get(name), {**snap["values"], **changes}, "glb")
-    resp = _file_response(data, EXPORT_TYPES["glb"])
+    return svc.registry.get(name), session.schema, snap, {**snap["values"], **changes}
+
+
+@bp.post("/preview.glb")
+def preview_glb():
+    """The GLB of the current values with the body's `values` over them, e.g. the proposals ticked in the table:
+    built in the build pool under its timeout, and never written to the session (no history entry, no new
+    version)."""
+    model, _, snap, values = _preview_states()
+    resp = _file_response(services().builder.export(model, values, "glb"), EXPORT_TYPES["glb"])
     resp.headers["X-Base-Version"] = str(snap["version"])  # the design the values were laid over
     return resp
+
+
+@bp.post("/preview/diff")
+def preview_diff():
+    """Bounding-box size and volume before (the current values) and after (the body's `values` over them), measured
+    on the B-rep in the build pool (cad.measure); the session is not written."""
+    model, schema, snap, values = _preview_states()
+    builder = services().builder
+    before, after = builder.measure(model, snap["values"]), builder.measure(model, values)
+    keep = ("min", "max", "size", "volume", "volume_method")
+    change = after["volume"] - before["volume"]
+    relative = change / before["volume"] if before["volume"] else None
+    return jsonify({"model": model.name, "base_version": snap["version"], "units": schema.length_unit(),
+                    "before": {k: before[k] for k in keep}, "after": {k: after[k] for k in keep},
+                    "size_change": [a - b for a, b in zip(after["size"], before["size"])],
+                    "volume_change": change, "volume_relative": relative})
 
 
 @bp.get("/render.png")

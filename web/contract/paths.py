@@ -39,6 +39,9 @@ VLM_ERRORS = {**COMMON_ERRORS, "422": error("prompt too long, or an unreadable i
                            "Retry-After header's seconds"), "504": error("model timeout")}
 STORAGE_ERRORS = {"503": error("the data dir is not writable (target_not_saved); nothing changed"),
                   "507": error("the disk is full (insufficient_storage); nothing changed")}
+PREVIEW_ERRORS = {**COMMON_ERRORS, "422": error("a value is not valid for the parameter it names (invalid_parameter, "
+                                                "with `parameter`), or the model script failed for these values"),
+                  "504": error("the model script ran past CAD_BUILD_TIMEOUT (cad_build_timeout)")}
 PROPOSAL_ID = {"name": "proposal_id", "in": "path", "required": True, "schema": {"type": "string"}}
 STATE = ok("state (with `entry` where the request made one)", ref("State"))
 
@@ -119,11 +122,14 @@ def cad_paths() -> dict:
         "/api/preview.glb": {"post": op(
             "GLB of the current design with the given values over it (a proposal before it is applied); the "
             "session is not changed (no history entry, no new version)", body=rq.PreviewRequest, query=rq.ModelQuery,
-            answer={"description": "the previewed design as GLB", "content": {"model/gltf-binary": {"schema": {
-                "type": "string", "format": "binary"}}}},
-            errors={**COMMON_ERRORS, "422": error("a value is not valid for the parameter it names (invalid_parameter, "
-                                                  "with `parameter`), or the model script failed for these values"),
-                    "504": error("the model script ran past CAD_BUILD_TIMEOUT (cad_build_timeout)")})},
+            answer={"description": "the previewed design as GLB", "headers": {"X-Base-Version": {
+                "description": "the session version the values were laid over", "schema": {"type": "integer"}}},
+                "content": {"model/gltf-binary": {"schema": {"type": "string", "format": "binary"}}}},
+            errors=PREVIEW_ERRORS)},
+        "/api/preview/diff": {"post": op(
+            "bounding-box size and volume of the current design and of the one the given values would make (the "
+            "preview's before/after), measured on the B-rep; the session is not changed", body=rq.PreviewRequest,
+            query=rq.ModelQuery, answer=ok("before, after and the change", ref("PreviewDiff")), errors=PREVIEW_ERRORS)},
         "/api/render.png": binary("image/png", "PNG render", rq.RenderQuery,
                                   "the model script failed, or size is outside the range (bad_size)"),
         "/api/openapi.json": {"get": op("this document (generated from web/contract)", query=None,

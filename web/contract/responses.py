@@ -193,4 +193,29 @@ class Optimised(State):
     optimise: OptimiseReport
 
 
-RESPONSES = [Error, State, History, Models, VlmStatus, VlmAnswer, Rejected, Target, Optimised]
+Triple = list[Number]
+
+
+class Measured(Answer):
+    """A design measured on its B-rep (cad.measure): exact bounding box and the parts' union volume."""
+    min: Triple = Field(min_length=3, max_length=3)
+    max: Triple = Field(min_length=3, max_length=3)
+    size: Triple = Field(min_length=3, max_length=3, description="bounding-box size along X, Y, Z")
+    volume: Number = Field(description="in units^3")
+    volume_method: Literal["union", "sum of parts"] = Field(
+        description="union of the parts; the sum of their volumes where the CAD kernel's boolean failed")
+
+
+class PreviewDiff(Answer):
+    """POST /api/preview/diff: the current design against the one the values would make."""
+    model: str
+    base_version: int = Field(description="the session version the values were laid over")
+    units: str = Field(description="length unit of the model's schema (its geometry's unit); volumes are in units^3")
+    before: Measured
+    after: Measured
+    size_change: Triple = Field(min_length=3, max_length=3, description="after - before along X, Y, Z")
+    volume_change: Number
+    volume_relative: Number | None = Field(description="volume_change / before volume (null for a zero volume)")
+
+
+RESPONSES = [Error, State, History, Models, VlmStatus, VlmAnswer, Rejected, Target, Optimised, PreviewDiff]
