@@ -67,6 +67,31 @@ def violet_share(page, step: str) -> float:
     return hits / len(pixels)
 
 
+def diff_shown(page) -> str | None:
+    """The before/after figures beside the proposals table, or None while they are hidden."""
+    diff = page.locator("[data-testid=preview-diff]")
+    return diff.inner_text() if diff.is_visible() else None
+
+
+def expected_diff(server, values: dict) -> tuple[dict, str]:
+    """The server's figures for `values` and the sentence the page should write from them (three significant
+    digits: vlm.units.format_significant, whose rules static/js/viewer-units.js follows)."""
+    from vlm.units import format_significant as sig
+
+    diff = server.api("POST", "/api/preview/diff?model=rover", json={"values": values}).json()
+    assert diff["units"] == "mm"
+    before, after = diff["before"]["volume"], diff["after"]["volume"]
+    scale, unit = (1e-3, "cm³") if max(before, after) >= 1e3 else (1, "mm³")
+    size = [" × ".join(sig(v) for v in diff[k]["size"]) for k in ("before", "after")]
+    share = sig(diff["volume_relative"] * 100, reference=100, digits=4, signed=True)
+    return diff, (f"size {size[0]} → {size[1]} mm, volume {sig(before * scale)} → {sig(after * scale)} {unit} "
+                  f"({share} %)")
+
+
+def wait_diff(page, text: str) -> None:
+    page.wait_for_function("t => document.querySelector('[data-testid=preview-diff]').textContent === t", arg=text)
+
+
 def test_proposal_preview_shows_ticked_values_without_changing_the_session(server, ui):
     page = ui
     open_app(page, server)
@@ -81,6 +106,14 @@ def test_proposal_preview_shows_ticked_values_without_changing_the_session(serve
     assert violet_share(page, "1-shown") > 0.01
     assert session(server) == before  # no history entry, no new version, same values
     assert "not applied" in page.locator("[data-testid=preview-status]").inner_text()
+    # Beside the table: the size and volume of the current design -> the previewed one, as the server measured.
+    diff, text = expected_diff(server, {"wheel_diameter": 120, "pan_tilt_z": 70})
+    wait_diff(page, text)
+    assert diff_shown(page) == text and "→" in text and diff["volume_change"] > 0  # bigger wheels: more volume
+    assert diff["after"]["size"][0] > diff["before"]["size"][0]  # and a longer rover (120 mm wheels)
+    assert diff["before"]["size"][0] == pytest.approx(json.loads(page.get_attribute(
+        "[data-testid=preview-diff]", "data-diff"))["before"]["size"][0])
+    page.locator(".proposals").screenshot(path=str(ARTIFACTS / "preview-1-diff.png"))
 
     # Unticking a row and correcting another refresh the preview to what Apply selected would apply.
     page.uncheck("[data-testid=proposal-check] >> nth=1")
@@ -89,11 +122,13 @@ def test_proposal_preview_shows_ticked_values_without_changing_the_session(serve
                            "JSON.parse(document.querySelector('#viewer').dataset.previewValues || '{}')"
                            ".wheel_diameter === 100")
     assert shown_values(page) == {"wheel_diameter": 100}
+    wait_diff(page, expected_diff(server, {"wheel_diameter": 100})[1])  # the figures follow the ticks and edits
     assert session(server) == before
 
     # Toggling it off removes the ghost; on again shows it.
     page.uncheck("[data-testid=preview-proposal]")
     wait_preview(page, "none")
+    assert diff_shown(page) is None
     assert violet_share(page, "2-off") < 0.002
     page.check("[data-testid=preview-proposal]")
     wait_preview(page, "shown")
@@ -103,6 +138,7 @@ def test_proposal_preview_shows_ticked_values_without_changing_the_session(serve
     page.wait_for_function("() => document.querySelector('[data-testid=proposals-status]').textContent"
                            ".startsWith('Applied')")
     wait_preview(page, "none")
+    assert diff_shown(page) is None  # applied: the figures go with the ghost
     assert not page.is_checked("[data-testid=preview-proposal]")
     version, values, entries = session(server)
     assert values["wheel_diameter"] == 100 and version == before[0] + 1 and entries == before[2] + 1
@@ -113,9 +149,12 @@ def test_proposal_preview_shows_ticked_values_without_changing_the_session(serve
     ask(page)
     page.check("[data-testid=preview-proposal]")
     wait_preview(page, "shown")
+    page.wait_for_function("() => document.querySelector('[data-testid=preview-diff]').dataset.diff")
+    assert diff_shown(page)
     page.click("[data-testid=reject-proposals]")
     page.wait_for_function("() => document.querySelector('#proposals').dataset.decision === 'rejected'")
     wait_preview(page, "none")
+    assert diff_shown(page) is None  # dismissed: gone too
     assert page.is_disabled("[data-testid=preview-proposal]")
 
     # And a model switch drops the answer with its preview.

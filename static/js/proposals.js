@@ -4,6 +4,7 @@
 // Apply: POST /api/proposals/<id>/apply {version, parameters: [taken as proposed], values: {corrected or added}}.
 import { api } from './api.js';
 import { $, el, formatNumber, toast } from './dom.js';
+import { PreviewDiff } from './preview-diff.js';
 
 // "12,5" is 12.5 (a decimal comma), never 125.
 export function parseValue(text, param) {
@@ -41,6 +42,7 @@ export class ProposalTable {
     this.getContext = getContext;
     this.preview = preview && preview.available ? preview : null; // the ticked rows as a ghost (viewer-preview.js)
     this.previewTimer = null;
+    this.diff = new PreviewDiff($('preview-diff')); // before/after size and volume while the ghost is shown
     this.onApplied = onApplied;
     this.onCommitError = onCommitError;
     this.response = null;
@@ -78,16 +80,21 @@ export class ProposalTable {
       const status = $('preview-status');
       if (!Object.keys(values).length) {
         this.preview.clear();
+        this.diff.clear();
         status.textContent = 'Tick a change with a valid value to preview it.';
         return;
       }
       status.textContent = 'Building the preview…';
+      const { model } = this.getContext();
+      const figures = this.diff.request(model, values); // measured while the GLB builds
       try {
-        if (await this.preview.show(this.getContext().model, values)) {
+        if (await this.preview.show(model, values)) {
           const n = Object.keys(values).length;
           status.textContent = `Violet: the design with the ${n} ticked change${n === 1 ? '' : 's'} (not applied).`;
+          (await figures)();
         }
       } catch (err) {
+        this.diff.clear();
         status.textContent = `No preview: ${err.message}`;
       }
     }, delay);
@@ -97,6 +104,7 @@ export class ProposalTable {
     clearTimeout(this.previewTimer);
     if (untick) $('preview-proposal').checked = false;
     $('preview-status').textContent = '';
+    this.diff.clear();
     if (this.preview) this.preview.clear();
   }
 
