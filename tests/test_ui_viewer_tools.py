@@ -235,14 +235,30 @@ def test_edges_overlay_and_section_plane(server, tool_page):
     page.check("[data-testid=toggle-edges]")
     edges = int(page.get_attribute("#viewer", "data-edges"))
     assert edges >= 12, edges  # at least the outline of the L; holes and fillet add more
+    assert page.get_attribute("#viewer", "data-edges-source") == "brep"  # the GLB's own CAD edges
+    assert page.locator("[data-testid=edges-angle]").is_disabled()  # no threshold for B-rep edges
     lined = canvas_shot(page, "edges-on")
     assert lined.read_bytes() != plain.read_bytes()
-    # A lower threshold angle finds more edges (the fillet's and holes' facets).
+    # A GLB without B-rep edges (a foreign file) falls back to the mesh's crease edges, where a lower threshold
+    # angle finds more (the fillet's and holes' facets).
+    page.evaluate("""() => {
+        const v = window.optim.viewer; const doomed = [];
+        v.model.traverse(o => { if (o.userData.optim === 'brep_edges') doomed.push(o); });
+        for (const o of doomed) o.removeFromParent();
+        v.events.dispatchEvent(new Event('model'));
+    }""")
+    assert page.get_attribute("#viewer", "data-edges-source") == "mesh"
+    crease = int(page.get_attribute("#viewer", "data-edges"))
+    assert crease >= 12 and page.locator("[data-testid=edges-angle]").is_enabled()
     page.fill("[data-testid=edges-angle]", "5")
     page.press("[data-testid=edges-angle]", "Enter")
-    page.wait_for_function("n => Number(document.querySelector('#viewer').dataset.edges) > n", arg=edges)
+    page.wait_for_function("n => Number(document.querySelector('#viewer').dataset.edges) > n", arg=crease)
     page.fill("[data-testid=edges-angle]", "30")
     page.press("[data-testid=edges-angle]", "Enter")
+    # The same GLB loaded again brings the B-rep edges back (the section below cuts them too).
+    assert page.evaluate("() => window.optim.viewer.load(document.querySelector('#viewer').dataset.shownUrl)")
+    assert page.get_attribute("#viewer", "data-edges-source") == "brep"
+    assert int(page.get_attribute("#viewer", "data-edges")) == edges
 
     # Section across X at the middle, seen from the top (model X is screen right there): the right half goes.
     page.click("[data-testid=view-top]")

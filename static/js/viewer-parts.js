@@ -1,6 +1,7 @@
 // The part tree: one row per named part of the model on screen, with a show/hide checkbox, a name button that
 // selects (highlights) the part, and "only" to isolate it. Hidden parts stay hidden across rebuilds of the same
-// model (matched by name) and are skipped by picking and measuring.
+// model (matched by name) and are skipped by picking and measuring; a part's B-rep edge lines are its children,
+// so they hide with it (a 'visibility' event tells the edges tool to recount).
 import { $, el } from './dom.js';
 import { partLabel } from './viewer-scene.js';
 
@@ -34,6 +35,7 @@ export class PartTree {
     for (const part of parts) part.visible = !this.hidden.has(part.name);
     $('parts-count').textContent = `${parts.length}`;
     this.markPicked(this.viewer.picked);
+    this.viewer.events.dispatchEvent(new Event('visibility')); // a part's edges go with it (viewer-section.js)
     this.viewer.requestRender();
   }
 
@@ -73,6 +75,7 @@ export class PartTree {
       row.querySelector('input').checked = visible;
     }
     if (!visible && this.viewer.picked && this.viewer.picked.name === name) this.viewer.select(null);
+    this.viewer.events.dispatchEvent(new Event('visibility'));
     this.viewer.requestRender();
   }
 

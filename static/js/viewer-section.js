@@ -1,19 +1,26 @@
-// Feature edges and the section plane.
-// Edges: THREE.EdgesGeometry of each part's mesh (edges where faces meet at more than the threshold angle),
-// drawn as dark lines over the shaded model. Section: one clipping plane across the model's X, Y or Z axis
+// Edges and the section plane.
+// Edges: the model's own B-rep edges where the GLB carries them (cad.export: a LINES child of each part's node,
+// extras {optim: 'brep_edges', edges: N}), so they follow their part's hide/show/isolate; for a GLB without them
+// (an older or foreign file) THREE.EdgesGeometry of each part's mesh (where faces meet at more than the threshold
+// angle). Both are dark lines over the shaded model, clipped by the section like the faces; the faces are pushed
+// back a little in depth (polygon offset) so lines lying on them win. Section: one clipping plane across the model's X, Y or Z axis
 // (model axes, Z up) at the slider's position; what lies beyond it is cut away and the cut is capped with a flat
 // colour. The cap is the stencil method (three.js' clipping-stencil example): each part's clipped back faces add
 // one to the stencil and its front faces take one away, so the stencil is non-zero exactly where the plane lies
 // inside a solid; a plane drawn where it is non-zero is the section face.
 import * as THREE from 'three';
 import { $ } from './dom.js';
-import { materialsOf } from './viewer-scene.js';
+import { materialsOf, shown } from './viewer-scene.js';
 import { formatSignificant } from './viewer-units.js';
 
 // Model axis -> direction in the scene (glTF is Y up: model X -> X, model Y -> -Z, model Z -> Y).
 const AXES = { x: new THREE.Vector3(1, 0, 0), y: new THREE.Vector3(0, 0, -1), z: new THREE.Vector3(0, 1, 0) };
 const EDGE_COLOUR = 0x111827;
 const CAP_COLOUR = 0xe11d48;
+
+export function isBrepEdges(object) {
+  return Boolean(object.isLineSegments && object.userData.optim === 'brep_edges');
+}
 
 export class SectionTool {
   constructor(viewer) {
@@ -44,9 +51,33 @@ export class SectionTool {
     $('section-offset').addEventListener('input', () => this.update());
     $('section-flip').addEventListener('change', () => this.update());
     viewer.events.addEventListener('model', () => {
+      this.adoptBrepEdges();
       if (this.edgesOn) this.addEdges();
       this.update();
     });
+    viewer.events.addEventListener('visibility', () => this.countShown()); // the part tree hid or showed a part
+  }
+
+  // The B-rep edge lines of the model on screen (none for a GLB without them).
+  brepLines() {
+    const out = [];
+    if (this.viewer.model) this.viewer.model.traverse((o) => { if (isBrepEdges(o)) out.push(o); });
+    return out;
+  }
+
+  // A new model's B-rep edges take the tool's material (clipped with the section) and stay hidden until wanted.
+  adoptBrepEdges() {
+    const lines = this.brepLines();
+    for (const object of lines) {
+      for (const m of materialsOf(object)) m.dispose();
+      object.material = this.edgeMaterial;
+      object.renderOrder = 1;
+      object.visible = false;
+    }
+    if (!lines.length) return;
+    for (const mesh of this.meshes()) {
+      for (const m of materialsOf(mesh)) Object.assign(m, { polygonOffset: true, polygonOffsetFactor: 1, polygonOffsetUnits: 1 });
+    }
   }
 
   meshes() {
@@ -59,7 +90,7 @@ export class SectionTool {
   setEdges(on) {
     this.edgesOn = on;
     $('toggle-edges').checked = on;
-    this.removeOverlay('edges');
+    this.removeEdges();
     if (on) this.addEdges();
     this.update();
   }
@@ -69,29 +100,58 @@ export class SectionTool {
     return Number.isFinite(value) ? Math.min(Math.max(value, 1), 90) : 30;
   }
 
+  // data-edges: B-rep edges drawn (or crease segments, data-edges-source=mesh); data-edge-objects: line objects;
+  // data-edges-shown: of data-edges, those whose part is visible.
   addEdges() {
-    this.removeOverlay('edges');
+    this.removeEdges();
+    const brep = this.brepLines();
+    const { dataset } = this.viewer.container;
     let count = 0;
-    for (const mesh of this.meshes()) {
-      const lines = new THREE.LineSegments(new THREE.EdgesGeometry(mesh.geometry, this.angle()), this.edgeMaterial);
-      lines.userData = { overlay: true, edges: true };
-      lines.renderOrder = 1;
-      mesh.add(lines);
-      count += lines.geometry.attributes.position.count / 2;
+    for (const lines of brep) {
+      lines.visible = true;
+      count += lines.userData.edges || 0;
     }
-    this.viewer.container.dataset.edges = String(count);
+    if (!brep.length) {
+      for (const mesh of this.meshes()) {
+        const lines = new THREE.LineSegments(new THREE.EdgesGeometry(mesh.geometry, this.angle()), this.edgeMaterial);
+        lines.userData = { overlay: true, crease: true, segments: lines.geometry.attributes.position.count / 2 };
+        lines.renderOrder = 1;
+        mesh.add(lines);
+        count += lines.userData.segments;
+      }
+    }
+    $('edges-angle').disabled = brep.length > 0; // B-rep edges are the model's own: no threshold to choose
+    Object.assign(dataset, { edges: String(count), edgesSource: brep.length ? 'brep' : 'mesh',
+                             edgeObjects: String(brep.length || this.meshes().length) });
+    this.countShown();
     this.viewer.requestRender();
+  }
+
+  countShown() {
+    if (!this.edgesOn || !this.viewer.model) return;
+    let count = 0;
+    this.viewer.model.traverse((o) => {
+      if (o.isLineSegments && shown(o)) count += isBrepEdges(o) ? o.userData.edges || 0 : o.userData.segments || 0;
+    });
+    this.viewer.container.dataset.edgesShown = String(count);
+  }
+
+  removeEdges() {
+    this.removeOverlay('crease');
+    for (const lines of this.brepLines()) lines.visible = false;
+    const { dataset } = this.viewer.container;
+    for (const key of ['edges', 'edgesSource', 'edgeObjects', 'edgesShown']) delete dataset[key];
+    $('edges-angle').disabled = false;
   }
 
   removeOverlay(kind) {
     if (!this.viewer.model) return;
     const doomed = [];
-    this.viewer.model.traverse((o) => { if (o.userData[kind]) doomed.push(o); });
+    this.viewer.model.traverse((o) => { if (o.userData[kind] === true) doomed.push(o); });
     for (const o of doomed) {
       o.removeFromParent();
-      if (kind === 'edges') o.geometry.dispose(); // caps share their mesh's geometry
+      if (kind === 'crease') o.geometry.dispose(); // caps share their mesh's geometry
     }
-    if (kind === 'edges') delete this.viewer.container.dataset.edges;
   }
 
   // --- section ---
