@@ -82,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% slower")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs about 50 lines instead)")
+    p.add_argument("--progress-file", type=Path, help="keep this JSON file up to date (phase, step, loss, ETA): the "
+                                                      "server's training jobs read it")
     args = p.parse_args(argv)
     for name in ("r", "alpha", "max_length"):
         if getattr(args, name) < 1:
@@ -98,6 +100,32 @@ def plan_schedule(n: int, args) -> tuple[int, float, int]:
     epochs = args.epochs or float(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_STEPS * grad_accum / n))))
     total = args.max_steps if args.max_steps > 0 else max(1, math.ceil(n * epochs / grad_accum))
     return grad_accum, epochs, total
+
+
+class ProgressFile:
+    """`--progress-file`: phase, step, loss and ETA written atomically at most every PROGRESS_EVERY_S."""
+
+    PROGRESS_EVERY_S = 0.5
+
+    def __init__(self, path: Path | None, total: int):
+        self.path, self.total, self.written = path, total, 0.0
+        self.first_step: tuple[int, float] | None = None  # (step, time) when this process began training
+
+    def update(self, phase: str, step: int, loss: float | None = None, best: dict | None = None,
+               force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.path is None or (not force and now - self.written < self.PROGRESS_EVERY_S):
+            return
+        if self.first_step is None:
+            self.first_step = (step, now)
+        done, since = step - self.first_step[0], now - self.first_step[1]
+        eta = since / done * (self.total - step) if done > 0 else None
+        atomic_json(self.path, {"phase": phase, "step": step, "total_steps": self.total,
+                                "loss": loss if loss is None or math.isfinite(loss) else None,
+                                "eta_s": None if eta is None else round(eta, 1),
+                                "best": {k: best.get(k) for k in ("step", "error_after", "eval_loss")}
+                                if best else None})
+        self.written = now
 
 
 def _pick_device_dtype(args):
@@ -254,6 +282,8 @@ def train(args: argparse.Namespace) -> dict:
              "parameters, %s on %s", n, len(val), total, grad_accum, epochs, sum(p.numel() for p in trainable),
              dtype_name, device)
     validator = Validator(args, model, processor, encoder, val, device, dtype, state)
+    progress = ProgressFile(args.progress_file, total)
+    progress.update("training", state["step"], force=True)
 
     def example_at(micro: int) -> dict:  # the order depends only on the seed and the epoch: resumable
         epoch, pos = divmod(micro, n)
@@ -292,7 +322,9 @@ def train(args: argparse.Namespace) -> dict:
             recent = state["losses"][-log_every:]
             log.info("step %d/%d loss %.4f (mean of the last %d)", state["step"], total,
                      sum(recent) / len(recent), len(recent))
+        progress.update("training", state["step"], step_loss)
         if state["step"] == total or (eval_every > 0 and state["step"] % eval_every == 0):
+            progress.update("validating", state["step"], step_loss, state.get("best"), force=True)
             validator.run(state["step"])
         state["elapsed_s"] = time.perf_counter() - started
         if (args.save_every > 0 and state["step"] % args.save_every == 0) or state["step"] == total:
@@ -304,6 +336,7 @@ def train(args: argparse.Namespace) -> dict:
     summary = _summary(args, state, checkpoint, n, len(val), grad_accum, epochs, dtype_name, device, trainable,
                        validator.metric)
     atomic_json(out / "training_summary.json", summary)
+    progress.update("done", state["step"], summary["final_loss"], state.get("best"), force=True)
     plot_losses(out / "loss_curve.png", state["losses"], state["evals"],
                 f"LoRA on {Path(args.base).name}: {n} examples")
     return summary

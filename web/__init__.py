@@ -42,6 +42,9 @@ def create_app(config: Config | None = None) -> Flask:
     from . import adapters_api
 
     app.register_blueprint(adapters_api.bp)
+    from . import training_api
+
+    app.register_blueprint(training_api.bp)
     from . import targets_api
 
     app.register_blueprint(targets_api.bp)

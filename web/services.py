@@ -18,6 +18,7 @@ from vlm.dataset import DatasetLog
 from vlm.lifecycle import ModelManager
 from vlm.proposals import ProposalStore
 from vlm.scheduler import Scheduler
+from vlm.train_jobs import TrainingJobs
 
 from .config import DEFAULT_BASE_MODEL, Config
 from .housekeeping import remove_leftover_temporaries
@@ -64,9 +65,14 @@ class Services:
         self.scheduler = Scheduler(self.manager, max_queue=config.vlm_max_queue)
         self.proposals = ProposalStore()
         self.responses = ResponseCache()
+        self.training = TrainingJobs(config.runs_dir, self.dataset_dir)
         self._warmup_started = False
         self.shutdown_hooks: list = []  # called first on shutdown, e.g. to cancel running optimisations
         self.shut_down = False
+
+    @property
+    def dataset_dir(self):
+        return self.config.dataset_dir or self.config.data_dir / "dataset"
 
     def record_decision(self, ps, outcome: str, **fields) -> None:
         """Log a decision on a proposal set as a training example (`vlm.dataset`). The user's action has already
@@ -74,8 +80,7 @@ class Services:
         if not self.config.record_dataset:
             return
         try:
-            DatasetLog(self.config.dataset_dir or self.config.data_dir / "dataset").record_decision(ps, outcome,
-                                                                                                    **fields)
+            DatasetLog(self.dataset_dir).record_decision(ps, outcome, **fields)
         except Exception:  # noqa: BLE001
             log.exception("could not record proposal set %s in the training dataset", ps.id)
 
@@ -120,6 +125,7 @@ class Services:
         from cad import worker
 
         try:
+            self.training.shutdown()
             self.scheduler.close()
             self.manager.shutdown()
         finally:

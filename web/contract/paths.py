@@ -42,6 +42,15 @@ STORAGE_ERRORS = {"503": error("the data dir is not writable (target_not_saved);
 PREVIEW_ERRORS = {**COMMON_ERRORS, "422": error("a value is not valid for the parameter it names (invalid_parameter, "
                                                 "with `parameter`), or the model script failed for these values"),
                   "504": error("the model script ran past CAD_BUILD_TIMEOUT (cad_build_timeout)")}
+TRAIN_JOB_SCHEMA = {
+    "type": "object", "required": ["name", "state", "phase", "step"], "properties": {
+        "name": {"type": "string"}, "state": {"enum": ["running", "finished", "failed", "cancelled"]},
+        "phase": {"type": "string", "description": "starting, training, validating, then the state"},
+        "step": {"type": "integer"}, "total_steps": {"type": ["integer", "null"]},
+        "loss": {"type": ["number", "null"]}, "eta_s": {"type": ["number", "null"]},
+        "elapsed_s": {"type": "number"}, "examples": {"type": "integer"}, "base": {"type": "string"},
+        "error": {"type": "string", "description": "failed: the exit code and the end of the log"}}}
+TRAIN_JOB = {"type": "object", "required": ["job"], "properties": {"job": TRAIN_JOB_SCHEMA}}
 PROPOSAL_ID = {"name": "proposal_id", "in": "path", "required": True, "schema": {"type": "string"}}
 STATE = ok("state (with `entry` where the request made one)", ref("State"))
 
@@ -174,6 +183,18 @@ def vlm_paths() -> dict:
             errors={**COMMON_ERRORS, "404": error("unknown adapter"),
                     "409": error("the backend cannot switch adapters"),
                     "422": error("invalid or corrupt adapter"), "503": error("model unavailable")})},
+        "/api/vlm/train": {
+            "post": op("train a new adapter runs/NAME on the logged examples, in a child process", "202",
+                       ok("started", TRAIN_JOB), body=rq.TrainRequest, body_required=True, query=None,
+                       errors={**COMMON_ERRORS, "409": error("a training is running (training_running), runs/NAME "
+                                                             "holds an adapter (adapter_exists), or the backend is "
+                                                             "not the fine-tuned one (training_unsupported)"),
+                               "422": error("invalid adapter name, or no training examples yet")}),
+            "get": op("the latest training job (null when none ran)", query=None, answer=ok("job", {
+                "type": "object", "required": ["job"], "properties": {"job": {"oneOf": [TRAIN_JOB_SCHEMA,
+                                                                                          {"type": "null"}]}}})),
+            "delete": op("cancel the running training", query=None, answer=ok("cancelled", TRAIN_JOB),
+                         errors={"409": error("no training is running (no_training)")})},
     }
 
 
@@ -211,7 +232,7 @@ def target_paths() -> dict:
 
 # RangeResetRequest validates DELETE /api/params/range's body but is not documented: the spec names ?parameter=.
 REQUEST_MODELS = [rq.VersionBody, rq.EditRequest, rq.RangeRequest, rq.VlmRequest, rq.PreviewRequest,
-                  rq.ApplyRequest, rq.RejectRequest, rq.AdapterRequest, rq.OptimiseRequest]
+                  rq.ApplyRequest, rq.RejectRequest, rq.AdapterRequest, rq.TrainRequest, rq.OptimiseRequest]
 RESPONSE_MODELS = rs.RESPONSES
 
 

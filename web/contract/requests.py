@@ -187,6 +187,22 @@ class AdapterRequest(Body):
     refusals = {"name": Refusal("missing_name", 'send {{"name": "<adapter folder under runs/>"}}')}
 
 
+MAX_TRAIN_STEPS = 100_000
+MAX_TRAIN_EPOCHS = 100.0
+
+
+class TrainRequest(Body):
+    """POST /api/vlm/train: a new adapter runs/NAME trained on the logged examples. The name's pattern is checked
+    by the route (422 invalid_adapter_name), as for AdapterRequest."""
+    name: str = Field(min_length=1, pattern=r"\S", json_schema_extra={"pattern": ADAPTER_NAME_PATTERN},
+                      description="the new adapter's folder under runs/")
+    max_steps: Whole = Field(0, ge=0, le=MAX_TRAIN_STEPS, description="optimizer steps (0: sized from the dataset)")
+    epochs: float = Field(0.0, ge=0.0, le=MAX_TRAIN_EPOCHS, description="passes over the dataset (0: sized from it)")
+    refusals = {"name": Refusal("missing_name", 'send {{"name": "<new adapter folder under runs/>"}}'),
+                "max_steps": Refusal("bad_max_steps", "max_steps must be an integer between {lo} and {hi}"),
+                "epochs": Refusal("bad_epochs", "epochs must be a number between {lo} and {hi}")}
+
+
 class OptimiseRequest(VersionBody):
     """POST /api/optimise"""
     max_steps: Whole = Field(DEFAULT_OPTIMISE_STEPS, ge=1, le=MAX_OPTIMISE_STEPS, description="evaluated states")
