@@ -11,6 +11,7 @@ import { ParamsPanel, renderHistory } from './params.js';
 import { StatusBadge } from './status.js';
 import { AssistantPanel } from './assistant.js';
 import { AdapterPicker } from './adapters.js';
+import { TrainingPanel } from './training.js';
 import { TargetPanel } from './target.js';
 import { renderScriptIssues } from './scripts.js';
 
@@ -283,6 +284,7 @@ async function main() {
   app.status = badge;
   app.adapters = new AdapterPicker({ onSwitched: () => badge.poll() });
   badge.onShow = (status) => app.adapters.noticeStatus(status);
+  app.training = new TrainingPanel({ onFinished: () => app.adapters.refresh() });
   app.target = new TargetPanel({
     maxTargetMb: Number(body.dataset.maxTargetMb) || 20,
     viewer: app.viewer,
@@ -306,6 +308,7 @@ async function main() {
   bindToolbar();
   badge.start();
   app.adapters.refresh();
+  app.training.resume();
   await loadModels();
   try {
     await reload();
