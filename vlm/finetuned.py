@@ -99,14 +99,16 @@ class FinetunedBackend(Backend):
     # ------------------------------------------------------------ Backend
     # ------------------------------------------------------------ pre-warm (VLM_PREWARM)
     def prewarm(self) -> None:
-        """Start the worker and import torch/transformers/peft in it now, without weights: the next load skips
-        the import (most of a small model's load). A load started meanwhile waits for it in the worker."""
+        """Start the worker and import torch/transformers/peft in it now, without weights; for a local base
+        folder it also dry-runs the build and makes the processor (vlm.worker_prewarm): the next load skips all of
+        that (most of a small model's load). A load started meanwhile waits for it in the worker."""
         if self._worker_running():
             return
         self._worker = worker = WorkerProcess(self.python, self.env)
         self._prewarm = "importing"
-        worker.send(op="prewarm")
-        log.info("pre-warming model worker pid %s (imports only, no weights)", worker.pid)
+        worker.send(op="prewarm", base=self.base_model, adapter=str(self.adapter_path) if self.adapter_path else None,
+                    dtype=self.dtype, default_base=self.default_base_model)
+        log.info("pre-warming model worker pid %s (imports and a dry build on the meta device, no weights)", worker.pid)
 
     def wait_prewarmed(self, timeout: float | None = None) -> bool:
         """True once a pre-warmed worker has its libraries imported (benches and tests wait for it)."""

@@ -8,13 +8,16 @@ parent -> worker: {"op": "load", "base", "adapter", "dtype", "device_map", "defa
                    "json_schema"?}  (the answer is constrained to the schema: vlm.constrained)
                   {"op": "set_adapter", "id", "adapter"}  (another LoRA adapter; the base model stays loaded)
                   {"op": "cancel", "id"} | {"op": "status"} | {"op": "shutdown"}
-                  {"op": "prewarm"}  (import torch/transformers/peft now; no weights, no GPU memory)
+                  {"op": "prewarm", "base"?, "adapter"?, "dtype"?, "default_base"?}  (import torch & co now and,
+                  for a local base folder, dry-run its build on the meta device and make its processor and decoding
+                  constraint: vlm.worker_prewarm; no weight bytes, no GPU memory)
 worker -> parent: {"event": "progress", "fraction", "phase"} | {"event": "ready", "info": {...}}
                   {"event": "token", "id", "text"} | {"event": "done", "id", "text", "prompt_tokens",
                   "completion_tokens", "timings", "finish_reason"} | {"event": "error", "id", "message", "code"}
                   {"event": "status", "rss_bytes", "gpu_bytes", "busy"} | {"event": "adapter_set", "id", "info"}
-                  {"event": "prewarmed", "info": {"import_s"}}
-progress phases (fraction is within the phase): reading weights, importing libraries, building model, loading
+                  {"event": "prewarmed", "info": {"import_s", "prepare_s"?, "prepare_error"?}}
+progress phases (fraction is within the phase): reading weights (checking the files, and reading the bytes the
+page cache lacks), importing libraries, building model (from_pretrained: the weights copied into the model), loading
 adapter; the parent (vlm.load_progress) turns them into one bar.
 Exiting the process is how every byte of RAM and GPU memory (CUDA context included) goes back.
 
@@ -33,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from vlm import worker_generation
+from vlm import worker_generation, worker_prewarm
 from vlm.adapter_slots import AdapterError, AdapterSlots, same_base
 from vlm.dtype_choice import DTYPES, choose_dtype, cpu_flags
 from vlm.model_files import base_model_folder, check_adapter_dir, check_adapter_weights, files_to_read, hf_offline, \
@@ -76,6 +79,7 @@ class Engine:
         self.base_override: str | None = None  # the operator named the base (VLM_BASE_MODEL): no base check
         self.adapters = AdapterSlots()
         self.constraint = None  # vlm.constrained.SchemaConstraint of the loaded model's tokenizer
+        self.prepared: worker_prewarm.Prepared | None = None  # what a pre-warm made for a base folder
 
     def progress(self, fraction: float, phase: str) -> None:
         self.channel.send("progress", fraction=round(min(max(fraction, 0.0), 1.0), 4), phase=phase)
@@ -90,8 +94,11 @@ class Engine:
             raise WorkerError(f"dtype must be auto, float16, bfloat16 or float32, not {dtype_name!r}", "bad_request")
         files = files_to_read(base_dir, adapter_dir)
         t0 = time.perf_counter()
-        pre_read(files, self.progress)  # before the slow imports, so a corrupt file fails fast
+        read = pre_read(files, self.progress)  # before the slow imports, so a corrupt file fails fast
         t_read = time.perf_counter()
+        prepared, self.prepared = self.prepared, None
+        if prepared is not None and (base_dir is None or prepared.key != worker_prewarm.folder_key(base_dir)):
+            prepared = None  # pre-warmed for another base, or the folder changed since
 
         self.progress(0.0, "importing libraries")  # seconds of its own (75-85 % of a small model's load) unless pre-warmed
         import torch
@@ -101,16 +108,18 @@ class Engine:
 
         t_import = time.perf_counter()
         self.progress(0.0, "building model")
-        model, processor = self._build(base, base_dir, getattr(torch, dtype_name), msg.get("device_map") or "auto")
+        model, processor = self._build(base, base_dir, getattr(torch, dtype_name), msg.get("device_map") or "auto",
+                                       processor=prepared.processor if prepared else None)
         t_build = time.perf_counter()
         if adapter_dir is not None:
             self.progress(0.0, "loading adapter")
             model = self._with_adapter(model, adapter_dir)
         model.eval()
-        self._keep(model, processor, adapter_dir, base_override=msg.get("base") or None)
+        self._keep(model, processor, adapter_dir, base_override=msg.get("base") or None, prepared=prepared)
         self.info = {
             "model": base, "adapter": str(adapter_dir) if adapter_dir else None, "dtype": dtype_name,
-            "dtype_reason": dtype_reason,
+            "dtype_reason": dtype_reason, "read_bytes": read["read_bytes"], "cached_bytes": read["cached_bytes"],
+            "used_prewarm": prepared is not None,
             "device": str(getattr(model, "device", "cpu")),
             "param_count": sum(p.numel() for p in model.parameters()),
             "timings": {"read_s": round(t_read - t0, 4), "import_s": round(t_import - t_read, 4),
@@ -118,8 +127,8 @@ class Engine:
         }
 
     @staticmethod
-    def _build(base: str, base_dir: Path | None, dtype, device_map: str):
-        """The base model and its processor, from the local folder when there is one."""
+    def _build(base: str, base_dir: Path | None, dtype, device_map: str, processor=None):
+        """The base model and its processor (unless a pre-warm made it), from the local folder when there is one."""
         from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
 
         source = str(base_dir) if base_dir else base
@@ -128,7 +137,8 @@ class Engine:
             model = LlavaOnevisionForConditionalGeneration.from_pretrained(
                 source, dtype=dtype, device_map=device_map, low_cpu_mem_usage=True, use_safetensors=True,
                 local_files_only=local_only)
-            processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
+            if processor is None:
+                processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
         except Exception as exc:  # noqa: BLE001 - any library failure becomes one clear reason
             raise WorkerError(f"base model {base} could not be loaded: {describe_exception(exc)}",
                               "load_failed") from None
@@ -144,24 +154,27 @@ class Engine:
             raise WorkerError(f"adapter {adapter_dir} could not be loaded: {describe_exception(exc)}",
                               "bad_adapter") from None
 
-    def _keep(self, model, processor, adapter_dir: Path | None, base_override: str | None) -> None:
+    def _keep(self, model, processor, adapter_dir: Path | None, base_override: str | None,
+              prepared: worker_prewarm.Prepared | None) -> None:
         from vlm.constrained import make_constraint
 
         self.model, self.processor = model, processor
-        self.constraint = make_constraint(model, processor.tokenizer)
+        self.constraint = prepared.constraint if prepared else make_constraint(model, processor.tokenizer)
         self.base_override = base_override
         self.adapters.reset(adapter_dir)
 
-    @staticmethod
-    def prewarm() -> dict:
-        """Import what a load needs (VLM_PREWARM) without touching weights or the GPU: the first load then costs
-        only the read and the build."""
-        started = time.perf_counter()
-        import torch  # noqa: F401
-        import peft  # noqa: F401
-        from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration  # noqa: F401
-
-        return {"import_s": round(time.perf_counter() - started, 4)}
+    def prewarm(self, msg: dict) -> dict:
+        """VLM_PREWARM: import what a load needs and, for a local base folder, prepare what does not need its
+        weights (vlm.worker_prewarm), so the first load costs only the read and the build."""
+        base_dir = None
+        try:
+            adapter = msg.get("adapter")
+            base_dir = base_model_folder(resolve_base(msg.get("base"), adapter if adapter and Path(adapter).is_dir()
+                                                      else None, msg.get("default_base")))
+        except WorkerError as exc:  # the load reports it; the imports are still worth doing
+            log.info("pre-warm imports only: %s", exc.message)
+        info, self.prepared = worker_prewarm.prewarm(base_dir, msg.get("dtype") or "auto")
+        return info
 
     def set_adapter(self, msg: dict) -> dict:
         """Make another LoRA adapter active on the loaded base. On any failure the previous one stays active."""
@@ -239,7 +252,7 @@ def _run_job(engine: Engine, msg: dict) -> None:
             engine.load(msg)
             channel.send("ready", info=engine.info)
         elif op == "prewarm":
-            channel.send("prewarmed", info=engine.prewarm())
+            channel.send("prewarmed", info=engine.prewarm(msg))
         elif op == "set_adapter":
             channel.send("adapter_set", id=req_id, info=engine.set_adapter(msg))
         elif op == "generate":
