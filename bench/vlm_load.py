@@ -4,7 +4,9 @@
 
 Measures, in one run and side by side:
   1. raw read of the weight files vs the worker's load (pre-read + from_pretrained + first forward), and the first
-     request's load with and without VLM_PREWARM (a worker that imported torch & co before the request);
+     request's load with and without VLM_PREWARM (a worker that imported torch & co and dry-ran the build before
+     the request), split into the load (request -> ready) and the first 1-token forward, next to a steady-state
+     forward of the same request (its compute, which no load can save);
   2. memory: this process (the web-process stand-in, no torch imported yet), the worker, and the system,
      before load / loaded / after unload;
   3. generate through the server path (ModelManager + FinetunedBackend + worker) vs a direct in-process
@@ -111,8 +113,15 @@ def main() -> int:
     warm_ready = time.perf_counter() - started
     warm_forward = warm_manager.generate(GenerateRequest(system=SYSTEM, prompt=PROMPT, max_new_tokens=1)
                                          ).timings["generate"]
+    # the same 1-token request again: the forward's own compute, which no load can save (the rest is load cost)
+    steady_forward = min(warm_manager.generate(GenerateRequest(system=SYSTEM, prompt=PROMPT, max_new_tokens=1)
+                                               ).timings["generate"] for _ in range(2))
     first_request_warm = warm_ready + warm_forward
-    prewarm_import = warm_backend.prewarm_info.get("import_s")
+    prewarm_info = warm_backend.prewarm_info
+    warm_info = warm_backend.info
+    print(f"pre-warmed worker: prewarm {prewarm_info}, load timings {warm_info['timings']}, cached "
+          f"{warm_info.get('cached_bytes')} / read {warm_info.get('read_bytes')} bytes, "
+          f"load->ready {warm_ready:.3f} s, first forward {warm_forward:.3f} s, steady forward {steady_forward:.3f} s")
     warm_manager.shutdown()
 
     manager.ensure_ready()  # loaded again for the generate comparison
@@ -167,7 +176,12 @@ def main() -> int:
         ("first request, no pre-warm: load+1st forward (s)", f"{first_request_cold:.3f}",
          f"{first_request_cold / warm:.1f}x raw read"),
         ("first request, VLM_PREWARM=1 (s)", f"{first_request_warm:.3f}",
-         f"{first_request_warm / warm:.1f}x raw read (goal <= 1.5x); import {prewarm_import} s paid at start"),
+         f"{first_request_warm / warm:.1f}x raw read (goal <= 1.5x); pre-warm {prewarm_info} paid at start"),
+        ("  of which load: request -> ready (s)", f"{warm_ready:.3f}", f"{warm_ready / warm:.2f}x raw read"),
+        ("  of which 1st forward (s)", f"{warm_forward:.3f}",
+         f"steady-state forward {steady_forward:.3f} s: compute no load can save"),
+        ("  first request - steady forward (s)", f"{first_request_warm - steady_forward:.3f}",
+         f"{(first_request_warm - steady_forward) / warm:.2f}x raw read: what loading costs the first request"),
         ("parent RSS before load", mib(parent_before), "web-process stand-in (no torch)"),
         ("worker RSS loaded", mib(worker_loaded), ""),
         ("parent RSS after unload", mib(parent_after),
