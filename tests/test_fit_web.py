@@ -52,3 +52,22 @@ def test_optimise_searches_inside_a_narrowed_range_and_its_answer_applies(app):
     values = client.get("/api/params?model=bracket").get_json()["values"]
     # the target's 70 is outside the user's range: the search goes to its edge, not past it (which was a 422)
     assert 76 <= values["base_length"] <= 90 and values["base_length"] < 80
+
+
+def test_optimise_streams_its_best_state_so_far(app):
+    client = app.test_client()
+    client.put("/api/target?model=bracket", data=file_of_state(client, HIDDEN, "step"))
+    schema = {p["name"]: p for p in client.get("/api/params?model=bracket").get_json()["schema"]}
+    start = client.get("/api/params?model=bracket").get_json()["values"]
+    r = client.post("/api/optimise?model=bracket", json={"stream": True, "max_steps": 40})
+    events = sse_events(r.get_data(as_text=True))
+    kinds = [kind for kind, _ in events]
+    best = [data for kind, data in events if kind == "best"]
+    assert best and kinds.index("best") < kinds.index("done")
+    ious = [b["iou"] for b in best]
+    assert ious == sorted(ious) and all(0 <= x <= 1 for x in ious)  # the best so far only gets better
+    for b in best:
+        assert set(b["values"]) == set(schema)
+        assert b["changes"] == {n: v for n, v in b["values"].items() if v != start[n]}
+        for name, value in b["changes"].items():
+            assert schema[name]["min"] <= value <= schema[name]["max"]

@@ -280,6 +280,14 @@ def test_the_optimise_button_cancels_a_running_search(live_server_scripted, scri
                                "document.querySelector('[data-testid=optimise-progress-text]').textContent)")
         assert button.text_content() == "Cancel" and button.is_enabled()
         assert page.get_attribute("body", "data-locked") == "true"
+        # While it runs, the best state so far is drawn as a ghost over the design
+        page.wait_for_function("() => document.querySelector('#viewer').dataset.preview === 'shown' && "
+                               "document.querySelector('#viewer').dataset.previewSource === 'optimise'",
+                               timeout=60_000)
+        shown = json.loads(page.get_attribute("#viewer", "data-preview-values"))
+        names = {p["name"] for p in server.api("GET", "/api/params" + query).json()["schema"]}
+        assert shown and set(shown) <= names  # the changes of a real state of this model
+        page.shot("optimise-best-so-far")
         button.click()
         page.wait_for_function("() => document.querySelector('[data-testid=optimise-result]').dataset.applied",
                                timeout=60_000)
@@ -291,6 +299,8 @@ def test_the_optimise_button_cancels_a_running_search(live_server_scripted, scri
         assert len(chats) == 1 and len(chats[0]["messages"][1]["images"]) == 2
         assert button.text_content() == "Optimise" and button.is_enabled()
         assert page.get_attribute("body", "data-locked") == "false"
+        page.wait_for_function("() => document.querySelector('#viewer').dataset.preview === 'none'")  # ghost gone
+        assert page.get_attribute("#viewer", "data-preview-source") is None
         assert server.api("DELETE", "/api/optimise" + query).status_code == 404  # nothing runs any more
         page.shot("optimise-cancelled")
     finally:

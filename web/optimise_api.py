@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 # The request's limits are in web/contract/requests.py; the largest budget must fit the fit's own limit.
 assert MAX_OPTIMISE_STEPS <= MAX_EVALUATIONS_LIMIT
+BEST_EVENT_EVERY_S = 1.0  # "best" events: the page rebuilds a ghost of each, so not one per improvement
 
 
 def _prepare() -> dict:
@@ -96,7 +97,7 @@ def _search_start(svc, model, path, values: dict) -> tuple[dict, dict, dict]:
         return before, values, before
 
 
-def _run(ctx: dict, progress=None, on_vlm=None) -> dict:
+def _run(ctx: dict, progress=None, on_vlm=None, on_best=None) -> dict:
     """The whole run (the caller holds the model's claim). Raises BuildTimeout, BuildError, VersionConflict."""
     svc = services()
     model, path, snapshot, cancel = ctx["model"], ctx["path"], ctx["snapshot"], ctx["cancel"]
@@ -121,7 +122,7 @@ def _run(ctx: dict, progress=None, on_vlm=None) -> dict:
             progress = _with_eta(progress, ctx["max_steps"])
         result = fit(ctx["schema"], search_start, evaluator.objective, max_evaluations=ctx["max_steps"],
                      schedule=DEFAULT_SCHEDULE, progress=progress, cancel=cancel, extra_starts=extra_starts,
-                     objective_many=evaluator.objective_many, workers=evaluator.workers)
+                     objective_many=evaluator.objective_many, workers=evaluator.workers, on_best=on_best)
     _stop_if_shutting_down(svc)
     if result.values != best_values:
         # The search scores voxels; the state kept is the one the real comparison (exact where possible) prefers.
@@ -259,7 +260,8 @@ def _error_event(exc: BaseException) -> dict:
 
 def _start(ctx: dict) -> queue.Queue:
     """Start the run in a thread (it finishes even if nobody reads the stream); its events go to the queue:
-    ``vlm`` (use_vlm only), ``progress`` {step, iou, stage, stages, max_steps, eta_s}, then ``done`` or ``error``."""
+    ``vlm`` (use_vlm only), ``progress`` {step, iou, stage, stages, max_steps, eta_s}, ``best`` {values, changes,
+    iou} (the best state so far, at most every BEST_EVENT_EVERY_S), then ``done`` or ``error``."""
     events: queue.Queue = queue.Queue()
     app = current_app._get_current_object()
     stages = len(DEFAULT_SCHEDULE)
@@ -268,13 +270,24 @@ def _start(ctx: dict) -> queue.Queue:
         events.put(("progress", {"step": step, "iou": iou, "stage": stage, "stages": stages,
                                  "max_steps": ctx["max_steps"], "eta_s": eta_s}))
 
+    last_best = [0.0]
+
+    def on_best(values: dict, iou: float) -> None:
+        now = time.perf_counter()
+        if now - last_best[0] < BEST_EVENT_EVERY_S:
+            return
+        last_best[0] = now
+        start = ctx["snapshot"]["values"]
+        events.put(("best", {"values": values, "iou": iou,
+                             "changes": {n: v for n, v in values.items() if v != start.get(n)}}))
+
     def on_vlm(report: dict) -> None:
         events.put(("vlm", {k[4:]: v for k, v in report.items()}))  # vlm_iou -> iou, ...
 
     def work():
         with app.app_context():
             try:
-                events.put(("done", _run(ctx, progress, on_vlm)))
+                events.put(("done", _run(ctx, progress, on_vlm, on_best)))
             except Exception as exc:  # noqa: BLE001 - every failure becomes an error event
                 events.put(("error", _error_event(exc)))
             finally:

@@ -43,14 +43,15 @@ class FitResult:
 
 def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, cancel=None,
         parameters: list[str] | None = None, extra_starts=(), schedule=DEFAULT_SCHEDULE, objective_many=None,
-        workers: int = 1) -> FitResult:
+        workers: int = 1, on_best=None) -> FitResult:
     """Maximise ``objective(values, stage.options)`` (an IoU, or a dict with ``iou`` and ``residuals``) over the
     numeric parameters of ``schema`` (or the ``parameters`` among them) from ``start``.
 
     ``extra_starts`` are other states to start from (a VLM's proposal; only the fitted parameters are taken from
     them): the search starts from the one the real objective scores best; distances are still from ``start``.
     ``progress(evaluations, best_iou, stage_index)`` follows every evaluation with the best IoU under the last
-    stage's objective so far. ``cancel`` (anything with ``is_set()``) stops before the next
+    stage's objective so far; ``on_best(values, best_iou)`` each time the running stage's best state changes
+    (with the real objective's best IoU so far; the UI draws that state as a ghost). ``cancel`` (anything with ``is_set()``) stops before the next
     evaluation; the result is the best state so far. Raises ValueError on a bad budget, schedule or name.
 
     ``objective_many(list_of_values, stage.options) -> list of answers`` (in the same order), when given, is used
@@ -69,13 +70,15 @@ def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, 
         raise ValueError("the schedule needs at least one stage")
     problem = Problem(schema, start, parameters)
     run = _Run(problem, objective, tuple(schedule), Counter(max_evaluations, cancel), progress,
-               objective_many, workers)
+               objective_many, workers, on_best)
     return run.execute([schema.complete({**problem.start, **extra}) for extra in extra_starts])
 
 
 class _Run:
-    def __init__(self, problem, objective, schedule, counter, progress, objective_many=None, workers=1):
+    def __init__(self, problem, objective, schedule, counter, progress, objective_many=None, workers=1,
+                 on_best=None):
         self.problem, self.objective, self.schedule = problem, objective, schedule
+        self.on_best, self.searching, self.shown_u = on_best, None, None
         self.objective_many, self.workers = objective_many, workers
         self.counter, self.progress = counter, progress
         self.stage_index = 0
@@ -93,6 +96,12 @@ class _Run:
         best = self.final.best_iou
         if best > (self.trace[-1][1] if self.trace else -1.0):
             self.trace.append((self.counter.evaluations, best))
+        # The state the search holds best now: the running stage's (a coarse stage scores its own field, and
+        # the real objective only sees its answer at the end of the stage), reported with the real best IoU.
+        u = (self.searching or self.final).best_u
+        if self.on_best is not None and u and u != self.shown_u:
+            self.shown_u = u
+            self.on_best(self.problem.to_values(u), max(best, 0.0))
         if self.progress is not None:
             self.progress(self.counter.evaluations, max(best, 0.0), self.stage_index)
 
@@ -133,6 +142,7 @@ class _Run:
         """The stage's solver, then the integer strategy, until neither moves; True when that happened within the
         stage's allowance (the result is ``objective.best_u`` either way)."""
         solve = get_solver(stage.solver)
+        self.searching = objective
 
         def refit(candidate):
             return solve(self.problem, objective, candidate, allowance, **stage.solver_options)

@@ -285,6 +285,7 @@ async function main() {
   app.adapters = new AdapterPicker({ onSwitched: () => badge.poll() });
   badge.onShow = (status) => app.adapters.noticeStatus(status);
   app.training = new TrainingPanel({ onFinished: () => app.adapters.refresh() });
+  const preview = new ProposalPreview(app.viewer); // one ghost: the assistant's proposals, or the optimiser's best
   app.target = new TargetPanel({
     maxTargetMb: Number(body.dataset.maxTargetMb) || 20,
     viewer: app.viewer,
@@ -293,6 +294,7 @@ async function main() {
     runExclusive: serialised,
     setLocked,
     onStateError: handleStateError,
+    preview,
   });
   app.assistant = new AssistantPanel({
     maxUploadMb: Number(body.dataset.maxUploadMb) || 16,
@@ -300,7 +302,7 @@ async function main() {
     onApplied: (state) => setState(state),
     onCommitError: (err) => handleStateError(err) || app.params.showServerError(err),
     statusBadge: badge,
-    preview: new ProposalPreview(app.viewer),
+    preview,
     getCamera: () => viewerCamera(app.viewer),
   });
   // The render the assistant gets is the view on screen; without a 3D view it is the server's iso view.

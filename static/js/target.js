@@ -4,6 +4,7 @@
 // While it runs the Optimise button is a Cancel button (DELETE /api/optimise): the best state so far is kept.
 import { api, apiUpload, ApiError, postEventStream, withModel } from './api.js';
 import { $, el, formatBytes, formatDuration, toast } from './dom.js';
+import { BestSoFarGhost } from './optimise-ghost.js';
 import { formatSignificant } from './viewer-units.js';
 
 const TARGET_EXTENSIONS = ['.step', '.stp', '.stl'];
@@ -29,7 +30,7 @@ export function formatIou(iou) {
 }
 
 export class TargetPanel {
-  constructor({ maxTargetMb, viewer, getContext, onOptimised, runExclusive, setLocked, onStateError }) {
+  constructor({ maxTargetMb, viewer, getContext, onOptimised, runExclusive, setLocked, onStateError, preview }) {
     this.maxTargetBytes = maxTargetMb * 1024 * 1024;
     this.viewer = viewer;
     this.getContext = getContext; // () => {model, version}
@@ -37,6 +38,7 @@ export class TargetPanel {
     this.runExclusive = runExclusive; // (task) => promise: runs after, and before, any other design edit
     this.setLocked = setLocked; // (bool) => void: freezes the rest of the page while the optimiser runs
     this.onStateError = onStateError; // (err) => boolean (true: handled, e.g. the version-conflict banner)
+    this.bestGhost = new BestSoFarGhost(preview); // the best state so far, drawn while Optimise runs
     this.target = null;
     this.model = null;
     this.token = 0; // the newest refresh wins
@@ -222,9 +224,11 @@ export class TargetPanel {
     $('target-panel').dataset.optimising = 'true';
     this.setLocked(true);
     this.progress(0, 'starting…');
+    this.bestGhost.start(this.model);
     try {
       await this.runExclusive(() => this.runOptimise(maxSteps));
     } finally {
+      this.bestGhost.stop();
       this.optimising = false;
       this.optimisingModel = null;
       button.textContent = idle.text;
@@ -274,6 +278,8 @@ export class TargetPanel {
           const from = startIou === null ? '' : ` · IoU at start ${formatIou(startIou)}`;
           this.progress(data.step / data.max_steps, `step ${data.step}/${data.max_steps} · ${stage}${eta}${from}`);
           $('optimise-progress').dataset.etaS = left === null ? '' : String(left);
+        } else if (event === 'best') {
+          this.bestGhost.show(data.changes);
         } else if (event === 'done') {
           answer = data;
         } else if (event === 'error') {
