@@ -91,7 +91,7 @@ class TrainingJobs:
                                               stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                               env=env, start_new_session=True)
             self._job = {"name": name, "base": base, "examples": examples, "pid": self._proc.pid,
-                         "started": time.time(), "state": "running", "cancelled": False}
+                         "started": time.time(), "cancelled": False}
             log.info("training %s started (pid %d, %d examples, base %s)", name, self._proc.pid, examples, base)
             return self._describe()
 

@@ -53,7 +53,7 @@ class Services:
     def __init__(self, config: Config):
         self.config = config
         # Before any store is used: a temporary of this process is never mistaken for a leftover.
-        remove_leftover_temporaries(config.data_dir, config.dataset_dir)
+        remove_leftover_temporaries(config.data_dir, self.dataset_dir)
         dirs = config.models_dir
         extra = list(dirs) if isinstance(dirs, (list, tuple)) else [dirs] if dirs else []
         self.registry = ModelRegistry(extra_dirs=extra)

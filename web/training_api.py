@@ -12,6 +12,7 @@ from flask import Blueprint, jsonify
 
 from vlm.dataset import load_examples
 from vlm.model_files import resolve_base
+from vlm.train_jobs import TrainingRefused
 from vlm.worker_errors import WorkerError
 
 from .adapters_api import ADAPTER_NAME
@@ -54,8 +55,6 @@ def start_training():
     if not ADAPTER_NAME.match(body.name) or ".." in body.name:
         raise ApiError(422, "invalid_adapter_name",
                        "an adapter name is a folder name under runs/ (letters, digits, '.', '_', '-'), not a path")
-    from vlm.train_jobs import TrainingRefused
-
     try:
         job = svc.training.start(body.name, _training_base(svc), examples=_train_examples(svc),
                                  max_steps=body.max_steps, epochs=body.epochs)

@@ -51,8 +51,9 @@ def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, 
     them): the search starts from the one the real objective scores best; distances are still from ``start``.
     ``progress(evaluations, best_iou, stage_index)`` follows every evaluation with the best IoU under the last
     stage's objective so far; ``on_best(values, best_iou)`` each time the running stage's best state changes
-    (with the real objective's best IoU so far; the UI draws that state as a ghost). ``cancel`` (anything with ``is_set()``) stops before the next
-    evaluation; the result is the best state so far. Raises ValueError on a bad budget, schedule or name.
+    (with the real objective's best IoU so far; the UI draws that state as a ghost). ``cancel`` (anything with
+    ``is_set()``) stops before the next evaluation; the result is the best state so far. Raises ValueError on a
+    bad budget, schedule or name.
 
     ``objective_many(list_of_values, stage.options) -> list of answers`` (in the same order), when given, is used
     for the batches of independent states the solvers ask for (least squares' finite-difference columns, the

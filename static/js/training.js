@@ -1,14 +1,13 @@
 // "Train…" beside the LoRA picker: POST /api/vlm/train on the examples the UI's decisions logged, follow
 // GET /api/vlm/train (phase, step of total, loss, ETA), DELETE to cancel; a finished adapter joins the picker.
 import { api } from './api.js';
-import { $ } from './dom.js';
+import { $, formatDuration } from './dom.js';
 
 const POLL_MS = 1000;
 
 function eta(seconds) {
-  if (typeof seconds !== 'number') return '';
-  if (seconds < 90) return `~${Math.max(1, Math.round(seconds))} s left`;
-  return `~${Math.round(seconds / 60)} min left`;
+  const text = formatDuration(seconds); // as the Optimise panel writes its ETA
+  return text ? `~${text} left` : '';
 }
 
 // One line for a job (docs/api.md, GET /api/vlm/train).
