@@ -242,6 +242,16 @@ def _fused_model(built):
     return built._fused
 
 
+def model_volume(built) -> tuple[float, str]:
+    """(volume in mm^3, how): of the union of the parts ("union", as the exact IoU fuses them), or the sum of the
+    part volumes ("sum of parts") where OCC's boolean fails."""
+    try:
+        return float(_fused_model(built).Volume()), "union"
+    except Exception as exc:  # OCC booleans can fail on awkward geometry; parts that overlap count twice then
+        log.info("union of the parts failed (%s); volume is the sum of the parts", exc)
+        return float(sum(p.shape.Volume() for p in built.parts)), "sum of parts"
+
+
 BOX_WEIGHT = 2.0  # of the bounding-box terms among the cumulative profiles' residuals
 FIELD_MARGIN = 0.25  # the residual grid covers the target's box grown by this share of its size on every side
 
@@ -415,17 +425,15 @@ def compare_model(script_path: str, values: dict, target_path: str, method: str 
     result["iou"] = float(min(max(result["iou"], 0.0), 1.0))
     if not detail:
         return result
-    from cad.measure import model_volume as measured_volume
-
     measured = built.measurements()
-    model_volume = model_solid.Volume() if model_solid is not None else measured_volume(built)[0]
+    volume = model_solid.Volume() if model_solid is not None else model_volume(built)[0]
     model_box = _box(measured["min"], measured["max"])
     size_difference = [m - t for m, t in zip(model_box["size"], target.bbox["size"])]
     centre_difference = [(m0 + m1 - t0 - t1) / 2 for m0, m1, t0, t1 in
                          zip(model_box["min"], model_box["max"], target.bbox["min"], target.bbox["max"])]
     result.update(
-        volume={"model": model_volume, "target": target.volume, "difference": model_volume - target.volume,
-                "relative": (model_volume - target.volume) / target.volume if target.volume else None},
+        volume={"model": volume, "target": target.volume, "difference": volume - target.volume,
+                "relative": (volume - target.volume) / target.volume if target.volume else None},
         bbox={"model": model_box, "target": target.bbox, "size_difference": size_difference,
               "centre_difference": centre_difference},
         units="mm")
