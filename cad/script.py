@@ -43,6 +43,7 @@ import hashlib
 import io
 import math
 import re
+import threading
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,24 @@ from pathlib import Path
 from cad import script_cqgi as cqgi
 from cad.errors import ScriptError
 from cad.schema import Parameter, Schema
+
+# CPython 3.11 keeps the AST converter's recursion counter per interpreter, not per thread: two threads
+# converting at once (a GC finaliser can switch threads mid-conversion) raise "SystemError: AST constructor
+# recursion depth mismatch". Four concurrent first requests hit it in CI; every AST conversion goes through this.
+_AST_LOCK = threading.Lock()
+
+
+def parse_python(source: str, filename: str = "<script>") -> ast.Module:
+    """``ast.parse`` made safe to call from several threads at once."""
+    with _AST_LOCK:
+        return ast.parse(source, filename=filename)
+
+
+def compile_tree(tree: ast.Module, filename: str):
+    """``compile`` of an AST (converted back to C structures, the same shared counter), thread-safe."""
+    with _AST_LOCK:
+        return compile(tree, filename, "exec")
+
 
 _RANGE = re.compile(r"^\s*(-?[0-9.eE+-]+)\s*\.\.\s*(-?[0-9.eE+-]+)\s*$")
 _OPTION = re.compile(r"^\s*(step|label)\s*=\s*(.+?)\s*$")
@@ -94,7 +113,7 @@ def parse_script(path: Path | str) -> ScriptInfo:
 
 def parse_source(source: str, filename: str = "<script>") -> ScriptInfo:
     try:
-        tree = ast.parse(source, filename=filename)
+        tree = parse_python(source, filename)
     except SyntaxError as exc:
         raise ScriptError(filename, exc.lineno, f"syntax error: {exc.msg}") from None
     comments = _comments_by_line(source, filename)

@@ -23,7 +23,7 @@ import types
 from pathlib import Path
 
 from cad.errors import BuildError, ScriptError
-from cad.script import ScriptInfo, parse_source, source_hash
+from cad.script import ScriptInfo, compile_tree, parse_python, parse_source, source_hash
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def run_build(path: Path | str, values: dict):
 
 
 def _run_with_values(path: Path, source: str, info: ScriptInfo, values: dict):
-    tree = ast.parse(source, filename=str(path))
+    tree = parse_python(source, str(path))
     for node in tree.body:
         target = node.target if isinstance(node, ast.AnnAssign) else (
             node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
@@ -113,7 +113,7 @@ def _run_with_values(path: Path, source: str, info: ScriptInfo, values: dict):
     shown = Shown()
     namespace = shown.script_globals(path)
     try:
-        exec(compile(tree, str(path), "exec"), namespace)  # the designer's own script, with the chosen values
+        exec(compile_tree(tree, str(path)), namespace)  # the designer's own script, with the chosen values
         if info.kind == "build":
             derived = {d.name: namespace.get(d.name) for d in info.derived}
             return namespace["build"](types.SimpleNamespace(**values, **derived))

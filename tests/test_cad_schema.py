@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cad.errors import ParameterError, ScriptError, UnknownModel
-from cad.registry import ModelRegistry
+from cad.registry import BUILTIN_MODELS_DIR, ModelRegistry
 from cad.script import parse_source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,3 +173,50 @@ def test_listing_and_validating_never_imports_cadquery():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_scripts_parse_safely_from_many_threads_at_once():
+    """Four first requests read a model at the same moment (CI hit 'AST constructor recursion depth
+    mismatch', a 500): a garbage collection that runs a finaliser mid-parse lets another thread parse
+    too, and CPython 3.11 shares the converter's depth counter between threads."""
+    import gc
+    import sys
+    import threading
+    import time
+
+    from cad.script import parse_python
+
+    source = (BUILTIN_MODELS_DIR / "rover.py").read_text()
+    errors = []
+
+    class Cycle:  # garbage with a finaliser that yields the GIL
+        def __init__(self):
+            self.me = self
+
+        def __del__(self):
+            time.sleep(0)
+
+    def at_depth(n, parse):  # threads at different stack depths, as request threads are
+        return at_depth(n - 1, parse) if n else parse()
+
+    def parse_often(depth):
+        for _ in range(400):
+            Cycle()
+            try:
+                at_depth(depth, lambda: parse_python(source, "rover.py"))
+            except SystemError as exc:
+                errors.append(exc)
+
+    threshold, interval = gc.get_threshold(), sys.getswitchinterval()
+    gc.set_threshold(10, 1, 1)
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=parse_often, args=(5 * i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        gc.set_threshold(*threshold)
+        sys.setswitchinterval(interval)
+    assert errors == []
