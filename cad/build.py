@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 import weakref
@@ -21,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cad.artifact_cache import DEFAULT_DISK_LIMIT_BYTES, ArtifactCache
 from cad.errors import BuildError, EmptyGeometry
 from cad.registry import CadModel
 from cad.mesh import MAX_SIZE, MIN_SIZE, PALETTE, VIEWS, PartMesh
@@ -186,9 +185,9 @@ def clear_process_cache() -> None:
 
 
 def produce(script_path: str | Path, values: dict, artifact: str, view: str = "iso", size: int = 384,
-            name: str = "model") -> bytes:
+            name: str = "model", camera: dict | None = None) -> bytes:
     """Artifact bytes for ``artifact`` in glb|stl|step|png|bbox|measure (bbox: UTF-8 JSON of ``measurements``;
-    measure: of ``cad.measure.summary``)."""
+    measure: of ``cad.measure.summary``). A png is drawn from ``camera`` (cad.render.check_camera) when given."""
     from cad import export, render
 
     with _GEOMETRY_LOCK:
@@ -209,11 +208,7 @@ def produce(script_path: str | Path, values: dict, artifact: str, view: str = "i
             return json.dumps(summary(built)).encode("utf-8")
         else:
             raise ValueError(f"unknown artifact {artifact!r}")
-    return render.render_png(meshes, view, size)  # pure numpy: no need to hold the geometry lock
-
-
-DEFAULT_DISK_LIMIT_BYTES = 512 * 1024 * 1024  # CAD_CACHE_MB
-PRUNE_TO = 0.8  # a full disk cache is pruned to this share of its limit, oldest use first
+    return render.render_png(meshes, view, size, camera=camera)  # pure numpy: no need to hold the geometry lock
 
 
 class Builder:
@@ -228,17 +223,13 @@ class Builder:
         from cad.worker import DEFAULT_TIMEOUT_S, shared_client
 
         self.cache_dir = Path(cache_dir)
-        self.memory_items = max(int(memory_items), 1)
         self.timeout_s = float(timeout_s) if timeout_s else DEFAULT_TIMEOUT_S
         self.worker = shared_client()
         self.target_worker = shared_client("target")  # target import runs apart, under its own memory limit
-        self.disk_limit_bytes = max(int(disk_limit_bytes), 0)
-        self._disk_bytes: int | None = None  # measured on the first write, then kept up to date
-        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self.cache = ArtifactCache(self.cache_dir, memory_items, disk_limit_bytes)
         self._lock = threading.Lock()
         self._key_locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
-        self._stats = {"hits": 0, "misses": 0, "memory_hits": 0, "disk_hits": 0, "errors": 0, "build_seconds": 0.0,
-                       "last_build_seconds": None}
+        self._stats = {"misses": 0, "errors": 0, "build_seconds": 0.0, "last_build_seconds": None}
 
     # --- public API ---
     def export(self, model: CadModel, params: dict, fmt: str) -> bytes:
@@ -246,12 +237,22 @@ class Builder:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         return self._get(model, params, fmt)
 
-    def render_png(self, model: CadModel, params: dict, view: str = "iso", size: int = 384) -> bytes:
+    def render_png(self, model: CadModel, params: dict, view: str = "iso", size: int = 384,
+                   camera: dict | None = None) -> bytes:
+        """PNG of a preset view, or from ``camera`` ({position, target, up, fov or zoom}: the viewer's camera;
+        ValueError when it cannot be drawn), drawn in the build worker under its timeout."""
         if view not in VIEWS:
             raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
         if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
             raise ValueError(f"size must be a whole number between {MIN_SIZE} and {MAX_SIZE}, got {size!r}")
-        return self._get(model, params, "png", view=view, size=size)
+        if camera is None:
+            return self._get(model, params, "png", view=view, size=size)
+        from cad.render import check_camera  # numpy only: refuse a bad camera before the worker is asked
+
+        check_camera(camera)
+        canonical = json.dumps(camera, sort_keys=True, separators=(",", ":"))
+        return self._get(model, params, "png", view=view, size=size, camera=camera,
+                         key_options={"camera": hashlib.sha256(canonical.encode()).hexdigest()[:16]})
 
     def bounding_box(self, model: CadModel, params: dict) -> dict:
         """{"min","max","size" (mm, whole model), "parts": {name: {"min","max","size","volume"}}, "units":"mm"}."""
@@ -311,7 +312,7 @@ class Builder:
 
     def stats(self) -> dict:
         with self._lock:
-            return {**self._stats, "memory_items": len(self._memory)}
+            return {**self.cache.stats(), **self._stats}
 
     def state_key(self, model: CadModel, params: dict) -> str:
         """Hash of (model name, script source hash, canonical complete parameter values)."""
@@ -320,11 +321,14 @@ class Builder:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     # --- caching ---
-    def _get(self, model: CadModel, params: dict, artifact: str, **options) -> bytes:
+    def _get(self, model: CadModel, params: dict, artifact: str, key_options: dict | None = None,
+             **options) -> bytes:
+        """``key_options`` stand for options in the key (a hash for a camera) without being sent."""
         values = model.schema.complete(params)  # raises ParameterError before anything else happens
-        suffix = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+        shown = {k: v for k, v in options.items() if key_options is None or k not in key_options}
+        suffix = "".join(f"-{k}{v}" for k, v in sorted({**shown, **(key_options or {})}.items()))
         key = f"{self.state_key(model, values)}-{artifact}{suffix}-v{ARTIFACT_VERSION}"
-        data = self._cached(key)
+        data = self.cache.get(key)
         if data is not None:
             return data
         with self._lock:
@@ -333,7 +337,7 @@ class Builder:
                 key_lock = threading.Lock()
                 self._key_locks[key] = key_lock
         with key_lock:
-            data = self._cached(key)  # another thread may have built it while we waited
+            data = self.cache.get(key)  # another thread may have built it while we waited
             if data is not None:
                 return data
             start = time.perf_counter()
@@ -349,83 +353,5 @@ class Builder:
                 self._stats["misses"] += 1
                 self._stats["build_seconds"] += elapsed
                 self._stats["last_build_seconds"] = elapsed
-                self._remember(key, data)
-            self._write_disk(key, artifact, data)
+            self.cache.put(key, data)
             return data
-
-    def _disk_path(self, key: str, artifact: str) -> Path:
-        extension = "json" if artifact in ("bbox", "measure") else artifact
-        return self.cache_dir / key[:2] / f"{key}.{extension}"
-
-    def _cached(self, key: str) -> bytes | None:
-        artifact = key.split("-")[1]
-        with self._lock:
-            data = self._memory.get(key)
-            if data is not None:
-                self._memory.move_to_end(key)
-                self._stats["hits"] += 1
-                self._stats["memory_hits"] += 1
-                return data
-        path = self._disk_path(key, artifact)
-        try:
-            data = path.read_bytes()
-            os.utime(path)  # recently used files are the last to be pruned
-        except OSError:
-            return None
-        with self._lock:
-            self._stats["hits"] += 1
-            self._stats["disk_hits"] += 1
-            self._remember(key, data)
-        return data
-
-    def _remember(self, key: str, data: bytes) -> None:
-        self._memory[key] = data
-        self._memory.move_to_end(key)
-        while len(self._memory) > self.memory_items:
-            self._memory.popitem(last=False)
-
-    def _write_disk(self, key: str, artifact: str, data: bytes) -> None:
-        path = self._disk_path(key, artifact)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as handle:
-                handle.write(data)
-                temporary = handle.name
-            os.replace(temporary, path)
-        except OSError as exc:  # a full or read-only disk must not break serving from memory
-            log.warning("could not write CAD cache file %s: %s", path, exc)
-            return
-        with self._lock:
-            if self._disk_bytes is None:
-                self._disk_bytes = sum(f.stat().st_size for f in self._cache_files())
-            else:
-                self._disk_bytes += len(data)
-            over = self._disk_bytes > self.disk_limit_bytes
-        if over:
-            self._prune_disk()
-
-    def _cache_files(self) -> list[Path]:
-        return [f for f in self.cache_dir.glob("*/*") if f.is_file() and not f.name.startswith(".tmp-")]
-
-    def _prune_disk(self) -> None:
-        """Delete the least recently used cache files until the cache is at PRUNE_TO of its limit."""
-        files = []
-        for path in self._cache_files():
-            try:
-                stat = path.stat()
-            except OSError:
-                continue
-            files.append((stat.st_mtime, stat.st_size, path))
-        files.sort()
-        total = sum(size for _, size, _ in files)
-        goal = int(self.disk_limit_bytes * PRUNE_TO)
-        removed = 0
-        for _, size, path in files:
-            if total <= goal:
-                break
-            path.unlink(missing_ok=True)
-            total -= size
-            removed += 1
-        with self._lock:
-            self._disk_bytes = total
-        log.info("CAD cache pruned: %d files removed, %.1f MB kept", removed, total / 1e6)

@@ -217,6 +217,12 @@ def test_the_render_the_model_sees_is_taken_from_the_camera_sent(vlm_client, oll
     assert not np.array_equal(renders["camera-top"], renders["camera-iso"])
     for image in renders.values():  # each shows the model, not an empty background
         assert (np.abs(image.astype(int) - [246, 247, 250]).max(axis=2) > 24).mean() > 0.02
+    # drawn by the build worker and cached by camera: the same view again is not drawn again
+    builder = c.application.extensions["optim"].builder
+    drawn = builder.stats()["misses"]
+    assert c.post("/api/vlm", json={"prompt": "bigger wheels again", "include_render": True,
+                                    "camera": TOP}).status_code == 200
+    assert np.array_equal(sent_render(ollama), renders["camera-top"]) and builder.stats()["misses"] == drawn
     assert session_of(c) == before
 
 

@@ -17,7 +17,7 @@ DATA_DIR_TEMPORARIES = (
     ("sessions", ".*.tmp"),  # the JSON session files of earlier releases: .<model>.json.<random>.tmp
     ("targets", ".*.step"),  # cad.target_store.TargetStore.save: .<model>.<random>.step|stl (real ones: <model>.stl)
     ("targets", ".*.stl"),
-    ("cache/*", ".tmp-*"),  # cad.build.Builder._write_disk
+    ("cache/*", ".tmp-*"),  # cad.artifact_cache (TEMPORARY_PREFIX)
 )
 DATASET_TEMPORARY = ".*.tmp"  # vlm.dataset.atomic_write: .<name>.<hex>.tmp, in any folder of the dataset
 

@@ -75,16 +75,11 @@ def _prepare():
 
 
 def _design_render(model, values: dict, camera) -> bytes:
-    """The render the model sees: from the viewer's camera when the request sends it (built from the state's GLB,
-    which the build pool makes under its timeout; drawn here with cad.render), else the fixed iso view."""
-    svc = services()
-    if camera is None:
-        return svc.builder.render_png(model, values, RENDER_VIEW, RENDER_SIZE)
-    from cad import render
-
-    meshes = render.meshes_from_glb(svc.builder.export(model, values, "glb"))
+    """The render the model sees: from the viewer's camera when the request sends it, else the fixed iso view;
+    drawn in the build worker under its timeout."""
     try:
-        return render.render_png(meshes, RENDER_VIEW, RENDER_SIZE, camera=camera.model_dump())
+        return services().builder.render_png(model, values, RENDER_VIEW, RENDER_SIZE,
+                                             camera=None if camera is None else camera.model_dump())
     except ValueError as exc:
         raise ApiError(422, "bad_camera", str(exc)) from None
 
