@@ -55,6 +55,11 @@ class NothingToRedo(SessionError):
     code = "nothing_to_redo"
 
 
+class NoSuchEntry(SessionError):
+    status = 404
+    code = "no_such_entry"
+
+
 class PersistError(SessionError):
     status = 503
     code = "session_not_saved"
@@ -305,6 +310,29 @@ class DesignSession:
             self._commit(new, entry, also=lambda conn: put_range(conn, self.model_name, name, bounds))
             self._ranges, self.schema = ranges, schema
             return entry
+
+    def values_at(self, index: int) -> dict:
+        """The values right after history entry ``index`` (as history() numbers them; -1: before the oldest entry
+        kept), worked out from the current values by undoing or redoing the entries in between."""
+        with self._lock:
+            s = self._state
+            if isinstance(index, bool) or not isinstance(index, int) or not -1 <= index < len(s.entries):
+                raise NoSuchEntry(f"there is no history entry {index!r} (entries are -1..{len(s.entries) - 1})")
+            values = dict(s.values)
+            for i in range(s.position, index, -1):  # back over later entries
+                values.update({n: c["from"] for n, c in s.entries[i].changes.items()})
+            for i in range(s.position + 1, index + 1):  # forward over redoable ones
+                values.update({n: c["to"] for n, c in s.entries[i].changes.items()})
+            return self._reconcile(values)
+
+    def restore(self, index: int, expected_version: int | None = None) -> HistoryEntry | None:
+        """Go back (or forward) to the state after entry ``index`` as ONE new, undoable entry (None: already there)."""
+        with self._lock:
+            self._check_version(expected_version)
+            values = self.values_at(index)
+            shown = "the start" if index < 0 else f"entry {index + 1}"
+            return self.apply(values, source={"kind": "restore", "index": index},
+                              summary=f"restored the state of {shown}")
 
     def reset(self, expected_version: int | None = None) -> HistoryEntry | None:
         """Back to the defaults, as an undoable entry."""

@@ -64,7 +64,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(server, tmp_
 # ------------------------------------------------------------- in make test: a few examples, in-process (< 30 s)
 SESSION_OPERATIONS = [("GET", "/api/params"), ("PATCH", "/api/params"), ("PUT", "/api/params/range"),
                       ("DELETE", "/api/params/range"), ("POST", "/api/undo"), ("POST", "/api/redo"),
-                      ("POST", "/api/reset"), ("GET", "/api/history")]
+                      ("POST", "/api/reset"), ("GET", "/api/history"), ("GET", "/api/history/{index}"),
+                      ("POST", "/api/history/{index}/restore")]
 
 
 @pytest.fixture(scope="module")

@@ -237,6 +237,24 @@ def test_edit_updates_model_and_history_and_undo_restores(live_server, page):
     wait_value(page, "axle_spacing", slider_new)
     assert page.locator("[data-testid=redo]").is_disabled()
 
+    # Clicking the first edit's row shows that state as a ghost (nothing applied); Restore makes it one new entry,
+    # which one undo takes back.
+    version = live_server.api("GET", "/api/history").json()["version"]
+    page.click(f"[data-testid=history-entry][data-index='{entries}']")
+    page.wait_for_function("() => document.querySelector('#viewer').dataset.preview === 'shown'")
+    assert json.loads(page.get_attribute("#viewer", "data-preview-values")) == {"axle_spacing": slider_old}
+    assert "Axle" in wait_text(page, "history-restore", "would change")
+    assert live_server.api("GET", "/api/history").json()["version"] == version
+    page.shot("history-preview")
+    page.click("[data-testid=history-restore-apply]")
+    wait_value(page, "axle_spacing", slider_old)
+    assert page.locator("[data-testid=history-entry]").first.get_attribute("data-source") == "restore"
+    assert page.get_attribute("#viewer", "data-preview") == "none"
+    assert page.locator("[data-testid=history-restore]").is_hidden()
+    assert server_values(live_server)["wheel_diameter"] == new
+    page.click("[data-testid=undo]")
+    wait_value(page, "axle_spacing", slider_new)
+
     # Ctrl+Z while typing in a number input is the input's own undo, not a design undo.
     version = live_server.api("GET", "/api/history").json()["version"]
     page.click("#param-chassis_width")

@@ -98,6 +98,64 @@ def test_patch_undo_redo_reset_history(client):
     assert r.get_json()["values"][p["name"]] == new
 
 
+def test_a_history_entry_previews_then_restores_as_one_undoable_step(client):
+    state = params(client)
+    floats = [p for p in state["schema"] if p["type"] == "float" and p["max"] > p["default"]][:2]
+    a, b = floats
+    step = lambda p, k: min(p["max"], p["default"] + k * (p["step"] or 1))  # noqa: E731
+    version = 0
+    for values in ({a["name"]: step(a, 2)}, {b["name"]: step(b, 3)}, {a["name"]: step(a, 4)}):
+        version = client.patch("/api/params", json={"version": version, "values": values}).get_json()["version"]
+    client.post("/api/undo", json={"version": version})  # entry 2 becomes redoable
+    current = params(client)
+    assert current["values"][a["name"]] == step(a, 2) and current["values"][b["name"]] == step(b, 3)
+
+    # entry 0's state (a changed, b still default), and the redoable entry 2's state: nothing is written
+    first = client.get("/api/history/0").get_json()
+    assert first["values"][a["name"]] == step(a, 2) and first["values"][b["name"]] == b["default"]
+    assert first["changes"] == {b["name"]: {"from": step(b, 3), "to": b["default"]}}
+    redoable = client.get("/api/history/2").get_json()
+    assert redoable["changes"] == {a["name"]: {"from": step(a, 2), "to": step(a, 4)}}
+    start = client.get("/api/history/-1").get_json()
+    assert start["values"] == {p["name"]: p["default"] for p in state["schema"]}
+    assert client.get("/api/history/1").get_json()["changes"] == {}  # the current entry
+    assert params(client) == current
+
+    r = client.post("/api/history/0/restore", json={"version": current["version"]})
+    assert r.status_code == 200, r.get_json()
+    restored = r.get_json()
+    assert restored["values"] == first["values"] and restored["version"] == current["version"] + 1
+    assert restored["entry"]["source"] == {"kind": "restore", "index": 0}
+    assert restored["entry"]["changes"] == first["changes"]
+    hist = client.get("/api/history").get_json()
+    assert len(hist["entries"]) == 3 and hist["position"] == 2  # one new entry (the redo branch is dropped)
+    undone = client.post("/api/undo", json={"version": restored["version"]}).get_json()
+    assert undone["values"] == current["values"]  # one undo takes the whole restore back
+    # restoring the state the design is in makes no entry
+    again = client.post("/api/history/1/restore", json={"version": undone["version"]}).get_json()
+    assert again["entry"] is None and again["version"] == undone["version"]
+
+
+@pytest.mark.parametrize("path, method, body, status, code", [
+    ("/api/history/7", "get", None, 404, "no_such_entry"),
+    ("/api/history/-2", "get", None, 404, "no_such_entry"),
+    ("/api/history/7/restore", "post", {}, 404, "no_such_entry"),
+    ("/api/history/0/restore", "post", {"version": 0}, 409, "version_conflict"),
+    ("/api/history/0/restore", "post", {"version": "1"}, 400, None),
+    ("/api/history/x", "get", None, 404, "no_such_entry"),
+    ("/api/history/1.5/restore", "post", {}, 404, "no_such_entry"),
+])
+def test_a_bad_history_entry_request_is_refused_and_changes_nothing(client, path, method, body, status, code):
+    p = first_float_param(params(client))
+    client.patch("/api/params", json={"values": {p["name"]: p["default"] + (p["step"] or 1)}})
+    before, history = params(client), client.get("/api/history").get_json()
+    r = getattr(client, method)(path, **({} if body is None else {"json": body}))
+    assert r.status_code == status and r.is_json and r.get_json()["message"], r.data
+    if code:
+        assert r.get_json()["error"] == code
+    assert params(client) == before and client.get("/api/history").get_json() == history
+
+
 def test_nothing_to_undo_or_redo(client):
     r = client.post("/api/undo")
     assert r.status_code == 409 and r.get_json()["error"] == "nothing_to_undo"

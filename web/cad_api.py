@@ -117,6 +117,38 @@ def history():
     return jsonify(services().sessions.get(model_name()).history())
 
 
+def _entry_index(text: str) -> int:
+    """A history index from the URL (``-1`` included, which Flask's int converter refuses)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ApiError(404, "no_such_entry", f"{text!r} is not a history entry number (entries are numbered from "
+                                             f"0, as GET /api/history lists them; -1 is the start)") from None
+
+
+@bp.get("/history/<index>")
+def history_state(index: str):
+    """What the design was right after entry ``index``: the history row's preview (nothing is written)."""
+    index = _entry_index(index)
+    name = model_name()
+    session = services().sessions.get(name)
+    with session.lock:
+        snap, values = session.snapshot(), session.values_at(index)
+    changes = {n: {"from": snap["values"].get(n), "to": v} for n, v in values.items() if snap["values"].get(n) != v}
+    return jsonify({"model": name, "version": snap["version"], "index": index, "values": values, "changes": changes})
+
+
+@bp.post("/history/<index>/restore")
+def restore(index: str):
+    index = _entry_index(index)
+    req = validate(VersionBody, json_body(required=False))
+    name = model_name(req)
+    session = services().sessions.get(name)
+    with session.lock:
+        entry = session.restore(index, req.version)
+        return jsonify(state_json(name, entry=entry_json(name, entry), snapshot=session.snapshot()))
+
+
 def _current(name: str):
     svc = services()
     return svc.registry.get(name), svc.sessions.get(name).snapshot()

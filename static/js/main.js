@@ -14,6 +14,7 @@ import { AdapterPicker } from './adapters.js';
 import { TrainingPanel } from './training.js';
 import { TargetPanel } from './target.js';
 import { renderScriptIssues } from './scripts.js';
+import { HistoryRestore } from './history-restore.js';
 
 const app = {
   model: new URLSearchParams(location.search).get('model') || null,
@@ -39,6 +40,7 @@ function setState(state, { force = false } = {}) {
   $('redo').disabled = app.locked || !state.can_redo;
   updateDownloads();
   if (versionChanged) {
+    if (app.historyRestore) app.historyRestore.clear(); // the previewed state was worked out from the old one
     app.viewer.load(withModel('/api/model.glb', state.model, { v: String(state.version) }), { fit: modelChanged });
     refreshHistory();
   }
@@ -294,6 +296,12 @@ async function main() {
     runExclusive: serialised,
     setLocked,
     onStateError: handleStateError,
+    preview,
+  });
+  app.historyRestore = new HistoryRestore({
+    list: $('history-list'),
+    getContext: () => ({ model: app.model, schema: (app.state && app.state.schema) || [], locked: app.locked }),
+    restore: (index) => historyStep(`history/${index}/restore`),
     preview,
   });
   app.assistant = new AssistantPanel({

@@ -241,7 +241,7 @@ export class ParamsPanel {
   }
 }
 
-const SOURCE_LABELS = { user: 'edit', vlm: 'assistant', reset: 'reset', optimise: 'optimiser', range: 'range' };
+const SOURCE_LABELS = { user: 'edit', vlm: 'assistant', reset: 'reset', optimise: 'optimiser', range: 'range', restore: 'restore' };
 
 // Rows name parameters by their label (the schema's), with units, and show the whole new value (rows wrap).
 export function renderHistory(list, history, schema = []) {
@@ -263,7 +263,7 @@ export function renderHistory(list, history, schema = []) {
     const summary = kind === 'reset' || !names.length ? (e.summary || changes || '(no change)')
       : names.map((n) => describe(n, e.changes[n])).join('; ');
     items.push(el('li', {
-      className: `history-entry ${state}`, title: changes, value: String(i + 1),
+      className: `history-entry ${state}`, title: changes, value: String(i + 1), tabIndex: 0,
       dataset: { testid: 'history-entry', index: String(i), state, source: kind },
     },
     el('span', { className: `source source-${kind}`, text: SOURCE_LABELS[kind] || kind }),
@@ -272,8 +272,9 @@ export function renderHistory(list, history, schema = []) {
   }
   const initialState = history.position === -1 ? 'current' : 'past';
   items.push(el('li', {
-    className: `history-entry ${initialState}`, value: '0',
+    className: `history-entry ${initialState}`, value: '0', tabIndex: 0,
     dataset: { testid: 'history-initial', index: '-1', state: initialState },
-  }, el('span', { className: 'source source-initial', text: 'start' }), el('span', { className: 'summary', text: 'Defaults' })));
+  }, el('span', { className: 'source source-initial', text: 'start' }),
+  el('span', { className: 'summary', text: 'Defaults' })));
   list.replaceChildren(...items);
 }

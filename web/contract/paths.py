@@ -75,6 +75,10 @@ def binary(mime: str, description: str, query: type = rq.DownloadQuery,
         "504": error("the model script ran past CAD_BUILD_TIMEOUT (cad_build_timeout)")})}
 
 
+HISTORY_INDEX = {"name": "index", "in": "path", "required": True, "schema": {"type": "integer", "minimum": -1},
+                 "description": "as GET /api/history numbers the entries; -1: the state before the oldest kept"}
+
+
 def history_step(what: str) -> dict:
     return {"post": op(what, answer=STATE, body=rq.VersionBody, errors=WRITE_ERRORS)}
 
@@ -125,6 +129,14 @@ def cad_paths() -> dict:
         "/api/redo": history_step("redo the next entry"),
         "/api/reset": history_step("back to defaults (undoable)"),
         "/api/history": {"get": op("history entries", answer=ok("history", ref("History")), errors=COMMON_ERRORS)},
+        "/api/history/{index}": {"get": op(
+            "the values right after history entry {index} (-1: the start) and what restoring them would change; "
+            "nothing is written", params=[HISTORY_INDEX], answer=ok("that state", ref("HistoryState")),
+            errors={**COMMON_ERRORS, "404": error("unknown model, or no such history entry (no_such_entry)")})},
+        "/api/history/{index}/restore": {"post": op(
+            "back (or forward) to the state after entry {index} as ONE new undoable entry (source kind restore; "
+            "entry null when the design is already in that state)", params=[HISTORY_INDEX], answer=STATE,
+            body=rq.VersionBody, errors={**WRITE_ERRORS, "404": error("unknown model, or no such history entry")})},
         "/api/model.glb": binary("model/gltf-binary", "GLB of the current design"),
         "/api/model.stl": binary("model/stl", "STL of the current design"),
         "/api/model.step": binary("model/step", "STEP of the current design"),

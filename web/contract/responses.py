@@ -44,8 +44,9 @@ class Derived(Answer):
 
 
 class Source(Answer):
-    kind: Literal["user", "vlm", "reset", "optimise", "range"]
+    kind: Literal["user", "vlm", "reset", "optimise", "range", "restore"]
     proposal_id: str = None
+    index: int = Field(None, description="restore: the history entry whose state was restored (-1: the start)")
 
 
 class Change(Answer):
@@ -81,6 +82,15 @@ class History(Answer):
     can_undo: bool
     can_redo: bool
     entries: list[Entry]
+
+
+class HistoryState(Answer):
+    """GET /api/history/{index}: the values right after that entry, and what restoring them would change."""
+    model: str
+    version: int = Field(ge=0, description="the session version these were worked out from")
+    index: int = Field(ge=-1)
+    values: dict[str, Value]
+    changes: dict[str, Change] = Field(description="from the current values to that state's (empty: the same)")
 
 
 class ModelInfo(Answer):
@@ -218,4 +228,4 @@ class PreviewDiff(Answer):
     volume_relative: Number | None = Field(description="volume_change / before volume (null for a zero volume)")
 
 
-RESPONSES = [Error, State, History, Models, VlmStatus, VlmAnswer, Rejected, Target, Optimised, PreviewDiff]
+RESPONSES = [Error, State, History, HistoryState, Models, VlmStatus, VlmAnswer, Rejected, Target, Optimised, PreviewDiff]
