@@ -171,3 +171,43 @@ def test_vlm_prewarm_starts_the_worker_at_server_start_and_shutdown_ends_it(tiny
     while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_after_a_keep_alive_unload_a_fresh_worker_is_pre_warmed(tiny_vlm, tmp_path):
+    """VLM_PREWARM: the load after an idle spell finds libraries imported again, with the weights' memory freed."""
+    import psutil
+
+    from web import create_app
+
+    config = Config(data_dir=tmp_path / "data", cad_warmup=False, backend="finetuned", prewarm=True,
+                    finetuned_model_path=tiny_vlm.adapter_dir, vlm_dtype="float32", keep_alive_s=1)
+    app = create_app(config)
+    services = app.extensions["optim"]
+    client = app.test_client()
+    try:
+        services.start_background_work()
+        backend = services.manager.backend
+        assert client.post("/api/vlm/load").status_code in (200, 202)
+        deadline = time.monotonic() + 120
+        while services.manager.state != "ready" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        loaded_pid = backend.pid
+        assert services.manager.state == "ready" and backend.info["prewarmed"] is True
+        deadline = time.monotonic() + 30
+        while (services.manager.state != "unloaded" or backend.pid in (None, loaded_pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status = client.get("/api/vlm/status").get_json()
+        assert status["state"] == "unloaded" and status["engine"]["prewarmed"] is True
+        assert backend.pid != loaded_pid and not psutil.pid_exists(loaded_pid) or \
+            psutil.Process(loaded_pid).status() == psutil.STATUS_ZOMBIE  # the loaded worker's memory is back
+        assert backend.wait_prewarmed(60)
+        rss = psutil.Process(backend.pid).memory_info().rss
+        services.manager.keep_alive_s = -1  # the second load stays
+        assert client.post("/api/vlm/load").status_code in (200, 202)
+        deadline = time.monotonic() + 120
+        while services.manager.state != "ready" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert services.manager.state == "ready" and backend.info["prewarmed"] is True
+        assert backend.info["timings"]["import_s"] < 0.5 and rss > 0
+    finally:
+        services.shutdown()

@@ -26,9 +26,13 @@ log = logging.getLogger(__name__)
 
 class ModelManager:
     def __init__(self, backend: Backend, *, keep_alive_s: float = 300, load_timeout_s: float = 900,
-                 failure_cooldown_s: float = 5, clock: Callable[[], float] = time.monotonic):
+                 failure_cooldown_s: float = 5, clock: Callable[[], float] = time.monotonic,
+                 rewarm_after_idle: bool = False):
         self.backend = backend
         self.keep_alive_s = keep_alive_s
+        # VLM_PREWARM: after a keep-alive unload, pre-warm a fresh worker (libraries, no weights, no GPU memory), so
+        # the next load after an idle spell costs what the first did, not a cold import
+        self.rewarm_after_idle = rewarm_after_idle
         self.load_timeout_s = load_timeout_s
         self.failure_cooldown_s = failure_cooldown_s
         self.clock = clock
@@ -293,6 +297,12 @@ class ModelManager:
             self.backend.unload()
             with self._cond:  # only now: "unloaded" means the memory is back
                 self._set_state(UNLOADED)
+                rewarm = self.rewarm_after_idle and not self._closed and self._state == UNLOADED
+            if rewarm and callable(getattr(self.backend, "prewarm", None)):
+                try:
+                    self.backend.prewarm()
+                except Exception:  # noqa: BLE001 - an optimisation: the next load imports by itself then
+                    log.exception("VLM pre-warm after the keep-alive unload failed")
 
     def unload(self) -> None:
         """Unload now (also abandons a load in progress). A generation in flight finishes first."""

@@ -61,7 +61,7 @@ class Services:
                                disk_limit_bytes=int(config.cache_mb * 1024 * 1024))
         self.sessions = SessionStore(config.data_dir, self.registry)
         self.manager = ModelManager(make_backend(config), keep_alive_s=config.keep_alive_s,
-                                    load_timeout_s=config.load_timeout_s)
+                                    load_timeout_s=config.load_timeout_s, rewarm_after_idle=config.prewarm)
         self.scheduler = Scheduler(self.manager, max_queue=config.vlm_max_queue)
         self.proposals = ProposalStore()
         self.responses = ResponseCache()
