@@ -140,8 +140,8 @@ def history_state(index: str):
 
 @bp.post("/history/<index>/restore")
 def restore(index: str):
+    req = validate(VersionBody, json_body(required=False))  # a malformed body is 400 whatever the entry
     index = _entry_index(index)
-    req = validate(VersionBody, json_body(required=False))
     name = model_name(req)
     session = services().sessions.get(name)
     with session.lock:
