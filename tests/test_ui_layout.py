@@ -153,7 +153,9 @@ def test_held_arrow_keys_make_one_edit_and_the_slider_never_jumps_back(server, p
     patches = page.evaluate("() => window.__patches.map((b) => JSON.parse(b).values.wheel_width)")
     assert patches[0] == start + 13 and patches[-1] == start + 10 + presses, patches
     assert slider.input_value() == str(int(start + 10 + presses))
-    assert history_count(page) <= entries + 3
+    # one entry per request, and fewer requests than presses: presses closer than the coalescing pause share one
+    # (how many pauses a loaded machine puts between the presses varies; the first phase above is exact)
+    assert history_count(page) == entries + 1 + len(patches) and len(patches) < presses, (patches, presses)
     page.shot("slider")
 
 
