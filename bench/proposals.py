@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photo", type=int, default=60, help="photo-request examples per model (rendered)")
     p.add_argument("--steps", type=int, default=4500, help="optimizer steps (one example each)")
     p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--pretrain-steps", type=int, default=0,
+                   help="task-agnostic recall pre-training of the tiny base first (vlm.tiny_pretrain); 0: none")
+    p.add_argument("--pretrain-length", type=int, default=96, help="tokens per pre-training sequence")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-limit", type=int, default=80, help="test examples evaluated")
     p.add_argument("--work", type=Path, help="keep the data, model and adapter here (default: a temporary folder)")
@@ -82,6 +85,13 @@ def run(args, work: Path) -> int:
 
     started = t0 = time.perf_counter()
     base, _ = build_tiny_model(work / "tiny", seed=args.seed)
+    pretrained = None
+    if args.pretrain_steps:
+        from vlm.tiny_pretrain import pretrain
+
+        pretrained = pretrain(base, steps=args.pretrain_steps, length=args.pretrain_length, seed=args.seed)
+        logging.getLogger("bench").info("pre-trained base: repeat %.1f%%, recall %.1f%%",
+                                        100 * pretrained["final"]["repeat"], 100 * pretrained["final"]["recall"])
     t0 = phase("tiny model", t0)
     common = dict(models=MODELS, seed=args.seed, size=96, views=("iso",), workers=0, val=0.02, test=0.04,
                   no_change=0.05)
@@ -110,7 +120,8 @@ def run(args, work: Path) -> int:
     trained = report["systems"][f"adapter:{adapter.name}"]
     none, mean = report["systems"]["no change"], report["systems"]["mean"]
     report["bench"] = {"seconds": round(time.perf_counter() - started, 1), "train_examples": summary["examples"],
-                       "steps": summary["steps"], "adapter_step": summary["adapter_step"], "args": {
+                       "steps": summary["steps"], "adapter_step": summary["adapter_step"],
+                       "pretrain": pretrained and {k: v for k, v in pretrained.items() if k != "history"}, "args": {
                            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     args.out.write_text(json.dumps(report, indent=1))
     print(f"\ntrained on {summary['examples']} examples, {summary['steps']} steps (adapter of step "
