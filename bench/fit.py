@@ -55,14 +55,15 @@ SIMPLEX_STEP = 0.1  # Nelder-Mead's initial simplex, share of each range
 FIT = "cad.fit.fit(schedule=DEFAULT_SCHEDULE)"  # what optim_fit calls, for the report
 
 
-def optim_fit(schema, start: dict, objective, budget: int, objective_many=None, workers: int = 1) -> tuple[dict, str]:
-    """optim's fit on its own schedule: the ONE place that calls it. Returns (values, stopped).
+def optim_fit(schema, start: dict, objective, budget: int, objective_many=None, workers: int = 1) -> tuple:
+    """optim's fit on its own schedule: the ONE place that calls it. Returns (values, stopped, trace): the trace
+    is (evaluations, best final-stage score) after each gain.
     (Measured before cad/fit landed with ``cad.optimise.optimise(schema, start, objective, max_steps=budget,
     stages=VOXEL_STAGES)``, fields values/steps/stopped.)"""
     from cad.fit import fit
 
     result = fit(schema, start, objective, max_evaluations=budget, objective_many=objective_many, workers=workers)
-    return result.values, result.stopped
+    return result.values, result.stopped, [list(point) for point in result.trace]
 
 
 # --- cases --------------------------------------------------------------------------------------------------------
@@ -129,6 +130,7 @@ class Evaluations:
         self.cache: dict[tuple, float] = {}
         self.calls = 0
         self.best_values, self.best = None, -1.0
+        self.trace: list[list] = []  # [evaluations, best score] after each gain, as optim's fit reports its own
 
     def __call__(self, values: dict) -> float:
         key = tuple(values[n] for n in self.names)
@@ -143,6 +145,7 @@ class Evaluations:
         self.cache[key] = iou
         if iou > self.best:
             self.best, self.best_values = iou, dict(values)
+            self.trace.append([len(self.cache), iou])
         return iou
 
 
@@ -174,8 +177,8 @@ def run_optim(schema, start, path, target, budget):
         calls["count"] += 1
         return score(values, stage)
 
-    values, stopped = optim_fit(schema, start, objective, budget)
-    return values, calls["count"], stopped, score.failures["count"]
+    values, stopped, trace = optim_fit(schema, start, objective, budget)
+    return values, calls["count"], stopped, score.failures["count"], trace
 
 
 def run_optim_parallel(schema, start, path, target, budget, workers):
@@ -210,14 +213,14 @@ def run_optim_parallel(schema, start, path, target, budget, workers):
             list(executor.map(lambda slot: objective(start, FINAL_STAGE, slot), range(workers)))
             calls["count"] = 0
             started = time.perf_counter()
-            values, stopped = optim_fit(
+            values, stopped, trace = optim_fit(
                 schema, start, objective, budget,
                 lambda many, stage: list(executor.map(lambda v, slot: objective(v, stage, slot), many,
                                                       range(len(many)))), workers)
             elapsed = time.perf_counter() - started
     finally:
         pool.close()
-    return values, calls["count"], stopped, failures["count"], elapsed
+    return values, calls["count"], stopped, failures["count"], elapsed, trace
 
 
 def run_scipy(method: str, schema, start, path, target, budget, baseline_objective: str):
@@ -250,7 +253,8 @@ def run_scipy(method: str, schema, start, path, target, budget, baseline_objecti
                  options=options)
     except BudgetSpent:
         stopped = "budget"
-    return score.best_values or dict(start), len(score.cache), stopped, raw.failures["count"]
+    trace = score.trace if baseline_objective == "rays" else []  # comparable with optim's only on its objective
+    return score.best_values or dict(start), len(score.cache), stopped, raw.failures["count"], trace
 
 
 def _iou(answer) -> float:
@@ -278,14 +282,14 @@ def run_case(case: dict, budget: int, solvers: list[str], baseline_objective: st
             clear_process_cache()
             started = time.perf_counter()
             if solver == "optim":
-                values, evaluations, stopped, failures = run_optim(schema, start, str(path), target, budget)
+                values, evaluations, stopped, failures, trace = run_optim(schema, start, str(path), target, budget)
             elif solver in ("optim-worker", "optim-parallel"):
-                values, evaluations, stopped, failures, elapsed = run_optim_parallel(
+                values, evaluations, stopped, failures, elapsed, trace = run_optim_parallel(
                     schema, start, str(path), target, budget, workers if solver == "optim-parallel" else 1)
                 started = time.perf_counter() - elapsed
             else:
                 method = {"powell": "Powell", "nelder-mead": "Nelder-Mead"}[solver]
-                values, evaluations, stopped, failures = run_scipy(method, schema, start, str(path), target,
+                values, evaluations, stopped, failures, trace = run_scipy(method, schema, start, str(path), target,
                                                                    budget, baseline_objective)
             elapsed = time.perf_counter() - started
             try:
@@ -296,15 +300,28 @@ def run_case(case: dict, budget: int, solvers: list[str], baseline_objective: st
             error = statistics.fmean(abs(values[p.name] - case["hidden"][p.name]) / (p.max - p.min) for p in numeric)
             result["solvers"][solver] = {
                 "iou": after["iou"], "iou_method": after["method"], "evaluations": evaluations, "wall_s": elapsed,
-                "stopped": stopped, "failed_evaluations": failures, "parameter_error": error, "values": values}
+                "stopped": stopped, "failed_evaluations": failures, "parameter_error": error, "values": values,
+                "trace": trace}
             log.info("%-22s %-14s IoU %.4f -> %.4f (%s)  %4d evaluations  %6.1f s  %s", case["name"], solver,
                      before["iou"], after["iou"], after["method"], evaluations, elapsed, stopped)
+    _evaluations_to_powell(result["solvers"])
     serial = result["solvers"].get("optim-worker") or result["solvers"].get("optim")
     parallel = result["solvers"].get("optim-parallel")
     if serial and parallel:  # the same fit: the same states and answer, only the wall time differs
         result["parallel_identical"] = (serial["values"] == parallel["values"]
                                         and serial["evaluations"] == parallel["evaluations"])
     return result
+
+
+def _evaluations_to_powell(runs: dict) -> None:
+    """Each solver's ``to_powell``: the evaluations it took to first reach the best score Powell ended with (on the
+    same objective, the final stage's ray IoU; None when it never did). Powell's own is where it found its best."""
+    powell = runs.get("powell")
+    if not powell or not powell["trace"]:
+        return
+    level = powell["trace"][-1][1]
+    for run in runs.values():
+        run["to_powell"] = next((evaluations for evaluations, score in run["trace"] if score >= level - 1e-12), None)
 
 
 # --- report -------------------------------------------------------------------------------------------------------
@@ -324,17 +341,26 @@ def summarise(results: list[dict], solvers: list[str]) -> dict:
                 "at_least_0.99": sum(i >= 0.99 for i in ious),
                 "median_evaluations": statistics.median(run["evaluations"] for run in runs),
                 "median_wall_s": statistics.median(run["wall_s"] for run in runs)}
+            reached = [run["to_powell"] for run in runs if run.get("to_powell") is not None]
+            if any("to_powell" in run for run in runs):
+                summary[case_class][solver].update({"reached_powell": len(reached),
+                                                    "median_to_powell": statistics.median(reached) if reached
+                                                    else None})
     return summary
 
 
 def table(summary: dict) -> str:
     lines = [f"{'class':<15}{'solver':<16}{'cases':>6}{'median IoU':>12}{'worst IoU':>11}{'>=0.99':>8}"
-             f"{'median evals':>14}{'median wall s':>15}"]
+             f"{'median evals':>14}{'median wall s':>15}{'reach Powell':>14}{'evals to it':>13}"]
     for case_class, by_solver in summary.items():
         for solver, row in by_solver.items():
-            lines.append(f"{case_class:<15}{solver:<16}{row['cases']:>6}{row['median_iou']:>12.4f}"
-                         f"{row['worst_iou']:>11.4f}{row['at_least_0.99']:>5}/{row['cases']:<2}"
-                         f"{row['median_evaluations']:>14.0f}{row['median_wall_s']:>15.1f}")
+            line = (f"{case_class:<15}{solver:<16}{row['cases']:>6}{row['median_iou']:>12.4f}"
+                    f"{row['worst_iou']:>11.4f}{row['at_least_0.99']:>5}/{row['cases']:<2}"
+                    f"{row['median_evaluations']:>14.0f}{row['median_wall_s']:>15.1f}")
+            if "reached_powell" in row:  # the evaluations to Powell's final score, median over the cases reached
+                to_it = row["median_to_powell"]
+                line += f"{row['reached_powell']:>11}/{row['cases']:<2}{'-' if to_it is None else f'{to_it:.0f}':>13}"
+            lines.append(line)
     return "\n".join(lines)
 
 

@@ -84,8 +84,16 @@ def test_tiny_end_to_end_run_writes_all_three_solvers(tmp_path):
     assert set(case["solvers"]) == {"optim", "powell", "nelder-mead"}
     for run in case["solvers"].values():
         assert 0.0 <= run["iou"] <= 1.0 and 1 <= run["evaluations"] <= 12
+        # Each gain on the shared objective, in order: the evaluations to Powell's final score come from these.
+        counts, scores = [point[0] for point in run["trace"]], [point[1] for point in run["trace"]]
+        assert counts == sorted(counts) and scores == sorted(scores) and counts[-1] <= 12
+    powell = case["solvers"]["powell"]
+    assert powell["to_powell"] == next(n for n, score in powell["trace"] if score == powell["trace"][-1][1])
+    for run in case["solvers"].values():
+        reached = [n for n, score in run["trace"] if score >= powell["trace"][-1][1]]
+        assert run["to_powell"] == (reached[0] if reached else None)
     assert set(report["summary"]["all"]) == {"optim", "powell", "nelder-mead"}
-    assert "median IoU" in done.stdout
+    assert "median IoU" in done.stdout and "reach Powell" in done.stdout
 
 
 def test_cases_scale_once_and_identically(tmp_path):
