@@ -272,3 +272,73 @@ def test_a_count_among_many_floats_is_refitted_from_the_last_jacobian():
                  schedule=[Stage({"field": {}}, 1.0, "least_squares")])
     assert result.values["wheels_per_side"] == 4 and result.values["chassis_length"] == pytest.approx(340, abs=1)
     assert set(result.changes()) == {"wheels_per_side", "chassis_length"}
+
+
+def _residual_fit(objective, schema, budget=600, take_up_share=None, monkeypatch=None):
+    if take_up_share is not None:
+        monkeypatch.setattr("cad.fit.fitting.TAKE_UP_SHARE", take_up_share)
+    schedule = [Stage({"field": {}}, 0.5, "least_squares"), Stage(None, 1.0, "pattern", {"initial_step": 1 / 128})]
+    return fit(schema, schema.defaults(), objective, max_evaluations=budget, schedule=schedule)
+
+
+def box_residuals(goal):
+    """Residuals and IoU of a box against ``goal``: each length's misfit is its own residual."""
+    def objective(values, stage):
+        size = [values["length"], values["width"], values["height"]]
+        residuals = np.array([(a - b) / 100.0 for a, b in zip(size, goal)], dtype=np.float32)
+        return {"iou": box_iou(size, goal), "residuals": residuals} if stage else box_iou(size, goal)
+    return objective
+
+
+def test_the_revert_pass_spends_no_refits_where_no_other_parameter_could_take_a_change_up(monkeypatch):
+    # Three independent lengths, all of which had to move: putting any back costs what no other can make good,
+    # so the least-squares Jacobian says so and the revert's refits are skipped; the answer is the same.
+    schema, _ = box_problem(1.0)
+    objective = box_residuals((123.4567, 33.3333, 17.7777))
+    gated = _residual_fit(objective, schema)
+    every = _residual_fit(objective, schema, take_up_share=-math.inf, monkeypatch=monkeypatch)
+    assert gated.values == every.values and gated.iou == every.iou > 0.999
+    assert gated.evaluations < 0.8 * every.evaluations, (gated.evaluations, every.evaluations)
+
+
+def test_a_trade_off_partner_still_takes_up_a_reverted_change_after_a_least_squares_stage():
+    # Only height + lift matters (a lid on a box): the Jacobian's columns are parallel, so the revert pass tries
+    # putting one back with the other refitted, and the answer is the smallest change.
+    schema = Schema([number("lift", 0, 10, 5.0), number("height", 0, 100, 50.0)])
+
+    def objective(values, stage):
+        misfit = (values["height"] + values["lift"] - 60.0) / 100.0
+        iou = 0.9 * math.exp(-(misfit * 20.0) ** 2)
+        return {"iou": iou, "residuals": np.array([misfit], dtype=np.float32)} if stage else iou
+
+    result = _residual_fit(objective, schema)
+    assert result.values == {"lift": 5.0, "height": 55.0}
+
+
+def test_a_parameter_without_effect_costs_a_few_probes_not_a_descent_to_the_finest_grid():
+    # Moves both ways that change the score by less than the tolerance end that coordinate: finer steps could
+    # not gain more: one probe each way in the search (and in the revert pass's refit, and its range ends). It
+    # shrank through six step sizes before, two evaluations each: 14 distinct values.
+    schema = Schema([number("length", 10, 200, 80.0), number("engraving_depth", 0, 2, 1.0)])
+    probed = []
+
+    def objective(values, stage):
+        if values["engraving_depth"] != 1.0:
+            probed.append(values["engraving_depth"])
+        return box_iou([values["length"], 1, 1], [123.4567, 1, 1])
+
+    result = fit(schema, schema.defaults(), objective, max_evaluations=300, schedule=SINGLE_STAGE)
+    assert result.values["engraving_depth"] == 1.0 and result.values["length"] == pytest.approx(123.4567, rel=1e-3)
+    assert len(set(probed)) <= 6, sorted(set(probed))
+
+
+def test_share_taken_up_reads_partners_from_the_jacobian():
+    from cad.fit.solvers.least_squares import share_taken_up
+
+    residuals = np.zeros(4)
+    parallel = np.array([[1.0, 2.0], [0.5, 1.0], [0.0, 0.0], [0.0, 0.0]])  # a lid's lift and the box height
+    separate = np.array([[1.0, 0.0], [0.5, 0.0], [0.0, 1.0], [0.0, 0.3]])  # two features' fields do not overlap
+    assert share_taken_up(parallel, residuals, 0, 0.1) == pytest.approx(1.0)
+    assert share_taken_up(separate, residuals, 0, 0.1) == pytest.approx(0.0)
+    # Putting it back alone would lower the cost to first order: the residuals cannot be trusted to name a partner.
+    assert share_taken_up(parallel, np.array([-0.2, -0.1, 0.0, 0.0]), 0, 0.1) == 0.0

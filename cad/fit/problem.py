@@ -232,6 +232,7 @@ class StageObjective:
     best_iou: float = -math.inf  # plain IoU, for progress reports
     trackers: list = field(default_factory=list)
     jacobian: object = None  # the last finite-difference Jacobian a least-squares solve measured (warm refits)
+    jacobian_indices: tuple = ()  # the coordinate of each of its columns
 
     def iou(self, u, want_residuals: bool = False) -> float:
         key = self.problem.key(u)

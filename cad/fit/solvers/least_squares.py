@@ -36,7 +36,8 @@ def refit(problem, objective, start_u, budget):
     fit = _LevenbergMarquardt(problem, objective, WARM_REFIT_MOVE)
     u = problem.snap(start_u)
     current, jacobian = fit.residuals(u), objective.jacobian
-    if current is None or jacobian is None or jacobian.shape != (len(current), len(fit.indices)):
+    if current is None or jacobian is None or tuple(objective.jacobian_indices) != tuple(fit.indices) \
+            or jacobian.shape[0] != len(current):
         return u, objective.score(u)
     cost, damping = float(current @ current), 1e-3
     for _ in range(WARM_REFIT_STEPS):
@@ -45,6 +46,26 @@ def refit(problem, objective, start_u, budget):
             break
         u, current, cost = candidate, trial, float(trial @ trial)
     return u, objective.score(u)
+
+
+def share_taken_up(jacobian, residuals, column: int, move: float) -> float:
+    """To first order, the share of what moving coordinate ``column`` by ``move`` (unit positions) costs that the
+    other coordinates can take back: 1 - (best compensated cost - cost) / (cost of the move alone - cost).
+    About 1 where a trade-off partner exists (a lid's lift for the box height); near 0 where none can help (the
+    fields of separate features do not overlap, so their columns are orthogonal). 0 too where the move alone does
+    not raise the cost to first order: the residuals then disagree with the objective that refused the move, and
+    predict nothing about a partner."""
+    jacobian, residuals = np.asarray(jacobian, dtype=np.float64), np.asarray(residuals, dtype=np.float64)
+    alone = residuals + jacobian[:, column] * move
+    cost, cost_alone = float(residuals @ residuals), float(alone @ alone)
+    if cost_alone <= cost:
+        return 0.0
+    others = np.delete(jacobian, column, axis=1)
+    if others.shape[1] == 0:
+        return 0.0
+    compensation, *_ = np.linalg.lstsq(others, -alone, rcond=None)
+    compensated = alone + others @ compensation
+    return 1.0 - (float(compensated @ compensated) - cost) / (cost_alone - cost)
 
 
 class _LevenbergMarquardt:
@@ -67,6 +88,7 @@ class _LevenbergMarquardt:
             if stalled >= 2:
                 break
             jacobian = self.objective.jacobian = self.jacobian(u, current, difference_step)
+            self.objective.jacobian_indices = tuple(self.indices)
             candidate, trial, damping = self.damped_step(u, current, cost, jacobian, damping)
             if candidate is None:
                 if difference_step / 4 < MIN_DIFFERENCE_STEP:
