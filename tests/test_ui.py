@@ -248,6 +248,8 @@ def test_edit_updates_model_and_history_and_undo_restores(live_server, page):
     page.shot("history-preview")
     page.click("[data-testid=history-restore-apply]")
     wait_value(page, "axle_spacing", slider_old)
+    # The history list is drawn again after the values (its own request): wait for the new row, then check it leads.
+    page.wait_for_selector("[data-testid=history-entry][data-source=restore]")
     assert page.locator("[data-testid=history-entry]").first.get_attribute("data-source") == "restore"
     assert page.get_attribute("#viewer", "data-preview") == "none"
     assert page.locator("[data-testid=history-restore]").is_hidden()
