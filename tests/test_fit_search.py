@@ -274,9 +274,7 @@ def test_a_count_among_many_floats_is_refitted_from_the_last_jacobian():
     assert set(result.changes()) == {"wheels_per_side", "chassis_length"}
 
 
-def _residual_fit(objective, schema, budget=600, take_up_share=None, monkeypatch=None):
-    if take_up_share is not None:
-        monkeypatch.setattr("cad.fit.fitting.TAKE_UP_SHARE", take_up_share)
+def _residual_fit(objective, schema, budget=600):
     schedule = [Stage({"field": {}}, 0.5, "least_squares"), Stage(None, 1.0, "pattern", {"initial_step": 1 / 128})]
     return fit(schema, schema.defaults(), objective, max_evaluations=budget, schedule=schedule)
 
@@ -296,7 +294,8 @@ def test_the_revert_pass_spends_no_refits_where_no_other_parameter_could_take_a_
     schema, _ = box_problem(1.0)
     objective = box_residuals((123.4567, 33.3333, 17.7777))
     gated = _residual_fit(objective, schema)
-    every = _residual_fit(objective, schema, take_up_share=-math.inf, monkeypatch=monkeypatch)
+    monkeypatch.setattr("cad.fit.fitting.TAKE_UP_SHARE", -math.inf)  # every moved parameter refitted back
+    every = _residual_fit(objective, schema)
     assert gated.values == every.values and gated.iou == every.iou > 0.999
     assert gated.evaluations < 0.8 * every.evaluations, (gated.evaluations, every.evaluations)
 

@@ -90,7 +90,7 @@ class _Run:
         self.trace: list[tuple[int, float]] = []
         self.final = self.stage_objective(len(schedule) - 1, target=TARGET_IOU)
         self.answer = None  # set once the answer has been moved onto the step grid; else final.best_u
-        self.residual_stage = None  # the last least-squares stage's objective (its Jacobian gates the revert)
+        self.residual_stage = None  # the last coarse stage with a Jacobian (least squares): it gates the revert
 
     def stage_objective(self, index, target=None) -> StageObjective:
         options = self.schedule[index].options

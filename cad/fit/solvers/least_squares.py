@@ -36,7 +36,7 @@ def refit(problem, objective, start_u, budget):
     fit = _LevenbergMarquardt(problem, objective, WARM_REFIT_MOVE)
     u = problem.snap(start_u)
     current, jacobian = fit.residuals(u), objective.jacobian
-    if current is None or jacobian is None or tuple(objective.jacobian_indices) != tuple(fit.indices) \
+    if current is None or jacobian is None or objective.jacobian_indices != tuple(fit.indices) \
             or jacobian.shape[0] != len(current):
         return u, objective.score(u)
     cost, damping = float(current @ current), 1e-3
