@@ -126,7 +126,8 @@ def test_cancel_while_waiting_for_the_vlm_ends_the_run_at_once(app, ollama):
                     buffered=False)
     events = stream_events(r)
     deadline = time.monotonic() + 30
-    while not ollama.posts("/api/chat"):  # the question is on its way to the engine
+    # The question is on its way to the engine (a chat with messages: the load before it is an empty chat).
+    while not [chat for chat in ollama.posts("/api/chat") if chat.get("messages")]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     started = time.monotonic()
