@@ -10,8 +10,9 @@ objective evaluations (a build and IoU; a repeated state is answered from a cach
 
 Solvers: ``optim`` (``cad.fit.fit`` on its own coarse-to-fine schedule, ``optim_fit``; ``optim-worker`` the same through
 one build worker of ``cad.worker_pool``, ``optim-parallel`` through ``--workers`` of them with the fit's batches
-evaluated concurrently, as /api/optimise runs it: same states and answer, ``parallel_identical`` per case says so),
-``powell`` and ``nelder-mead``
+evaluated concurrently, as /api/optimise runs it: same states and answer, ``parallel_identical`` per case says so;
+``optim-whole`` the serial fit with the whole shape's residuals only, without the per-part blocks a named STEP
+assembly adds, ``cad.residual_fields``), ``powell`` and ``nelder-mead``
 (``scipy.optimize.minimize`` on the numeric parameters normalised to [0, 1], bounds respected, ints rounded inside
 the objective, 1 - IoU minimised on optim's final-stage objective: the ray IoU at 128, or ``--baseline-objective
 exact``). Each is stopped at the budget; the answer is the best state it evaluated. Final score for all: the exact
@@ -44,7 +45,7 @@ from bench.random_models import SIZE_CLASSES, generate, scale_script, write_mode
 
 log = logging.getLogger("bench.fit")
 
-SOLVERS = ("optim", "optim-worker", "optim-parallel", "powell", "nelder-mead")
+SOLVERS = ("optim", "optim-whole", "optim-worker", "optim-parallel", "powell", "nelder-mead")
 DEFAULT_SOLVERS = ("optim", "powell", "nelder-mead")
 SPREAD = 0.25
 FINAL_STAGE = {"resolution": 128, "rays": True}  # optim's last stage (cad.fit.DEFAULT_SCHEDULE[-1].options)
@@ -168,13 +169,16 @@ def make_score(path: str, target: str, stage: dict | None, method: str = "mesh")
     return score
 
 
-def run_optim(schema, start, path, target, budget):
-    """optim's fit on its own schedule; every objective call counts (optim caches repeated states itself)."""
+def run_optim(schema, start, path, target, budget, parts: bool = True):
+    """optim's fit on its own schedule; every objective call counts (optim caches repeated states itself).
+    ``parts=False``: its least-squares stages see the whole shape only (no per-part blocks)."""
     score = make_score(path, target, None)
     calls = {"count": 0}
 
     def objective(values: dict, stage):
         calls["count"] += 1
+        if not parts and stage and "field" in stage:
+            stage = {**stage, "field": {**stage["field"], "parts": False}}
         return score(values, stage)
 
     values, stopped, trace = optim_fit(schema, start, objective, budget)
@@ -281,8 +285,9 @@ def run_case(case: dict, budget: int, solvers: list[str], baseline_objective: st
         for solver in solvers:
             clear_process_cache()
             started = time.perf_counter()
-            if solver == "optim":
-                values, evaluations, stopped, failures, trace = run_optim(schema, start, str(path), target, budget)
+            if solver in ("optim", "optim-whole"):
+                values, evaluations, stopped, failures, trace = run_optim(schema, start, str(path), target, budget,
+                                                                          parts=solver == "optim")
             elif solver in ("optim-worker", "optim-parallel"):
                 values, evaluations, stopped, failures, elapsed, trace = run_optim_parallel(
                     schema, start, str(path), target, budget, workers if solver == "optim-parallel" else 1)

@@ -29,7 +29,6 @@ _STEP_ENTITY = re.compile(rb"#(\d+)\s*=([^;]*);")
 TARGET_COLOUR = (0.75, 0.78, 0.82)
 EXACT_TOLERANCE = 1e-3  # relative: intersection and union volumes must agree this well for an exact IoU
 VOLUME_NOISE = 1e-6  # relative to the smaller solid's volume: what a boolean's volume may be off by (any scale)
-SIZE_FLOOR = 1e-6  # relative to the target's diagonal: the thickness a flat target's box is given
 
 
 class TargetError(CadError, ValueError):
@@ -120,7 +119,9 @@ class LoadedTarget:
     triangles: object  # numpy (M, 3)
     volume: float
     bbox: dict
-    fields: dict = field(default_factory=dict)  # (resolution, blur) -> the target's occupancy_residuals field
+    fields: dict = field(default_factory=dict)  # cad.residual_fields' target fields, per grid and blur
+    # name -> (vertices, triangles, bbox) of each named solid of a STEP assembly (cad.residual_fields' part blocks)
+    parts: dict = field(default_factory=dict)
 
 
 _targets: OrderedDict[tuple, LoadedTarget] = OrderedDict()
@@ -190,7 +191,44 @@ def _load_step(path: Path) -> LoadedTarget:
 
         triangles = oriented(vertices, triangles)
         volume = abs(signed_volume(vertices, triangles))
-    return LoadedTarget("step", solid, np.asarray(vertices), np.asarray(triangles), float(volume), _box(lo, hi))
+    return LoadedTarget("step", solid, np.asarray(vertices), np.asarray(triangles), float(volume), _box(lo, hi),
+                        parts=_named_parts(path, preview_tolerance(float(np.linalg.norm(np.subtract(hi, lo))))))
+
+
+def _named_parts(path: Path, tolerance: float) -> dict:
+    """name -> (vertices, triangles, bbox) of every named solid in a STEP assembly, placed in the file's
+    coordinates; {} when the file is not an assembly or its names repeat (nothing to match a model's parts by)."""
+    import cadquery as cq
+    import numpy as np
+
+    from cad.build import tight_box
+    from cad.export import tessellate
+
+    try:
+        assembly = cq.Assembly.importStep(str(path))
+    except Exception as exc:  # noqa: BLE001 - OCC's XCAF reader refuses some files the plain reader takes
+        log.info("no part names read from the STEP file (%r)", exc)
+        return {}
+    found: list[tuple[str, object]] = []
+
+    def walk(node, location) -> None:
+        for child in node.children:
+            placed = location * child.loc
+            if isinstance(child.obj, cq.Shape) and child.obj.Solids():
+                found.append((child.name, child.obj.moved(placed)))
+            walk(child, placed)
+
+    walk(assembly, assembly.loc)
+    names = [name for name, _ in found]
+    if len(set(names)) != len(names):
+        return {}
+    parts = {}
+    for name, shape in found:
+        vertices, triangles = tessellate(shape, tolerance)
+        if len(triangles):
+            lo, hi = tight_box(shape)
+            parts[name] = (np.asarray(vertices), np.asarray(triangles), _box(lo, hi))
+    return parts
 
 
 def _fuse(shapes: list):
@@ -225,12 +263,9 @@ def target_png(path: Path | str, view: str = "iso", size: int = 384) -> bytes:
 
 
 def _model_mesh(built):
-    import numpy as np
+    from cad.residual_fields import model_mesh
 
-    meshes = [m for m in built.preview_meshes() if len(m.triangles)]
-    offsets = np.cumsum([0] + [len(m.vertices) for m in meshes[:-1]])
-    return (np.concatenate([m.vertices for m in meshes]),
-            np.concatenate([m.triangles + offset for m, offset in zip(meshes, offsets)]))
+    return model_mesh(built.preview_meshes())
 
 
 def _fused_model(built):
@@ -250,65 +285,6 @@ def model_volume(built) -> tuple[float, str]:
     except Exception as exc:  # OCC booleans can fail on awkward geometry; parts that overlap count twice then
         log.info("union of the parts failed (%s); volume is the sum of the parts", exc)
         return float(sum(p.shape.Volume() for p in built.parts)), "sum of parts"
-
-
-BOX_WEIGHT = 2.0  # of the bounding-box terms among the cumulative profiles' residuals
-FIELD_MARGIN = 0.25  # the residual grid covers the target's box grown by this share of its size on every side
-
-
-def occupancy_residuals(built, target: LoadedTarget, resolution: int = 64, blur: float = 0.0,
-                        cumulative: bool = False) -> dict:
-    """Blurred partial-volume occupancy of the model minus the target's, on a grid fixed by the target alone.
-
-    The vector has the same length whatever the parameters (parts outside the grid are cut off), so the optimiser
-    can difference it across parameter changes (Levenberg-Marquardt). ``iou`` is the soft IoU sum(min)/sum(max)
-    of the two blurred fields.
-
-    ``cumulative=True`` answers cumulative volume profiles along X, Y and Z instead (the share of each shape's
-    volume below each plane), then one term for the log of the volume ratio and six for the bounding box's misfit
-    (``BOX_WEIGHT`` times the min and max differences as shares of the target's size): a residual that still pulls
-    a wall, a lid or a head toward its place when it is far from the target's and does not overlap it at all (a 1-D
-    transport distance). ``iou`` is then ``1 / (1 + mean |residual|)``.
-    """
-    import numpy as np
-
-    from cad.voxel import Grid, fractional_occupancy
-
-    lo, hi = np.asarray(target.bbox["min"]), np.asarray(target.bbox["max"])
-    size = np.maximum(hi - lo, SIZE_FLOOR * float(np.linalg.norm(hi - lo)))
-    lo, hi = lo - FIELD_MARGIN * size, hi + FIELD_MARGIN * size
-    grid = Grid(lo, hi, resolution, anchor=lo)
-
-    def blurred(occupancy):
-        if blur <= 0:
-            return occupancy
-        from scipy.ndimage import gaussian_filter
-
-        return gaussian_filter(occupancy, blur, mode="constant")
-
-    key = (resolution, blur)
-    if key not in target.fields:  # cached on the loaded target: the optimiser asks for the same one many times
-        target.fields[key] = blurred(fractional_occupancy(target.vertices, target.triangles, grid))
-    goal = target.fields[key]
-    model_mesh = _model_mesh(built)
-    mine = blurred(fractional_occupancy(*model_mesh, grid))
-    if cumulative:
-        # Shares of each shape's own volume (where the volume lies), plus one term for the volume itself: a
-        # shape too light everywhere should not read as a shape in the wrong place.
-        mass, goal_mass = max(float(mine.sum()), 1e-9), max(float(goal.sum()), 1e-9)
-        profiles = [np.cumsum(occupancy.sum(axis=tuple(k for k in range(3) if k != axis)), dtype=np.float64)
-                    / total for axis in range(3) for occupancy, total in ((mine, mass), (goal, goal_mass))]
-        # The bounding box too (as shares of the target's size): the profiles alone can trade a short box
-        # against thick walls, the box cannot.
-        points = model_mesh[0][model_mesh[1].ravel()]
-        extent = np.concatenate([points.min(axis=0) - target.bbox["min"], points.max(axis=0) - target.bbox["max"]])
-        residuals = np.concatenate([profiles[i] - profiles[i + 1] for i in range(0, 6, 2)]
-                                   + [[np.log(mass / goal_mass)], BOX_WEIGHT * extent / np.tile(size, 2)])
-        residuals = residuals.astype(np.float32)
-        return {"iou": 1.0 / (1.0 + float(np.abs(residuals).mean())), "method": "field", "residuals": residuals}
-    larger = float(np.maximum(mine, goal).sum())
-    return {"iou": float(np.minimum(mine, goal).sum()) / larger if larger else 1.0, "method": "field",
-            "residuals": (mine - goal).ravel()}
 
 
 BOOLEAN_DIAGONAL_MM = 300.0  # booleans run on copies scaled by a power of ten to about this size (see boolean_scale)
@@ -402,6 +378,8 @@ def compare_model(script_path: str, values: dict, target_path: str, method: str 
     built = build_model(script_path, values)
     target = load_target(target_path)
     if field is not None:
+        from cad.residual_fields import occupancy_residuals
+
         return occupancy_residuals(built, target, **field)
     result: dict = {}
     model_solid = None

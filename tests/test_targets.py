@@ -204,7 +204,7 @@ def test_cumulative_profiles_pull_a_far_part_toward_its_place(tmp_path):
 def test_cumulative_residuals_end_with_the_bounding_box_misfit(bracket_step):
     # A bracket 10 mm longer than the target: the last six residuals are the box's min/max misfits in X, Y, Z as
     # shares of the target's size (weighted), so a short box cannot hide behind thick walls.
-    from cad.target import BOX_WEIGHT
+    from cad.residual_fields import BOX_WEIGHT
 
     target = load_target(bracket_step)
     values = BRACKET.schema.complete({"base_length": 80.0, "upright_height": 75.0})

@@ -1,6 +1,6 @@
 """Levenberg-Marquardt over the float coordinates, for stages whose objective gives residuals.
 
-The objective gives a residual vector per state (``cad.target.occupancy_residuals``: blurred occupancy of the
+The objective gives a residual vector per state (``cad.residual_fields.occupancy_residuals``: blurred occupancy of the
 model minus the target's, or cumulative volume profiles). The Jacobian comes from one forward difference per
 coordinate, so one iteration costs ``n + 1`` to ``n + 5`` evaluations and moves every coordinate at once: coupled
 parameters (a box's height and its lid's lift) move together, which a coordinate search does only by slow
