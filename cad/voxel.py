@@ -14,6 +14,7 @@ import numpy as np
 DEFAULT_RESOLUTION = 128  # voxels along the longest side of the common bounding box
 _JITTER = np.array([0.1234567, 0.2345678, 0.3456789])
 EDGE_ON = 1e-12  # a triangle whose doubled projected area is below this share of a cell's is skipped by the rays
+CELL_ROUNDING = 1e-9  # of a cell: how close to a cell boundary an extent counts as on it (see Grid)
 DEGENERATE = 1e-12  # a grid over an extent below this share of the coordinates' magnitude is a point
 
 
@@ -42,8 +43,10 @@ class Grid:
         self.h = float(h) if h else float(max(np.max(hi - lo), _floor(lo, hi)) / resolution)
         anchor = lo if anchor is None else np.asarray(anchor, dtype=float)
         # One spare cell on each side; a sub-cell shift keeps regular samples off exact mesh features.
-        self.index0 = np.floor((lo - anchor) / self.h).astype(np.int64) - 1
-        last = np.ceil((hi - anchor) / self.h).astype(np.int64) + 1
+        # Within a billionth of a cell of a whole number, the whole number: an extent of exactly 24 cells must
+        # not give 25 at one scale and 24 at another through rounding (the residual vector's length would change).
+        self.index0 = np.floor((lo - anchor) / self.h + CELL_ROUNDING).astype(np.int64) - 1
+        last = np.ceil((hi - anchor) / self.h - CELL_ROUNDING).astype(np.int64) + 1
         self.counts = np.maximum(last - self.index0, 1)
         self.origin = anchor + self.index0 * self.h + _JITTER * 1e-3 * self.h
 

@@ -58,3 +58,49 @@ def test_the_fit_finds_a_small_part_a_yaw_and_a_wheel_count_from_a_named_assembl
     assert result.start_iou < 0.3
     assert compare_model(str(ROVER.path), result.values, str(target))["iou"] > 0.99
     assert result.values["wheels_per_side"] == 2 and result.values["rover_yaw"] == pytest.approx(-50, abs=1)
+
+
+PLATE_AND_KNOB = '''"""Plate and knob
+
+A 100 mm plate with a 6 mm knob on it, every length times {s}.
+"""
+import cadquery as cq
+
+plate_length: float = {length}  # mm, {length_lo}..{length_hi}, Plate, step={step}: Length of the plate
+knob_x: float = {x}  # mm, {x_lo}..{x_hi}, Knob, step={step}: Knob centre along X
+
+
+def build(p):
+    plate = cq.Workplane("XY").box(p.plate_length, {width}, {thickness}, centered=(True, True, False))
+    knob = cq.Workplane("XY", origin=(p.knob_x, 0, {thickness})).circle({radius}).extrude({height})
+    assembly = cq.Assembly(name="plate_and_knob")
+    assembly.add(plate, name="plate")
+    assembly.add(knob, name="knob")
+    return assembly
+'''
+
+
+def test_part_blocks_are_the_same_at_a_hundredth_and_a_hundred_times_the_scale(tmp_path):
+    answers = {}
+    for scale in (0.01, 1.0, 100.0):
+        folder = tmp_path / f"x{scale:g}"
+        folder.mkdir()
+        numbers = {"length": 100, "length_lo": 50, "length_hi": 200, "x": 20, "x_lo": -40, "x_hi": 40, "step": 1,
+                   "width": 60, "thickness": 5, "radius": 3, "height": 8}
+        source = PLATE_AND_KNOB.format(s=scale, **{k: f"{v * scale:g}" for k, v in numbers.items()})
+        (folder / "plate_and_knob.py").write_text(source, encoding="utf-8")
+        model = ModelRegistry([folder]).get("plate_and_knob")
+        start = model.schema.defaults()
+        target = folder / "target.step"
+        target.write_bytes(export.step_bytes(build_model(model.path, {**start, "knob_x": -25 * scale,
+                                                                        "plate_length": 110 * scale}).assembly))
+        answers[scale] = [compare_model(str(model.path), start, str(target), method="mesh", detail=False,
+                                        field=field)
+                          for field in ({"resolution": 48, "cumulative": True}, {"resolution": 48, "blur": 1.5})]
+    for reference, *others in zip(answers[1.0], answers[0.01], answers[100.0]):
+        assert reference["parts"] == 2 and 0.05 < reference["iou"] < 0.99
+        for other in others:
+            assert len(other["residuals"]) == len(reference["residuals"])
+            assert other["iou"] == pytest.approx(reference["iou"], abs=1e-4)
+            assert np.abs(other["residuals"] - reference["residuals"]).max() \
+                <= 1e-3 * np.abs(reference["residuals"]).max()
