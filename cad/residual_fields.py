@@ -66,8 +66,10 @@ def _block(mesh, goal_mesh, bbox: dict, cache: dict, key, grid, size, blur: floa
     # Shares of each shape's own volume (where the volume lies), plus one term for the volume itself: a shape too
     # light everywhere should not read as a shape in the wrong place.
     if exact_mass:
-        cell = grid.voxel_volume()
-        goal_mass = max(abs(signed_volume(goal_mesh[0], oriented(*goal_mesh))) / cell, 1e-9)
+        cell, volume_key = grid.voxel_volume(), (*key, "volume")
+        if volume_key not in cache:  # the target part's volume does not change: measured once
+            cache[volume_key] = abs(signed_volume(goal_mesh[0], oriented(*goal_mesh)))
+        goal_mass = max(cache[volume_key] / cell, 1e-9)
         mass = max(abs(signed_volume(mesh[0], oriented(*mesh))) / cell, 1e-9) if present else goal_mass
     else:
         mass, goal_mass = max(float(mine.sum()), 1e-9), max(float(goal.sum()), 1e-9)
@@ -100,17 +102,18 @@ def occupancy_residuals(built, target, resolution: int = 64, blur: float = 0.0, 
     a wall, a lid or a head toward its place when it is far from the target's and does not overlap it at all (a 1-D
     transport distance). ``iou`` is then ``1 / (1 + mean |residual|)``.
 
-    ``parts`` (default): where the target is an assembly of two or more named solids, one more block per target
-    part, on that part's own grid (``PART_RESOLUTION``), against the model's part of the same name; together they
-    weigh ``PARTS_SHARE`` of the squared residual and of ``iou``. The blocks depend on the target alone (a part the
-    model lacks at some state, a wheel of a smaller count, gives a constant block), so the length is fixed.
+    ``parts`` (default): where the target is an assembly of two or more named solids (``target.parts``), one
+    more block per target part, on that part's own grid (``PART_RESOLUTION``), against the model's part of the same
+    name; together they weigh ``PARTS_SHARE`` of the squared residual and of ``iou``. The blocks depend on the
+    target alone (a part the model lacks at some state, a wheel of a smaller count, gives a constant block), so the
+    length is fixed.
     """
     meshes = built.preview_meshes()
     whole_grid, whole_size = _grid(target.bbox, resolution)
     whole, score = _block(model_mesh(meshes), (target.vertices, target.triangles), target.bbox, target.fields,
                           (resolution, blur, cumulative), whole_grid, whole_size, blur, cumulative)
-    if not parts or len(target.parts) < 2:
-        return {"iou": score, "method": "field", "residuals": whole.astype(np.float32)}
+    if not parts or not target.parts:
+        return {"iou": score, "method": "field", "residuals": whole.astype(np.float32, copy=False)}
     by_name = {m.name: m for m in meshes}
     # Profiles over the whole target's grid (a part is pulled toward its place from anywhere in the model) at the
     # whole's resolution; fields over the part's own box (its detail at the part's scale, once the profiles have
@@ -121,8 +124,7 @@ def occupancy_residuals(built, target, resolution: int = 64, blur: float = 0.0, 
         goal_vertices, goal_triangles, goal_bbox = target.parts[name]
         mesh = by_name.get(name)
         grid, size = _grid(goal_bbox, part_resolution)
-        if cumulative:
-            grid = _grid(target.bbox, part_resolution)[0]
+        grid = whole_grid if cumulative else grid  # the same resolution: the whole's grid itself
         residuals, part_score = _block(None if mesh is None else (mesh.vertices, mesh.triangles),
                                        (goal_vertices, goal_triangles), goal_bbox, target.fields,
                                        (part_resolution, blur, cumulative, name), grid, size, blur, cumulative,

@@ -197,7 +197,7 @@ def _load_step(path: Path) -> LoadedTarget:
 
 def _named_parts(path: Path, tolerance: float) -> dict:
     """name -> (vertices, triangles, bbox) of every named solid in a STEP assembly, placed in the file's
-    coordinates; {} when the file is not an assembly or its names repeat (nothing to match a model's parts by)."""
+    coordinates; {} when the file holds fewer than two solids or their names repeat (nothing to match by)."""
     import cadquery as cq
     import numpy as np
 
@@ -220,7 +220,7 @@ def _named_parts(path: Path, tolerance: float) -> dict:
 
     walk(assembly, assembly.loc)
     names = [name for name, _ in found]
-    if len(set(names)) != len(names):
+    if len(names) < 2 or len(set(names)) != len(names):  # one solid: the whole shape says it all
         return {}
     parts = {}
     for name, shape in found:
