@@ -157,7 +157,7 @@ def test_worker_stdout_carries_only_protocol_lines():
 
 
 def test_web_side_modules_do_not_import_torch():
-    code = ("import sys, vlm.finetuned, vlm.lifecycle; "
+    code = ("import sys, vlm.finetuned, vlm.lifecycle, vlm.voting, web.config; "
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -206,3 +206,10 @@ def test_a_request_cancelled_before_it_starts_never_runs(tiny_vlm):
     assert by_id["early"] == {"event": "error", "id": "early", "message": "generation was cancelled",
                               "code": "cancelled"}
     assert by_id["later"]["event"] == "done"
+
+
+def test_a_seeded_sample_is_repeatable_and_the_seed_matters(loaded):
+    """A vote's samples (vlm.voting) carry seeds: the same request and seed give the same answer."""
+    texts = {seed: loaded.generate(_request(temperature=1.5, seed=seed, max_new_tokens=12)).text for seed in range(4)}
+    assert loaded.generate(_request(temperature=1.5, seed=2, max_new_tokens=12)).text == texts[2]
+    assert len(set(texts.values())) > 1, texts

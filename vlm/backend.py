@@ -89,6 +89,7 @@ class GenerateRequest:
     images: list[bytes] = field(default_factory=list)  # encoded PNG/JPEG bytes, already validated
     max_new_tokens: int = 512
     temperature: float = 0.0  # 0 means greedy decoding
+    seed: int | None = None  # sampling seed (temperature > 0): the same seed, the same answer where the engine allows
     json_schema: dict | None = None  # structured-output hint for engines that support it
     timeout_s: float | None = None  # the whole generation (VLM_GENERATE_TIMEOUT)
     cancel: CancelToken | None = None  # set when the asker goes away; backends stop the engine's work on it

@@ -51,7 +51,8 @@ class ResponseCache:
 
     @staticmethod
     def key(backend: str, model, adapter, system: str, prompt: str, images: list[bytes],
-            max_new_tokens: int, temperature: float = 0.0, json_schema: dict | None = None) -> str | None:
+            max_new_tokens: int, temperature: float = 0.0, json_schema: dict | None = None,
+            extra: dict | None = None) -> str | None:
         """A stable hash of everything that decides the answer, or None when the request is not deterministic.
         `model` and `adapter` may be any JSON value (e.g. an identity dict with content fingerprints)."""
         if temperature != 0:
@@ -61,6 +62,8 @@ class ResponseCache:
             "images": [hashlib.sha256(bytes(img)).hexdigest() for img in images],
             "max_new_tokens": int(max_new_tokens), "json_schema": json_schema,
         }
+        if extra:  # e.g. the vote that merged several sampled answers (vlm.voting)
+            material["extra"] = extra
         encoded = json.dumps(material, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 

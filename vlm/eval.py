@@ -34,6 +34,7 @@ from vlm.dataset import canonical_json, load_examples
 from vlm.metrics import Score, aggregate, score_answer
 from vlm.prompts import proposal_json_schema
 from vlm.units import tidy_number
+from vlm.voting import VoteSettings, merged_result
 
 log = logging.getLogger("vlm.eval")
 
@@ -139,8 +140,11 @@ class MeanTarget(System):
 class BackendSystem(System):
     """A real engine through its `vlm.backend.Backend` (fine-tuned worker, Ollama, OpenAI-compatible)."""
 
-    def __init__(self, label: str, backend: Backend, max_new_tokens: int = 512, timeout_s: float = 300):
-        self.label, self.backend = label, backend
+    def __init__(self, label: str, backend: Backend, max_new_tokens: int = 512, timeout_s: float = 300,
+                 voting: VoteSettings | None = None):
+        self.voting = voting or VoteSettings()
+        self.label = label if self.voting.votes == 1 else f"{label} vote{self.voting.votes}"
+        self.backend = backend
         self.max_new_tokens, self.timeout_s = max_new_tokens, timeout_s
 
     def start(self):
@@ -154,7 +158,8 @@ class BackendSystem(System):
                                   json_schema=proposal_json_schema(item.schema), timeout_s=self.timeout_s)
         started = time.perf_counter()
         try:
-            result = self.backend.generate(request)
+            results = [self.backend.generate(sample) for sample in self.voting.samples(request)]
+            result = merged_result(results, item.schema, item.values, self.voting)
         except BackendError as exc:  # one failed answer is an answer that does not parse, not a crashed benchmark
             log.warning("%s failed on example %s: %s", self.label, example.get("id"), exc.message)
             return "", f"error: {exc.code}", time.perf_counter() - started
@@ -295,27 +300,36 @@ def format_table(report: dict) -> str:
 
 # ---------------------------------------------------------------- CLI
 def make_systems(args) -> list[System]:
+    # --votes 1 9: the same engine answering greedily and by a vote of 9 samples, side by side
+    votings = [VoteSettings(votes=n, temperature=args.vote_temperature, min_share=args.vote_share)
+               for n in args.votes]
     if args.backend == "finetuned" or args.compare:
         from vlm.finetuned import FinetunedBackend
 
         adapters = args.compare or [args.adapter]
         if not all(adapters):
             raise SystemExit("--backend finetuned needs --adapter PATH (or --compare A B ...)")
-        return [BackendSystem(f"adapter:{Path(a).name}", FinetunedBackend(Path(a), args.base, dtype=args.dtype),
-                              args.max_new_tokens, args.timeout) for a in adapters]
+        systems = []
+        for a in adapters:
+            backend = FinetunedBackend(Path(a), args.base, dtype=args.dtype)
+            systems += [BackendSystem(f"adapter:{Path(a).name}", backend, args.max_new_tokens, args.timeout, v)
+                        for v in votings]
+        return systems
     if args.backend == "ollama":
         from vlm.ollama import OllamaBackend
 
         backend = OllamaBackend(args.url or "http://127.0.0.1:11434", model=args.model or "llava:latest",
                                 read_timeout_s=args.timeout)
-        return [BackendSystem(f"ollama:{backend.model}", backend, args.max_new_tokens, args.timeout)]
+        return [BackendSystem(f"ollama:{backend.model}", backend, args.max_new_tokens, args.timeout, v)
+                for v in votings]
     if args.backend == "openai":
         from vlm.openai_compat import OpenAICompatBackend
 
         backend = OpenAICompatBackend(args.url or "http://127.0.0.1:8000/v1", model=args.model or "",
                                       api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
                                       read_timeout_s=args.timeout)
-        return [BackendSystem(f"openai:{backend.model}", backend, args.max_new_tokens, args.timeout)]
+        return [BackendSystem(f"openai:{backend.model}", backend, args.max_new_tokens, args.timeout, v)
+                for v in votings]
     if args.backend == "replay":
         if not args.answers:
             raise SystemExit("--backend replay needs --answers FILE.jsonl")
@@ -338,6 +352,11 @@ def parse_args(argv):
     p.add_argument("--api-key", help="bearer token (openai; default $OPENAI_API_KEY)")
     p.add_argument("--answers", type=Path, help="JSONL answers to replay")
     p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--votes", type=int, nargs="+", default=[1], metavar="N",
+                   help="answers sampled per request and merged by vote (vlm.voting); several: side by side")
+    p.add_argument("--vote-temperature", type=float, default=VoteSettings.temperature)
+    p.add_argument("--vote-share", type=float, default=VoteSettings.min_share,
+                   help="a parameter changes when more than this share of the sampled answers change it")
     p.add_argument("--timeout", type=float, default=300, help="seconds per answer")
     p.add_argument("--no-iou", action="store_true", help="skip the CAD IoU (parameter metrics only)")
     p.add_argument("--workers", type=int, default=0, help="IoU build processes (0: one per CPU)")

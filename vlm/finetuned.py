@@ -190,7 +190,7 @@ class FinetunedBackend(Backend):
         try:
             self._send(op="generate", id=req_id, system=request.system, prompt=request.prompt,
                        images=[base64.b64encode(b).decode("ascii") for b in request.images],
-                       max_new_tokens=request.max_new_tokens, temperature=request.temperature,
+                       max_new_tokens=request.max_new_tokens, temperature=request.temperature, seed=request.seed,
                        json_schema=request.json_schema)
             while True:
                 now = time.monotonic()

@@ -163,7 +163,7 @@ class OllamaBackend(Backend):
             "messages": messages,
             "stream": True,
             "options": {"temperature": request.temperature, "num_predict": request.max_new_tokens,
-                        "num_ctx": self.num_ctx},
+                        "num_ctx": self.num_ctx, **({"seed": request.seed} if request.seed is not None else {})},
             "keep_alive": self.keep_alive,
         }
         if request.json_schema:

@@ -93,6 +93,8 @@ class OpenAICompatBackend(Backend):
             {"role": "user", "content": parts}]
         body: dict = {"model": self.model, "messages": messages, "max_tokens": request.max_new_tokens,
                       "temperature": request.temperature, "stream": stream}
+        if request.seed is not None:
+            body["seed"] = request.seed
         if stream:
             body["stream_options"] = {"include_usage": True}
         if with_format and request.json_schema:

@@ -43,7 +43,15 @@ class Job:
         self.state = "queued"  # queued -> running -> finished
 
     def run(self, on_token: TokenCallback | None = None) -> GenerateResult:
-        return self.scheduler._run(self, on_token)
+        return self.scheduler._run(self, [self.request], on_token)[0]
+
+    def run_samples(self, requests: list[GenerateRequest], on_token: TokenCallback | None = None
+                    ) -> list[GenerateResult]:
+        """Several generations in this job's one slot, one after another (a vote's samples: vlm.voting); the
+        job's cancel ends them all; tokens stream from the first only."""
+        for request in requests:
+            request.cancel = self.token
+        return self.scheduler._run(self, requests, on_token)
 
     def cancel(self) -> None:
         self.token.set()
@@ -94,7 +102,8 @@ class Scheduler:
         return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(mean * ahead))))
 
     # ------------------------------------------------------------ running
-    def _run(self, job: Job, on_token: TokenCallback | None) -> GenerateResult:
+    def _run(self, job: Job, requests: list[GenerateRequest], on_token: TokenCallback | None
+             ) -> list[GenerateResult]:
         if job.state != "queued":
             raise RuntimeError(f"a job runs once (this one is {job.state})")
         forget = job.token.on_cancel(self._wake)
@@ -112,14 +121,15 @@ class Scheduler:
                     self._cond.wait()
             started = time.monotonic()
             try:
-                result = self.manager.generate(job.request, on_token)
+                results = [self.manager.generate(request, on_token if i == 0 else None)
+                           for i, request in enumerate(requests)]
             except BaseException:
                 if job.token.is_set():  # the asker is gone; whatever the engine said is moot
                     log.info("generation cancelled after %.2f s", time.monotonic() - started)
                 raise
             with self._cond:
                 self._durations.append(time.monotonic() - started)
-            return result
+            return results
         finally:
             forget()
             self._leave(job)

@@ -4,7 +4,7 @@ Started as `python -m vlm.worker`. JSON lines on stdin/stdout; the real stdout f
 (sys.stdout and fd 1 are pointed at stderr, so library prints cannot corrupt it); logs go to stderr.
 
 parent -> worker: {"op": "load", "base", "adapter", "dtype", "device_map", "default_base"}
-                  {"op": "generate", "id", "system", "prompt", "images": [base64], "max_new_tokens", "temperature",
+                  {"op": "generate", "id", "system", "prompt", "images": [base64], "max_new_tokens", "temperature", "seed"?,
                    "json_schema"?}  (the answer is constrained to the schema: vlm.constrained)
                   {"op": "set_adapter", "id", "adapter"}  (another LoRA adapter; the base model stays loaded)
                   {"op": "cancel", "id"} | {"op": "status"} | {"op": "shutdown"}

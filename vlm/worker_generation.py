@@ -108,11 +108,14 @@ def generate(model, processor, constraint, msg: dict, channel, cancel: threading
     streamer = text_streamer(tokenizer, lambda text: channel.send("token", id=req_id, text=text))
     schema = msg.get("json_schema")
     constrain = [constraint.processor(schema)] if schema and constraint is not None else []
+    temperature = float(msg.get("temperature") or 0.0)
+    if temperature > 0 and msg.get("seed") is not None:
+        torch.manual_seed(int(msg["seed"]))  # the worker runs one generation at a time: the global RNG is its own
     with torch.inference_mode():
         output = model.generate(
             **inputs, max_new_tokens=max_new_tokens, streamer=streamer, stopping_criteria=stop_on_cancel(cancel),
             pad_token_id=tokenizer.pad_token_id, logits_processor=constrain or None,
-            **sampling_options(float(msg.get("temperature") or 0.0)))
+            **sampling_options(temperature))
     if cancel.is_set():
         raise WorkerError("generation was cancelled", "cancelled")
     new_ids = output[0, prompt_len:].tolist()

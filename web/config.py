@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
+from vlm.voting import VoteSettings
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BASE_MODEL = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
 
@@ -62,6 +64,10 @@ class Config:
     http_read_timeout_s: float = 120.0  # VLM_READ_TIMEOUT: the longest silence between two chunks of an answer
     vlm_max_queue: int = 8  # VLM_MAX_QUEUE: generations that may wait; past that, 503 busy at once
     vlm_parallel: int = 1  # VLM_PARALLEL: generations a remote engine runs at once (the fine-tuned worker: 1)
+    # VLM_VOTES: answers sampled per ask and merged by vote (vlm.voting); 1: one answer, as asked
+    vlm_votes: int = 1
+    vlm_vote_temperature: float = 0.7  # VLM_VOTE_TEMPERATURE: the samples' temperature (unless the ask sets one)
+    vlm_vote_share: float = 0.5  # VLM_VOTE_SHARE: a change needs more than this share of the samples
     max_upload_mb: float = 16.0
     max_image_pixels: int = 40_000_000
     cad_warmup: bool = True
@@ -72,6 +78,12 @@ class Config:
     allowed_hosts: list[str] = field(default_factory=list)
     token: str | None = None
     testing: bool = False
+
+    def voting(self, asked_temperature: float) -> VoteSettings:
+        """How an ask is answered: one generation, or VLM_VOTES samples (at the ask's own temperature when it
+        sets one) merged by vote."""
+        return VoteSettings(votes=self.vlm_votes, min_share=self.vlm_vote_share,
+                            temperature=asked_temperature or self.vlm_vote_temperature)
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Config":
@@ -112,6 +124,9 @@ class Config:
         c.http_read_timeout_s = float(env.get("VLM_READ_TIMEOUT", c.http_read_timeout_s))
         c.vlm_max_queue = int(env.get("VLM_MAX_QUEUE", c.vlm_max_queue))
         c.vlm_parallel = int(env.get("VLM_PARALLEL", c.vlm_parallel))
+        c.vlm_votes = int(env.get("VLM_VOTES", c.vlm_votes))
+        c.vlm_vote_temperature = float(env.get("VLM_VOTE_TEMPERATURE", c.vlm_vote_temperature))
+        c.vlm_vote_share = float(env.get("VLM_VOTE_SHARE", c.vlm_vote_share))
         c.max_upload_mb = float(env.get("MAX_UPLOAD_MB", c.max_upload_mb))
         c.cad_warmup = _bool(env.get("CAD_WARMUP"), True)
         if env.get("OPTIM_DATASET_DIR"):
@@ -134,6 +149,10 @@ class Config:
             raise ValueError(f"OLLAMA_NUM_CTX must be at least 512, not {self.ollama_num_ctx}")
         if self.vlm_parallel < 1:
             raise ValueError(f"VLM_PARALLEL must be at least 1, not {self.vlm_parallel}")
+        try:
+            self.voting(0.0)
+        except ValueError as exc:
+            raise ValueError(f"VLM_VOTES / VLM_VOTE_TEMPERATURE / VLM_VOTE_SHARE: {exc}") from None
         if self.threads < 1 or self.connection_limit < 1 or self.channel_timeout_s < 1:
             raise ValueError("THREADS, CONNECTION_LIMIT and CHANNEL_TIMEOUT must be at least 1")
         if self.cache_mb < 1:

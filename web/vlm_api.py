@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import asdict
 import logging
 import queue
 import threading
@@ -14,6 +15,7 @@ from vlm.decisions import chosen_values, overwritten_edits
 from vlm.images import MAX_IMAGES, ImageError, decode_base64_image, normalise_image
 from vlm.prompts import build_prompt, proposal_json_schema
 from vlm.proposals import ProposalSelectionError, parse_model_output
+from vlm.voting import merged_result
 
 from .cad_api import entry_json, state_json
 from .contract import (MAX_NEW_TOKENS, MAX_PROMPT_CHARS, ApplyRequest, RejectRequest, VlmRequest,  # noqa: F401
@@ -89,13 +91,15 @@ def _cache_key(ctx) -> str | None:
     or the model is failed or loading)."""
     svc = services()
     gen = ctx["request"]
-    identity = svc.manager.cache_identity() if gen.deterministic else None
+    voting = svc.config.voting(gen.temperature)
+    # a vote's samples are seeded: the same request gets the same votes, so its merged answer is cacheable too
+    identity = svc.manager.cache_identity() if gen.deterministic or voting.votes > 1 else None
     if identity is None:
         return None
     return svc.responses.key(backend=identity.get("backend"), model=identity, adapter=identity.get("adapter_content"),
                              system=gen.system, prompt=gen.prompt, images=gen.images,
-                             max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
-                             json_schema=gen.json_schema)
+                             max_new_tokens=gen.max_new_tokens, temperature=0.0,
+                             json_schema=gen.json_schema, extra={"voting": asdict(voting)} if voting.votes > 1 else None)
 
 
 def _answer(ctx, text: str, *, model: str | None, timings: dict, cached: bool, finish_reason: str | None) -> dict:
@@ -133,7 +137,9 @@ def _generate(ctx, job, key: str | None, on_token=None) -> dict:
     the model still has (not when the adapter was switched or reloaded meanwhile)."""
     svc = services()
     t0 = time.perf_counter()
-    result = job.run(on_token)
+    voting = svc.config.voting(ctx["request"].temperature)
+    results = job.run_samples(voting.samples(ctx["request"]), on_token)
+    result = merged_result(results, ctx["schema"], ctx["snapshot"]["values"], voting)
     timings = {**result.timings, "total_s": round(time.perf_counter() - t0, 4)}
     answer = _answer(ctx, result.text, model=result.model, timings=timings, cached=False,
                      finish_reason=result.finish_reason)
