@@ -2,7 +2,8 @@
 
 Cases: seeded random models from ``bench/random_models.py`` (a family the search was never tuned on; size classes
 small 0.5-10 mm, medium 10-200 mm, large 0.2-2 m, drawn in turn) plus the shipped models (cad/models), or a user's
-scripts with ``--models-dir``. Every script goes through the real reader (``cad.registry.ModelRegistry``); with
+scripts with ``--models-dir``; ``--assemblies N`` adds random multi-part models (a random base and 1-3 small named
+parts on it, ``generate_assembly``), whose STEP targets have named solids. Every script goes through the real reader (``cad.registry.ModelRegistry``); with
 ``--scale S`` every length parameter (range, default, hidden value) is multiplied by S first. Per case: hidden
 numeric values within +-``--spread`` of each range around the default (ints +-1..2), six significant digits; the
 target is the hidden state built and saved as STEP; every solver starts at the defaults with the same budget of
@@ -41,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.random_models import SIZE_CLASSES, generate, scale_script, write_model  # noqa: E402
+from bench.random_models import SIZE_CLASSES, generate, generate_assembly, scale_script, write_model  # noqa: E402
 
 log = logging.getLogger("bench.fit")
 
@@ -91,6 +92,9 @@ def prepare_cases(args, folder: Path) -> list[dict]:
     for index in range(args.random):
         model = generate(args.seed * 1000 + index, args.scale, classes[index % len(classes)])
         scripts.append((f"random {model.size_class}", model.name, model.source))  # generated at the scale
+    for index in range(args.assemblies):  # multi-part: named solids in the STEP target
+        model = generate_assembly(args.seed * 1000 + index, args.scale, classes[index % len(classes)])
+        scripts.append(("random assembly", model.name, model.source))
     shipped = sorted(p.stem for p in BUILTIN_MODELS_DIR.glob("*.py") if not p.stem.startswith("_"))
     wanted = shipped if args.shipped == "all" else [n for n in args.shipped.split(",") if n and n != "none"]
     for name in wanted:
@@ -388,6 +392,8 @@ def _worker_init(level: int) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--random", type=int, default=12, help="random held-out models (size classes in turn)")
+    parser.add_argument("--assemblies", type=int, default=0,
+                        help="random held-out multi-part models (bench/random_models.generate_assembly)")
     parser.add_argument("--shipped", default="all", help="shipped models: all, none or a comma-separated list")
     parser.add_argument("--models-dir", default="", help="also every *.py model script in this folder")
     parser.add_argument("--budget", type=int, default=300, help="objective evaluations per solver and case")

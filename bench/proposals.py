@@ -9,9 +9,10 @@ held-out test split, side by side with the "no change" and "mean" baselines.
    base model is the one the tests build (`vlm.tiny`: random weights apart from one hand-set recency head per layer), so
    any task skill comes from this training.
 3. `vlm.eval` on the test split through the real serving path (the fine-tuned backend's worker process), with the
-   exact CAD IoU to the target state before and after applying each answer.
+   exact CAD IoU to the target state before and after applying each answer; answered greedily and by a vote of
+   --votes seeded samples (`vlm.voting`), side by side.
 
-Run: .venv/bin/python bench/proposals.py [--text 1500 --photo 150 --steps 5000] [--work DIR] [--out FILE]
+Run: .venv/bin/python bench/proposals.py [--text 1500 --photo 150 --steps 12000 --votes 9] [--work DIR] [--out FILE]
 Prints the eval table and a one-line verdict; writes everything as JSON (default bench-results/proposals.json).
 """
 from __future__ import annotations

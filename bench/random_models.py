@@ -114,6 +114,12 @@ class _Drawer:
         self.dims.append(dim)
         return dim
 
+    def offset(self, name: str, value: float, bound: float, group: str, description: str) -> Dim:
+        """A signed position within +-bound (a length that may be negative: its range is not around its value)."""
+        dim = Dim(name, value * self.scale, "float", -bound * self.scale, bound * self.scale, group, description)
+        self.dims.append(dim)
+        return dim
+
     def count(self, name: str, value: int, low: int, high: int, group: str, description: str) -> Dim:
         dim = Dim(name, value, "int", low, high, group, description)
         self.dims.append(dim)
@@ -122,7 +128,71 @@ class _Drawer:
 
 def generate(seed: int, scale: float = 1.0, size_class: str | None = None) -> GeneratedModel:
     """The model of ``seed`` (deterministic); ``size_class`` defaults to one drawn from the seed."""
-    rng = random.Random(seed)
+    base = _draw_base(random.Random(seed), scale, size_class)
+    _choose_parameters(base.rng, base.draw.dims)
+    return _model(f"rand_{seed:04d}", f"Random model {seed}", seed, base, ["body"], ["part"])
+
+
+@dataclass
+class _Base:
+    rng: random.Random
+    draw: "_Drawer"
+    code: list[str]  # feature code, cuts last
+    features: list[str]
+    size_class: str
+    size: float  # mm before scale
+    half_x: str  # expressions of the base's half extents and height (placeholders resolved with the parameters)
+    half_y: str
+    height: str
+    half_x0: float  # their default values, before scale
+    across0: float
+
+
+def _model(name: str, title: str, seed: int, base: _Base, bodies: list[str], names: list[str]) -> GeneratedModel:
+    draw = base.draw
+    body = "\n".join(d.line() for d in draw.dims if d.parameter)
+    build = "\n".join(f"    {line}" for line in _resolve(base.code, draw.dims))
+    parts = "".join(f"    assembly.add({b}, name={n!r})\n" for b, n in zip(bodies, names))
+    source = (HEADER.format(title=title, seed=seed, size_class=base.size_class, scale=draw.scale,
+                            features=", ".join(base.features)) + body + "\n" + HELPERS
+              + f"\ndef build(p):\n{build}\n    assembly = cq.Assembly(name={name!r})\n{parts}    return assembly\n")
+    return GeneratedModel(name, seed, base.size_class, base.size * draw.scale, base.features, draw.dims, source)
+
+
+def generate_assembly(seed: int, scale: float = 1.0, size_class: str | None = None) -> GeneratedModel:
+    """A multi-part model of ``seed``: a random base (as ``generate``) and 1-3 small named parts (a block or a pin,
+    4-20 % of the base's size) standing on its top at parametric positions, each a solid of its own in the STEP
+    target (the case part-aware fitting is for). 2-10 parameters, each small part with at least one."""
+    rng = random.Random(f"assembly:{seed}")
+    base = _draw_base(rng, scale, size_class)
+    draw, satellites = base.draw, []
+    for k in range(1, rng.randint(1, 3) + 1):
+        start = len(draw.dims)
+        side = draw.length(f"part{k}_size", base.across0 * rng.uniform(0.06, 0.2), f"Part {k}", "Side of the part")
+        x = draw.offset(f"part{k}_x", base.half_x0 * rng.uniform(-0.6, 0.6), base.half_x0 * 0.7, f"Part {k}",
+                        "Position of the part along X")
+        y = draw.offset(f"part{k}_y", base.half_x0 * rng.uniform(-0.3, 0.3) * base.across0 / (2 * base.half_x0),
+                        base.across0 * 0.35, f"Part {k}", "Position of the part along Y")
+        rise = rng.uniform(0.5, 1.5)
+        where = f"cq.Workplane('XY', origin=({x.ref()}, {y.ref()}, {base.height}))"
+        shape = f".box({side.ref()}, {side.ref()}, {side.ref()} * {rise:.3f}, centered=(True, True, False))" \
+            if rng.random() < 0.5 else f".circle({side.ref()} / 2).extrude({side.ref()} * {rise:.3f})"
+        base.code.append(f"part{k} = {where}{shape}")
+        base.features.append(f"part {k} ({'block' if 'box' in shape else 'pin'})")
+        satellites.append(draw.dims[start:])
+    base_dims = draw.dims[:len(draw.dims) - sum(map(len, satellites))]
+    wanted = rng.randint(1, max(1, min(len(base_dims), MAX_PARAMETERS - 2 * len(satellites))))
+    for dim in rng.sample(base_dims, wanted):
+        dim.parameter = True
+    for dims in satellites:  # every small part has one or two parameters of its own
+        for dim in rng.sample(dims, rng.randint(1, 2)):
+            dim.parameter = True
+    names = ["base"] + [f"part_{k}" for k in range(1, len(satellites) + 1)]
+    return _model(f"rasm_{seed:04d}", f"Random assembly {seed}", seed, base,
+                  ["body"] + [f"part{k}" for k in range(1, len(satellites) + 1)], names)
+
+
+def _draw_base(rng: random.Random, scale: float, size_class: str | None) -> _Base:
     size_class = size_class or rng.choice(sorted(SIZE_CLASSES))
     low, high = SIZE_CLASSES[size_class]
     size = math.exp(rng.uniform(math.log(low), math.log(high)))
@@ -219,16 +289,8 @@ def generate(seed: int, scale: float = 1.0, size_class: str | None = None) -> Ge
                             f".extrude({depth}))")
                 kind = f"{kind} holes" if kind != "hole" else "through hole"
         features.append(kind)
-    _choose_parameters(rng, draw.dims)
     code += cuts
-    name = f"rand_{seed:04d}"
-    body = "\n".join(d.line() for d in draw.dims if d.parameter)
-    build = "\n".join(f"    {line}" for line in _resolve(code, draw.dims))
-    source = (HEADER.format(title=f"Random model {seed}", seed=seed, size_class=size_class, scale=scale,
-                            features=", ".join(features)) + body + "\n" + HELPERS
-              + f"\ndef build(p):\n{build}\n    assembly = cq.Assembly(name={name!r})\n"
-              f"    assembly.add(body, name='part')\n    return assembly\n")
-    return GeneratedModel(name, seed, size_class, size * scale, features, draw.dims, source)
+    return _Base(rng, draw, code, features, size_class, size, half_x, half_y, H.ref(), half_x0, across0)
 
 
 def _resolve(lines: list[str], dims: list[Dim]) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.random_models import SIZE_CLASSES, generate, scale_script, write_model
+from bench.random_models import SIZE_CLASSES, generate, generate_assembly, scale_script, write_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +38,37 @@ def test_scripts_load_through_the_registry_with_the_intended_parameters(tmp_path
             assert p.type == dim.kind
             assert p.min < p.default < p.max or p.type == "int" and p.min <= p.default <= p.max
             assert p.min == pytest.approx(dim.low, rel=1e-5) and p.max == pytest.approx(dim.high, rel=1e-5)
+
+
+def test_random_assemblies_have_named_solids_and_every_small_part_a_parameter(tmp_path):
+    """The multi-part held-out family: its STEP target is read back as named parts, in place, at any scale."""
+    from cad import export
+    from cad.build import build_model
+    from cad.registry import ModelRegistry
+    from cad.target import load_target
+
+    assert generate_assembly(4).source == generate_assembly(4).source != generate_assembly(5).source
+    models = [generate_assembly(seed) for seed in range(3)] + [generate_assembly(2, scale=100)]
+    models[-1].name = "rasm_0002_x100"
+    for model in models:
+        assert 2 <= len(model.parameters) <= 10
+        parts = {d.name.split("_")[0] for d in model.parameters if d.name.startswith("part")}
+        assert parts == {f"part{k}" for k in range(1, len(parts) + 1)} and parts
+        write_model(tmp_path, model)
+    registry = ModelRegistry([tmp_path])
+    boxes = {}
+    for model in models:
+        entry = registry.get(model.name)
+        built = build_model(entry.path, entry.schema.complete({}))
+        step = tmp_path / f"{model.name}.step"
+        step.write_bytes(export.step_bytes(built.assembly))
+        target = load_target(step)
+        small = sorted(n for n in target.parts if n != "base")
+        assert sorted(target.parts) == ["base"] + small and len(small) >= 1
+        boxes[model.name] = target.parts[small[0]][2]
+    plain, scaled = boxes["rasm_0002"], boxes["rasm_0002_x100"]
+    for key in ("min", "max"):
+        assert scaled[key] == pytest.approx([100 * v for v in plain[key]], rel=1e-4, abs=1e-6 * max(plain["size"]))
 
 
 def test_scale_multiplies_every_length_and_nothing_else(tmp_path):
