@@ -336,8 +336,8 @@ def _evaluations_to_powell(runs: dict) -> None:
 # --- report -------------------------------------------------------------------------------------------------------
 
 def summarise(results: list[dict], solvers: list[str]) -> dict:
-    classes = sorted({r["class"] for r in results}, key=lambda c: ("random small", "random medium", "random large",
-                                                                  "shipped", "user").index(c))
+    order = ("random small", "random medium", "random large", "random assembly", "shipped", "user")
+    classes = sorted({r["class"] for r in results}, key=order.index)
     summary = {}
     for case_class in classes + ["all"]:
         rows = [r for r in results if case_class in ("all", r["class"])]

@@ -107,12 +107,13 @@ def test_generated_models_build_real_geometry(tmp_path):
 def test_tiny_end_to_end_run_writes_all_three_solvers(tmp_path):
     out = tmp_path / "fit.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "fit.py"), "--random", "1", "--shipped", "none",
-                           "--budget", "12", "--seed", "3", "--out", str(out)],
+                           "--assemblies", "1", "--budget", "12", "--seed", "3", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
-    (case,) = report["cases"]
-    assert set(case["solvers"]) == {"optim", "powell", "nelder-mead"}
+    case, assembly = report["cases"]
+    assert assembly["class"] == "random assembly" and "random assembly" in report["summary"]
+    assert set(case["solvers"]) == set(assembly["solvers"]) == {"optim", "powell", "nelder-mead"}
     for run in case["solvers"].values():
         assert 0.0 <= run["iou"] <= 1.0 and 1 <= run["evaluations"] <= 12
         # Each gain on the shared objective, in order: the evaluations to Powell's final score come from these.
@@ -136,7 +137,7 @@ def test_cases_scale_once_and_identically(tmp_path):
     def cases(scale):
         folder = tmp_path / f"x{scale}"
         folder.mkdir()
-        args = Namespace(random=3, shipped="bracket", models_dir="", scale=scale, seed=1, spread=0.25)
+        args = Namespace(random=3, assemblies=1, shipped="bracket", models_dir="", scale=scale, seed=1, spread=0.25)
         return prepare_cases(args, folder)
 
     plain, scaled = cases(1), cases(100)
