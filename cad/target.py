@@ -334,10 +334,17 @@ def exact_iou(solid, other) -> float:
     # OCC's booleans can go wrong without an error where faces coincide (a wall exactly as thick as the
     # target's): the intersection and the union must agree, or neither is trusted.
     fused = solid.fuse(other).Volume()
+    cube = factor ** 3  # report the model's own volumes, not the scaled copies
     if abs(fused - union) > EXACT_TOLERANCE * max(fused, union):
-        cube = factor ** 3  # report the model's own volumes, not the scaled copies
         raise ValueError(f"the booleans disagree (intersection implies a union of {union / cube:.6g} mm^3, the "
                          f"union measures {fused / cube:.6g} mm^3)")
+    # Nearly coincident faces (a state within 1e-5 of the target's) can make intersection and union wrong in the
+    # same way, so they agree: 0.81 for a state the mesh measures 1.0. Each difference must then complete the
+    # intersection to its solid's volume (measured: the target minus the model came out 3 % short).
+    for name, whole, rest in (("model", volume, solid.cut(other)), ("target", other_volume, other.cut(solid))):
+        if abs(common + rest.Volume() - whole) > EXACT_TOLERANCE * max(whole, union):
+            raise ValueError(f"the booleans disagree (the intersection and the {name}'s remainder add up to "
+                             f"{(common + rest.Volume()) / cube:.6g} mm^3, the {name} has {whole / cube:.6g} mm^3)")
     return common / union if union > 0 else 1.0
 
 
