@@ -141,3 +141,17 @@ def test_cancel_while_waiting_for_the_vlm_ends_the_run_at_once(app, ollama):
     assert done["optimise"]["stopped"] == "cancelled" and time.monotonic() - started < 10
     assert done["entry"] is None  # nothing better than the start was found before the cancel
     ollama.released.set()  # the abandoned question gets its answer (dropped); shutdown need not wait for it
+
+
+def test_with_votes_the_optimise_step_applies_what_most_samples_agree_on(ollama, tmp_path):
+    by_seed = {0: answer(("base_length", 70), ("width", 30)), 1: answer(("base_length", 70)),
+               2: answer(("upright_height", "75 mm"))}
+    ollama.responder = lambda body: by_seed[body["options"]["seed"]]
+    app = make_app(tmp_path / "data", ollama.url, VLM_VOTES="3")
+    try:
+        client = with_target(app)
+        report = client.post("/api/optimise?model=bracket", json={"use_vlm": True, "max_steps": 3}).get_json()
+        assert report["optimise"]["vlm_proposed"] == {"base_length": 70.0}  # 2 of 3; width and height 1 of 3
+        assert sorted(b["options"]["seed"] for b in ollama.posts("/api/chat") if b.get("messages")) == [0, 1, 2]
+    finally:
+        app.extensions["optim"].shutdown()

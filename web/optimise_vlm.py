@@ -17,6 +17,7 @@ from cad.target import TargetError
 from vlm.backend import BackendError, CancelToken, GenerateRequest, GenerationCancelled
 from vlm.prompts import build_prompt, describe_comparison, proposal_json_schema
 from vlm.proposals import ProposalSet, parse_model_output
+from vlm.voting import merged_result
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,14 @@ RENDER_VIEW, RENDER_SIZE = "iso", 384  # as /api/vlm's include_render
 MAX_NEW_TOKENS = 512
 
 
-def _generate(svc, request: GenerateRequest) -> str | None:
-    """The model's text through the scheduler, or None when the run was cancelled first (its token is the
-    request's, so a cancel also stops the engine's work)."""
+def _generate(svc, request: GenerateRequest, schema: list[dict], values: dict) -> str | None:
+    """The model's text through the scheduler (with VLM_VOTES > 1 the vote of that many samples, as an ask gets),
+    or None when the run was cancelled first (its token is the request's, so a cancel also stops the engine's
+    work)."""
+    voting = svc.config.voting(request.temperature)
     try:
-        return svc.scheduler.generate(request).text
+        job = svc.scheduler.submit(request)
+        return merged_result(job.run_samples(voting.samples(request)), schema, values, voting).text
     except GenerationCancelled:
         if request.cancel is not None and request.cancel.is_set():
             return None
@@ -73,7 +77,7 @@ def ask_vlm(svc, model, target_path, values: dict, comparison: dict,
                               temperature=0.0, json_schema=proposal_json_schema(schema),
                               timeout_s=svc.config.generate_timeout_s, cancel=cancel)
     try:
-        text = _generate(svc, request)
+        text = _generate(svc, request, schema, values)
     except BackendError as exc:
         return {**report, "vlm_note": f"the VLM was not usable ({exc.code}): {exc.message}"}, None
     except Exception:  # noqa: BLE001 - a VLM failure must not fail the optimisation
