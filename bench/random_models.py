@@ -141,10 +141,8 @@ class _Base:
     features: list[str]
     size_class: str
     size: float  # mm before scale
-    half_x: str  # expressions of the base's half extents and height (placeholders resolved with the parameters)
-    half_y: str
-    height: str
-    half_x0: float  # their default values, before scale
+    height: str  # the base's height (a placeholder resolved with the parameters)
+    half_x0: float  # the base's half length and smaller width at the defaults, before scale
     across0: float
 
 
@@ -171,7 +169,7 @@ def generate_assembly(seed: int, scale: float = 1.0, size_class: str | None = No
         side = draw.length(f"part{k}_size", base.across0 * rng.uniform(0.06, 0.2), f"Part {k}", "Side of the part")
         x = draw.offset(f"part{k}_x", base.half_x0 * rng.uniform(-0.6, 0.6), base.half_x0 * 0.7, f"Part {k}",
                         "Position of the part along X")
-        y = draw.offset(f"part{k}_y", base.half_x0 * rng.uniform(-0.3, 0.3) * base.across0 / (2 * base.half_x0),
+        y = draw.offset(f"part{k}_y", base.across0 * rng.uniform(-0.15, 0.15),
                         base.across0 * 0.35, f"Part {k}", "Position of the part along Y")
         rise = rng.uniform(0.5, 1.5)
         where = f"cq.Workplane('XY', origin=({x.ref()}, {y.ref()}, {base.height}))"
@@ -290,7 +288,7 @@ def _draw_base(rng: random.Random, scale: float, size_class: str | None) -> _Bas
                 kind = f"{kind} holes" if kind != "hole" else "through hole"
         features.append(kind)
     code += cuts
-    return _Base(rng, draw, code, features, size_class, size, half_x, half_y, H.ref(), half_x0, across0)
+    return _Base(rng, draw, code, features, size_class, size, H.ref(), half_x0, across0)
 
 
 def _resolve(lines: list[str], dims: list[Dim]) -> list[str]:

@@ -342,9 +342,10 @@ def exact_iou(solid, other) -> float:
     # same way, so they agree: 0.81 for a state the mesh measures 1.0. Each difference must then complete the
     # intersection to its solid's volume (measured: the target minus the model came out 3 % short).
     for name, whole, rest in (("model", volume, solid.cut(other)), ("target", other_volume, other.cut(solid))):
-        if abs(common + rest.Volume() - whole) > EXACT_TOLERANCE * max(whole, union):
+        total = common + rest.Volume()
+        if abs(total - whole) > EXACT_TOLERANCE * max(whole, union):
             raise ValueError(f"the booleans disagree (the intersection and the {name}'s remainder add up to "
-                             f"{(common + rest.Volume()) / cube:.6g} mm^3, the {name} has {whole / cube:.6g} mm^3)")
+                             f"{total / cube:.6g} mm^3, the {name} has {whole / cube:.6g} mm^3)")
     return common / union if union > 0 else 1.0
 
 

@@ -34,7 +34,7 @@ from vlm.dataset import canonical_json, load_examples
 from vlm.metrics import Score, aggregate, score_answer
 from vlm.prompts import proposal_json_schema
 from vlm.units import tidy_number
-from vlm.voting import VoteSettings, merged_result
+from vlm.voting import VoteSettings
 
 log = logging.getLogger("vlm.eval")
 
@@ -158,8 +158,8 @@ class BackendSystem(System):
                                   json_schema=proposal_json_schema(item.schema), timeout_s=self.timeout_s)
         started = time.perf_counter()
         try:
-            results = [self.backend.generate(sample) for sample in self.voting.samples(request)]
-            result = merged_result(results, item.schema, item.values, self.voting)
+            result = self.voting.answer(lambda samples: [self.backend.generate(s) for s in samples], request,
+                                        item.schema, item.values)
         except BackendError as exc:  # one failed answer is an answer that does not parse, not a crashed benchmark
             log.warning("%s failed on example %s: %s", self.label, example.get("id"), exc.message)
             return "", f"error: {exc.code}", time.perf_counter() - started

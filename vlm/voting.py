@@ -27,7 +27,7 @@ def _consensus(param: dict, values: list):
     if param.get("type") == "bool":
         counts = Counter(bool(v) for v in values)
         return counts[True] >= counts[False]
-    return statistics.median_low(sorted(values))
+    return statistics.median_low(values)
 
 
 def vote(texts: list[str], schema: list[dict], values: dict, *, min_share: float = DEFAULT_MIN_SHARE) -> dict:
@@ -48,7 +48,7 @@ def vote(texts: list[str], schema: list[dict], values: dict, *, min_share: float
     params = {p["name"]: p for p in schema}
     changes = []
     for name, proposed in by_param.items():
-        if len(proposed) >= needed and name in params:
+        if len(proposed) >= needed:  # valid proposals name schema parameters
             changes.append({"parameter": name, "value": _consensus(params[name], proposed),
                             "reason": f"{len(proposed)} of {len(texts)} sampled answers change it"})
     if changes:
@@ -80,6 +80,10 @@ class VoteSettings:
         if self.votes == 1:
             return [request]
         return [replace(request, temperature=self.temperature, seed=self.seed + i) for i in range(self.votes)]
+
+    def answer(self, run, request: GenerateRequest, schema: list[dict], values: dict) -> GenerateResult:
+        """The answer to `request`: `run(requests) -> results` generates this setting's samples, merged by vote."""
+        return merged_result(run(self.samples(request)), schema, values, self)
 
 
 def merged_result(results: list[GenerateResult], schema: list[dict], values: dict,

@@ -17,7 +17,6 @@ from cad.target import TargetError
 from vlm.backend import BackendError, CancelToken, GenerateRequest, GenerationCancelled
 from vlm.prompts import build_prompt, describe_comparison, proposal_json_schema
 from vlm.proposals import ProposalSet, parse_model_output
-from vlm.voting import merged_result
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +30,7 @@ def _generate(svc, request: GenerateRequest, schema: list[dict], values: dict) -
     work)."""
     voting = svc.config.voting(request.temperature)
     try:
-        job = svc.scheduler.submit(request)
-        return merged_result(job.run_samples(voting.samples(request)), schema, values, voting).text
+        return voting.answer(svc.scheduler.submit(request).run_samples, request, schema, values).text
     except GenerationCancelled:
         if request.cancel is not None and request.cancel.is_set():
             return None

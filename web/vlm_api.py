@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict
 import logging
 import queue
 import threading
 import time
+from dataclasses import asdict
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
@@ -15,7 +15,6 @@ from vlm.decisions import chosen_values, overwritten_edits
 from vlm.images import MAX_IMAGES, ImageError, decode_base64_image, normalise_image
 from vlm.prompts import build_prompt, proposal_json_schema
 from vlm.proposals import ProposalSelectionError, parse_model_output
-from vlm.voting import merged_result
 
 from .cad_api import entry_json, state_json
 from .contract import (MAX_NEW_TOKENS, MAX_PROMPT_CHARS, ApplyRequest, RejectRequest, VlmRequest,  # noqa: F401
@@ -73,7 +72,7 @@ def _prepare():
                           temperature=temperature, json_schema=proposal_json_schema(schema),
                           timeout_s=svc.config.generate_timeout_s)
     return {"model": model, "schema": schema, "snapshot": snap, "request": gen, "stream": stream, "prompt": prompt,
-            "include_render": include_render}
+            "include_render": include_render, "voting": svc.config.voting(temperature)}
 
 
 def _design_render(model, values: dict, camera) -> bytes:
@@ -91,7 +90,7 @@ def _cache_key(ctx) -> str | None:
     or the model is failed or loading)."""
     svc = services()
     gen = ctx["request"]
-    voting = svc.config.voting(gen.temperature)
+    voting = ctx["voting"]
     # a vote's samples are seeded: the same request gets the same votes, so its merged answer is cacheable too
     identity = svc.manager.cache_identity() if gen.deterministic or voting.votes > 1 else None
     if identity is None:
@@ -137,9 +136,8 @@ def _generate(ctx, job, key: str | None, on_token=None) -> dict:
     the model still has (not when the adapter was switched or reloaded meanwhile)."""
     svc = services()
     t0 = time.perf_counter()
-    voting = svc.config.voting(ctx["request"].temperature)
-    results = job.run_samples(voting.samples(ctx["request"]), on_token)
-    result = merged_result(results, ctx["schema"], ctx["snapshot"]["values"], voting)
+    result = ctx["voting"].answer(lambda samples: job.run_samples(samples, on_token), ctx["request"], ctx["schema"],
+                                  ctx["snapshot"]["values"])
     timings = {**result.timings, "total_s": round(time.perf_counter() - t0, 4)}
     answer = _answer(ctx, result.text, model=result.model, timings=timings, cached=False,
                      finish_reason=result.finish_reason)
