@@ -164,7 +164,7 @@ class _Run:
                 u, score = refit(u)
                 while True:
                     u, score, moved = improve(self.problem, objective, refit, u, score, confirm=confirm,
-                                              warm_refit=warm_refit)
+                                              warm_refit=warm_refit, refit_neighbours=stage.refit_ints)
                     if not moved:
                         return True
                     u, score = refit(u)

@@ -15,19 +15,21 @@ REFIT_SHARE_DIVISOR = 16  # a refit takes at most this fraction (1/16) of the ev
 WARM_REFIT_EVALUATIONS = 8  # allowance of a solver's own warm refit (least squares: a few Gauss-Newton steps)
 
 
-def improve(problem, objective, refit, u, score, *, confirm=None, warm_refit=None):
+def improve(problem, objective, refit, u, score, *, confirm=None, warm_refit=None, refit_neighbours=True):
     """Take neighbour moves of the ints from ``u`` while one raises ``objective.score``; returns (u, score, moved).
 
     ``refit(u) -> (u, score)`` is the stage's solver (its allowance is set here); ``warm_refit``, when given, a
     cheaper one that reuses what the solver measured. ``confirm(new_u, old_u)`` may veto a move (a coarse stage's
-    field can prefer a count on noise: the real objective has the last word).
+    field can prefer a count on noise: the real objective has the last word). ``refit_neighbours=False``: plain
+    neighbour moves only (where earlier stages already refitted every neighbour).
     """
     moved = False
     improved = True
     while improved:
         improved = False
         for index in problem.int_indices():
-            found = _best_neighbour(problem, objective, refit, warm_refit, u, score, index)
+            found = _best_neighbour(problem, objective, refit if refit_neighbours else None, warm_refit, u, score,
+                                    index)
             if found is not None and (confirm is None or confirm(found[0], u)):
                 u, score = found
                 improved = moved = True
@@ -48,6 +50,8 @@ def _best_neighbour(problem, objective, refit, warm_refit, u, score, index):
             return candidate, plain
         if warm_refit is not None:
             refitted = refit_within(problem, objective, warm_refit, candidate, allowance=WARM_REFIT_EVALUATIONS)
+        elif refit is None:
+            continue
         else:
             refitted = refit_within(problem, objective, refit, candidate)
         if refitted is not None and refitted[1] > score:

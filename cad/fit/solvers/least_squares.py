@@ -22,11 +22,15 @@ WARM_REFIT_STEPS = 3  # Gauss-Newton steps of a warm refit, one evaluation each 
 WARM_REFIT_MOVE = 0.15  # of each range per step: a count change can move a spacing a long way
 
 
-def solve(problem, objective, start_u, budget, *, max_iterations: int = MAX_ITERATIONS, max_move: float = MAX_MOVE):
-    """Minimise |residuals|^2 from ``start_u``; returns (u, score) once it stalls. Without residuals (the state
-    does not build, or the stage gives none) it returns the start."""
+def solve(problem, objective, start_u, budget, *, max_iterations: int = MAX_ITERATIONS, max_move: float = MAX_MOVE,
+          stall_share_of_start: float = 0.0):
+    """Minimise |residuals|^2 from ``start_u``; returns (u, score) once it stalls: two iterations in a row that
+    lower the cost by less than MIN_IMPROVEMENT of it, or by less than ``stall_share_of_start`` of the cost it
+    started from (a coarse stage: the crawl along a direction its residuals barely see, a hole's size in a volume
+    profile, is left to the finer stages that do see it). Without residuals (the state does not build, or the
+    stage gives none) it returns the start."""
     fit = _LevenbergMarquardt(problem, objective, max_move)
-    u = fit.run(problem.snap(start_u), max_iterations)
+    u = fit.run(problem.snap(start_u), max_iterations, stall_share_of_start)
     return u, objective.score(u)
 
 
@@ -77,13 +81,14 @@ class _LevenbergMarquardt:
         found = self.objective.residuals(u)
         return None if found is None else np.asarray(found, dtype=np.float32)
 
-    def run(self, u, max_iterations):
+    def run(self, u, max_iterations, stall_share_of_start=0.0):
         # (Broyden's rank-one updates instead of a new difference Jacobian per iteration were tried: cheaper per
         # iteration, but on the enclosure they stalled at a cost eight times higher.)
         current = self.residuals(u)
         if current is None or not self.indices:
             return u
         cost, damping, stalled, difference_step = float(current @ current), 1e-3, 0, DIFFERENCE_STEP
+        floor = cost * stall_share_of_start
         for _ in range(max_iterations):
             if stalled >= 2:
                 break
@@ -98,7 +103,7 @@ class _LevenbergMarquardt:
                 difference_step, damping = difference_step / 4, 1e-3
                 continue
             trial_cost = float(trial @ trial)
-            stalled = stalled + 1 if trial_cost > cost * (1 - MIN_IMPROVEMENT) else 0
+            stalled = stalled + 1 if cost - trial_cost < max(cost * MIN_IMPROVEMENT, floor) else 0
             u, current, cost = candidate, trial, trial_cost
         return u
 

@@ -14,7 +14,7 @@ INITIAL_STEP = 0.125  # of each range
 MAX_STEP = 0.5
 GROW, SHRINK = 2.0, 0.25
 PATTERN_DOUBLINGS = 10  # how far a helpful joint move is pushed on, doubling each time
-PAIR_CANDIDATES = 5  # ridge moves: pairs among this many coordinates that lost most when moved alone
+PAIR_CANDIDATES = 3  # ridge moves: pairs among this many coordinates that lost most when moved alone
 PAIR_BATCH = 2  # pair moves evaluated at once (fixed, so the search does not depend on the worker count)
 GAIN = 1e-12  # smallest score change that counts as a gain (scores are IoU-like, 0..1)
 # A coordinate whose moves both ways each change the score by less than this is done: IoU falls about linearly
