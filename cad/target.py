@@ -406,7 +406,7 @@ def compare_model(script_path: str, values: dict, target_path: str, method: str 
                          profile=profile and method == "mesh",
                          # a fallback for an exact answer measures along rays: exact along each ray, so thin walls
                          # are not rounded to whole voxels
-                         rays=rays if method == "mesh" else True)
+                         rays=rays if method == "mesh" else True, cache=target.fields)
         result.update(iou=voxel["iou"], method="mesh", voxel_mm=voxel["voxel_mm"])
     result["iou"] = float(min(max(result["iou"], 0.0), 1.0))
     if not detail:

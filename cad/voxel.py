@@ -149,10 +149,30 @@ def _column_windings(column: np.ndarray, deltas) -> tuple[np.ndarray, list[np.nd
     return starts, windings
 
 
-def ray_overlap(first, second, grid: Grid, axis: int) -> tuple[float, float]:
-    """(intersection, union) lengths summed over jittered rays along ``axis``: exact along each ray."""
+def anchored_crossings(vertices: np.ndarray, triangles: np.ndarray, h: float, anchor, axis: int) -> tuple:
+    """Jittered crossings of a mesh with rays along ``axis`` on the cells of side ``h`` anchored at ``anchor``,
+    over the mesh's own box: (absolute u cell, absolute v cell, depth, sign). The same rays as on any larger grid
+    with that ``h`` and ``anchor`` (a sample's place depends only on its absolute cell), so a target's crossings
+    are measured once and placed on each evaluation's grid (``ray_overlap``'s ``second_crossings``)."""
+    points = vertices[triangles.ravel()]
+    own = Grid(points.min(axis=0), points.max(axis=0), h=h, anchor=anchor)
+    column, depth, sign = crossings(vertices, triangles, own, axis, jitter=True)
+    u_axis, v_axis, _ = _CYCLIC[axis]
+    nv = int(own.counts[v_axis])
+    return column // nv + own.index0[u_axis], column % nv + own.index0[v_axis], depth, sign
+
+
+def ray_overlap(first, second, grid: Grid, axis: int, second_crossings: tuple | None = None) -> tuple[float, float]:
+    """(intersection, union) lengths summed over jittered rays along ``axis``: exact along each ray.
+    ``second_crossings``: the second mesh's ``anchored_crossings`` for this grid's ``h`` and anchor (it must lie
+    inside the grid), instead of measuring them again."""
     c1, d1, s1 = crossings(*first, grid, axis, jitter=True)
-    c2, d2, s2 = crossings(*second, grid, axis, jitter=True)
+    if second_crossings is None:
+        c2, d2, s2 = crossings(*second, grid, axis, jitter=True)
+    else:
+        absolute_u, absolute_v, d2, s2 = second_crossings
+        u_axis, v_axis, _ = _CYCLIC[axis]
+        c2 = (absolute_u - grid.index0[u_axis]) * int(grid.counts[v_axis]) + (absolute_v - grid.index0[v_axis])
     column = np.concatenate([c1, c2])
     if not len(column):
         return 0.0, 0.0
@@ -169,7 +189,7 @@ def ray_overlap(first, second, grid: Grid, axis: int) -> tuple[float, float]:
 
 def mesh_iou(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray],
              resolution: int = DEFAULT_RESOLUTION, blur: float = 0.0, profile: bool = False,
-             rays: bool = False) -> dict:
+             rays: bool = False, cache: dict | None = None) -> dict:
     """Voxel IoU of two (vertices, triangles) meshes plus the voxel volumes (mm^3) it is based on.
 
     ``blur`` > 0 (in voxels) compares Gaussian-blurred occupancies instead, as sum(min)/sum(max): a smooth, wide
@@ -178,7 +198,9 @@ def mesh_iou(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.
     cumulative volume profiles along that axis (normalised by the target volume and the grid length): it responds
     to a part's position even when the two shapes do not overlap at all. ``rays=True`` measures the overlap along
     rays in X, Y and Z instead of in voxels (exact along each ray, sampled across it) and averages the three IoUs:
-    a wall's thickness is then resolved exactly along its normal rather than rounded to whole voxels.
+    a wall's thickness is then resolved exactly along its normal rather than rounded to whole voxels; the second
+    mesh's ray crossings are kept in ``cache`` (a dict that lives with that mesh: the loaded target's) and
+    measured once per cell size, not on every evaluation.
     """
     (v1, t1), (v2, t2) = first, second
     points = [v[t.ravel()] for v, t in ((v1, t1), (v2, t2)) if len(t)]
@@ -190,13 +212,23 @@ def mesh_iou(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.
         # Cells sized and anchored on the second mesh (the target): the same cells whatever the first one does.
         target_points = v2[t2.ravel()]
         target_lo, target_hi = target_points.min(axis=0), target_points.max(axis=0)
-        h = max(float(np.max(target_hi - target_lo)), _floor(target_lo, target_hi)) / resolution
-        h = max(h, float(np.max(stacked.max(axis=0) - stacked.min(axis=0))) / (4 * resolution))  # bound the work
+        own_h = max(float(np.max(target_hi - target_lo)), _floor(target_lo, target_hi)) / resolution
+        h = max(own_h, float(np.max(stacked.max(axis=0) - stacked.min(axis=0))) / (4 * resolution))  # bound the work
+        if h != own_h:
+            cache = None  # a cell size set by a far larger model: one of many, not worth keeping
         grid = Grid(stacked.min(axis=0), stacked.max(axis=0), h=h, anchor=target_lo)
         first, second = (v1, oriented(v1, t1)), (v2, oriented(v2, t2))
         ious = []
         for axis in range(3):
-            common, either = ray_overlap(first, second, grid, axis)
+            # The second mesh's crossings always come from its own anchored box (cached or not), so an answer does
+            # not depend on what the cache holds.
+            key = ("rays", h, tuple(float(x) for x in target_lo), axis)
+            found = None if cache is None else cache.get(key)
+            if found is None:
+                found = anchored_crossings(*second, h, target_lo, axis)
+                if cache is not None:
+                    cache[key] = found
+            common, either = ray_overlap(first, second, grid, axis, second_crossings=found)
             ious.append(common / either if either > 0 else 1.0)
         return {"iou": sum(ious) / 3, "intersection": None, "union": None, "voxel_mm": grid.h}
     occ1 = voxelise(v1, oriented(v1, t1), grid) if len(t1) else None
