@@ -23,16 +23,17 @@ GAIN = 1e-12  # smallest score change that counts as a gain (scores are IoU-like
 SCORE_TOLERANCE = 1e-5
 
 
-def solve(problem, objective, start_u, budget, *, initial_step: float = INITIAL_STEP):
+def solve(problem, objective, start_u, budget, *, initial_step: float = INITIAL_STEP, pair_moves: bool = True):
     """Maximise ``objective.score`` over the float coordinates from ``start_u``; returns (u, score) at convergence
-    (every step below its coordinate's grid). ``budget`` is enforced by the objective (OutOfBudget)."""
-    search = _Search(problem, objective, start_u, initial_step)
+    (every step below its coordinate's grid). ``budget`` is enforced by the objective (OutOfBudget).
+    ``pair_moves=False``: no ridge moves (where least squares already moved coupled coordinates together)."""
+    search = _Search(problem, objective, start_u, initial_step, pair_moves)
     return search.run()
 
 
 class _Search:
-    def __init__(self, problem, objective, start_u, initial_step):
-        self.problem, self.objective = problem, objective
+    def __init__(self, problem, objective, start_u, initial_step, pair_moves=True):
+        self.problem, self.objective, self.pair_moves = problem, objective, pair_moves
         self.indices = problem.float_indices()
         self.u = problem.snap(start_u)
         self.score = objective.score(self.u)
@@ -50,7 +51,7 @@ class _Search:
             moved = [i for i in self.indices if self.u[i] != sweep_start[i]]
             if len(moved) > 1:
                 self._pattern_move(sweep_start)
-            if not improved:
+            if not improved and self.pair_moves:
                 self._pair_moves(losses)
 
     def _try(self, candidate) -> bool:
