@@ -35,8 +35,8 @@ DEFAULT_SCHEDULE = (
     # The coarse stages leave it close: start with fine steps (1/128 of each range) rather than re-exploring. They
     # also tried every int's neighbours with the floats refitted (confirmed by this stage's objective); here a
     # neighbour is a plain move only (the refits cost 113 of 536 evaluations on an 8-parameter part). Least
-    # squares moved coupled parameters together, so no ridge moves either: on 12 random parts and the bracket,
-    # pillow block and enclosure they cost 4-40 evaluations each here and never gained once.
+    # squares moved coupled parameters together, so no ridge moves either: on 6 random parts (seeds 0 and 2) and the
+    # bracket, pillow block and enclosure they cost 4-40 evaluations each here and never gained once.
     Stage({"resolution": 128, "rays": True}, 1.0, "pattern", {"initial_step": 1 / 128, "pair_moves": False},
           refit_ints=False),
 )
