@@ -130,9 +130,15 @@ def test_inferred_range_is_marked_narrowed_persisted_and_reset(server, ui):
     shot(page, "refused", ".params-panel")
     # min >= max is the server's to refuse too.
     page.fill("[data-testid=range-min-box_length]", "30")
-    page.click("[data-testid=range-apply-box_length]")
-    page.wait_for_function("m => document.querySelector('[data-testid=range-error-box_length]').textContent !== m",
-                           arg=message)
+    # Wait for the answer itself: the editor clears its error when it sends, so a changed text alone is not the
+    # answer, and a click while the request is pending is ignored (under load the reset below was lost so).
+    with page.expect_response(lambda r: "/api/params/range" in r.url and r.request.method == "PUT") as answer:
+        page.click("[data-testid=range-apply-box_length]")
+    assert answer.value.status == 422
+    page.wait_for_function("m => { const e = document.querySelector('[data-testid=range-error-box_length]');"
+                           " return e.textContent && e.textContent !== m "
+                           "&& !document.querySelector('[data-testid=range-editor-box_length]')"
+                           ".classList.contains('pending'); }", arg=message)
     assert server.api("GET", f"/api/params?model={MODEL}").json() == before
 
     # Reset range: back to the inferred 20..80 (the value stays where it was clamped).
