@@ -162,17 +162,27 @@ def anchored_crossings(vertices: np.ndarray, triangles: np.ndarray, h: float, an
     return column // nv + own.index0[u_axis], column % nv + own.index0[v_axis], depth, sign
 
 
-def ray_overlap(first, second, grid: Grid, axis: int, second_crossings: tuple | None = None) -> tuple[float, float]:
+def _second_crossings(mesh, h: float, anchor, axis: int, cache: dict | None) -> tuple:
+    """``anchored_crossings`` of the second (target) mesh, from ``cache`` when it holds them. They always come
+    from the mesh's own anchored box, cached or not, so an answer does not depend on what the cache holds."""
+    key = ("rays", h, tuple(float(x) for x in anchor), axis)
+    found = None if cache is None else cache.get(key)
+    if found is None:
+        vertices, triangles = mesh
+        found = anchored_crossings(vertices, oriented(vertices, triangles), h, anchor, axis)
+        if cache is not None:
+            cache[key] = found
+    return found
+
+
+def ray_overlap(first, second_crossings: tuple, grid: Grid, axis: int) -> tuple[float, float]:
     """(intersection, union) lengths summed over jittered rays along ``axis``: exact along each ray.
     ``second_crossings``: the second mesh's ``anchored_crossings`` for this grid's ``h`` and anchor (it must lie
-    inside the grid), instead of measuring them again."""
+    inside the grid)."""
     c1, d1, s1 = crossings(*first, grid, axis, jitter=True)
-    if second_crossings is None:
-        c2, d2, s2 = crossings(*second, grid, axis, jitter=True)
-    else:
-        absolute_u, absolute_v, d2, s2 = second_crossings
-        u_axis, v_axis, _ = _CYCLIC[axis]
-        c2 = (absolute_u - grid.index0[u_axis]) * int(grid.counts[v_axis]) + (absolute_v - grid.index0[v_axis])
+    absolute_u, absolute_v, d2, s2 = second_crossings
+    u_axis, v_axis, _ = _CYCLIC[axis]
+    c2 = (absolute_u - grid.index0[u_axis]) * int(grid.counts[v_axis]) + (absolute_v - grid.index0[v_axis])
     column = np.concatenate([c1, c2])
     if not len(column):
         return 0.0, 0.0
@@ -217,18 +227,10 @@ def mesh_iou(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.
         if h != own_h:
             cache = None  # a cell size set by a far larger model: one of many, not worth keeping
         grid = Grid(stacked.min(axis=0), stacked.max(axis=0), h=h, anchor=target_lo)
-        first, second = (v1, oriented(v1, t1)), (v2, oriented(v2, t2))
+        first = (v1, oriented(v1, t1))
         ious = []
         for axis in range(3):
-            # The second mesh's crossings always come from its own anchored box (cached or not), so an answer does
-            # not depend on what the cache holds.
-            key = ("rays", h, tuple(float(x) for x in target_lo), axis)
-            found = None if cache is None else cache.get(key)
-            if found is None:
-                found = anchored_crossings(*second, h, target_lo, axis)
-                if cache is not None:
-                    cache[key] = found
-            common, either = ray_overlap(first, second, grid, axis, second_crossings=found)
+            common, either = ray_overlap(first, _second_crossings(second, h, target_lo, axis, cache), grid, axis)
             ious.append(common / either if either > 0 else 1.0)
         return {"iou": sum(ious) / 3, "intersection": None, "union": None, "voxel_mm": grid.h}
     occ1 = voxelise(v1, oriented(v1, t1), grid) if len(t1) else None

@@ -23,13 +23,14 @@ def improve(problem, objective, refit, u, score, *, confirm=None, warm_refit=Non
     field can prefer a count on noise: the real objective has the last word). ``refit_neighbours=False``: plain
     neighbour moves only (where earlier stages already refitted every neighbour).
     """
+    if not refit_neighbours:
+        refit = warm_refit = None
     moved = False
     improved = True
     while improved:
         improved = False
         for index in problem.int_indices():
-            found = _best_neighbour(problem, objective, refit if refit_neighbours else None, warm_refit, u, score,
-                                    index)
+            found = _best_neighbour(problem, objective, refit, warm_refit, u, score, index)
             if found is not None and (confirm is None or confirm(found[0], u)):
                 u, score = found
                 improved = moved = True
@@ -50,10 +51,10 @@ def _best_neighbour(problem, objective, refit, warm_refit, u, score, index):
             return candidate, plain
         if warm_refit is not None:
             refitted = refit_within(problem, objective, warm_refit, candidate, allowance=WARM_REFIT_EVALUATIONS)
-        elif refit is None:
-            continue
-        else:
+        elif refit is not None:
             refitted = refit_within(problem, objective, refit, candidate)
+        else:
+            continue  # plain moves only
         if refitted is not None and refitted[1] > score:
             return refitted
     return None
