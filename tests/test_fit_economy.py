@@ -1,5 +1,8 @@
-"""What keeps the default schedule's evaluation count down: coarse stages that stop crawling, a last stage without
-refits of a count or ridge moves, and the target's ray crossings measured once."""
+"""What keeps the default schedule's evaluation count down: coarse stages that stop crawling, least squares that keeps
+its Jacobian while it predicts well, a last stage without refits of a count or ridge moves, and the target's ray
+crossings measured once."""
+import math
+
 import numpy as np
 import pytest
 
@@ -21,21 +24,56 @@ def strong_and_weak(values, stage):
     return {"iou": 1 / (1 + float(residuals @ residuals)), "residuals": residuals}
 
 
+def least_squares_solve(objective, start, **options):
+    """One least-squares solve on its own (no revert pass around it): (values, evaluations)."""
+    from cad.fit.problem import Counter, Problem, StageObjective
+    from cad.fit.solvers import least_squares
+
+    problem = Problem(ROVER, start, LM_NAMES)
+    stage = StageObjective(problem, lambda values: objective(values, None), Counter(400))
+    u, _ = least_squares.solve(problem, stage, problem.start_u, 400, **options)
+    return problem.to_values(u), stage.counter.evaluations
+
+
 def test_a_coarse_stage_stops_once_what_it_gains_is_a_small_share_of_where_it_started():
-    runs = {}
-    for options in ({}, {"stall_share_of_start": 1e-3}):
-        result = fit(ROVER, ROVER.defaults(), strong_and_weak, max_evaluations=400, parameters=LM_NAMES,
-                     schedule=[Stage(None, 1.0, "least_squares", options)])
-        runs[bool(options)] = result
-    full, coarse = runs[False], runs[True]
-    assert unit(full.values, LM_NAMES[0]) == pytest.approx(0.8, abs=2e-3)
-    assert unit(coarse.values, LM_NAMES[0]) == pytest.approx(0.8, abs=2e-3)
-    assert unit(full.values, LM_NAMES[1]) == pytest.approx(0.75, abs=2e-2)  # the full solve crawls all the way
-    assert abs(unit(coarse.values, LM_NAMES[1]) - 0.75) > 0.05  # the coarse one leaves that to a finer stage
-    assert coarse.evaluations < full.evaluations
-    # The default schedule stops its coarse stages so; its last stage (the real objective) converges fully.
-    assert all(stage.solver_options.get("stall_share_of_start") for stage in DEFAULT_SCHEDULE[:-1])
-    assert not DEFAULT_SCHEDULE[-1].solver_options.get("stall_share_of_start")
+    full, full_n = least_squares_solve(strong_and_weak, ROVER.defaults())
+    coarse, coarse_n = least_squares_solve(strong_and_weak, ROVER.defaults(), stall_share_of_start=1e-3)
+    assert unit(full, LM_NAMES[0]) == pytest.approx(0.8, abs=2e-3)
+    assert unit(coarse, LM_NAMES[0]) == pytest.approx(0.8, abs=2e-3)
+    assert unit(full, LM_NAMES[1]) == pytest.approx(0.75, abs=2e-2)  # the full solve crawls all the way
+    assert abs(unit(coarse, LM_NAMES[1]) - 0.75) > 0.05  # the coarse one leaves that to a finer stage
+    assert coarse_n < full_n
+    # The default schedule stops its first coarse stages so (one stalled iteration is enough); its least-blurred
+    # field stage converges fully, off the steps, and so does the last stage (the real objective).
+    assert all(stage.solver_options.get("stall_share_of_start") for stage in DEFAULT_SCHEDULE[:-2])
+    assert all(stage.solver_options.get("stall_iterations") == 1 for stage in DEFAULT_SCHEDULE[:-2])
+    assert not any(stage.solver_options.get("stall_share_of_start") for stage in DEFAULT_SCHEDULE[-2:])
+    assert DEFAULT_SCHEDULE[-2].solver == "least_squares" and DEFAULT_SCHEDULE[-2].grid == "fine"
+
+
+def far_and_straight(values, stage):
+    # Linear residuals whose answer is 0.4 of each range away: the trust region (a twentieth of a range per
+    # iteration) cuts every step short, and every next step goes the same way.
+    residuals = np.array([3 * (unit(values, LM_NAMES[0]) - 0.9) + (unit(values, LM_NAMES[1]) - 0.1),
+                          unit(values, LM_NAMES[1]) - 0.1], dtype=np.float32)
+    return {"iou": 1 / (1 + float(residuals @ residuals)), "residuals": residuals}
+
+
+def test_least_squares_keeps_its_jacobian_while_the_steps_do_what_it_predicts(monkeypatch):
+    from cad.fit.solvers import least_squares
+
+    start = ROVER.complete({"chassis_length": ROVER["chassis_length"].min + 0.5 * (ROVER["chassis_length"].max
+                                                                                   - ROVER["chassis_length"].min),
+                            "chassis_width": ROVER["chassis_width"].min + 0.5 * (ROVER["chassis_width"].max
+                                                                                 - ROVER["chassis_width"].min)})
+    values, evaluations = least_squares_solve(far_and_straight, start)
+    monkeypatch.setattr(least_squares, "CHORD_AGREEMENT", math.inf)  # a new difference Jacobian every iteration
+    every_step, measured_every_step = least_squares_solve(far_and_straight, start)
+    for answer in (values, every_step):
+        assert unit(answer, LM_NAMES[0]) == pytest.approx(0.9, abs=2e-3)
+        assert unit(answer, LM_NAMES[1]) == pytest.approx(0.1, abs=2e-3)
+    # At least 8 trust-region steps: with a Jacobian measured before each, 3 evaluations a step.
+    assert measured_every_step >= 24 and evaluations < measured_every_step / 2
 
 
 def vents(values, stage):

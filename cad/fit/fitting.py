@@ -8,7 +8,7 @@ deterministic objective.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cad.fit.integers import NEIGHBOURS, improve, refit_within
 from cad.fit.problem import Counter, OutOfBudget, Problem, StageObjective
@@ -128,15 +128,17 @@ class _Run:
 
     def stages(self, checkpoint) -> bool:
         """Run every stage; True when the last one converged."""
-        u, last = checkpoint, len(self.schedule) - 1
+        u, last, converged = checkpoint, len(self.schedule) - 1, True
         for index, stage in enumerate(self.schedule):
             self.stage_index = index
+            if not converged and stage.options_after_cut is not None:
+                stage = replace(stage, solver_options=stage.options_after_cut)
             if index == last:
                 allowance = self.counter.remaining() - self.step_reserve()
                 return self.solve_stage(stage, self.final, checkpoint, allowance)
             share = max(int(self.counter.budget * stage.share), 1)
             objective = self.stage_objective(index)
-            self.solve_stage(stage, objective, u, share)
+            converged = self.solve_stage(stage, objective, u, share)
             if objective.jacobian is not None:
                 self.residual_stage = objective
             u = objective.best_u or u
