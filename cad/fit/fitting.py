@@ -132,7 +132,7 @@ class _Run:
         for index, stage in enumerate(self.schedule):
             self.stage_index = index
             if not converged and stage.options_after_cut is not None:
-                stage = replace(stage, solver_options=stage.options_after_cut)
+                stage = replace(stage, solver_options={**stage.solver_options, **stage.options_after_cut})
             if index == last:
                 allowance = self.counter.remaining() - self.step_reserve()
                 return self.solve_stage(stage, self.final, checkpoint, allowance)

@@ -17,8 +17,8 @@ class Stage:
     solver_options: dict = field(default_factory=dict)
     grid: str = "fine"  # "step": snap to the schema steps; "fine": to a hundredth of them (cad.fit.problem)
     refit_ints: bool = True  # False: an int's neighbours are tried as plain moves only (no refit of the floats)
-    # Solver options that replace ``solver_options`` where the stage before ran out of its share (its answer may be
-    # far off: a tight budget): a stage that trusts a converged predecessor re-explores instead.
+    # Solver options that override those of ``solver_options`` where the stage before ran out of its share (its
+    # answer may be far off: a tight budget): a stage that trusts a converged predecessor re-explores instead.
     options_after_cut: dict | None = None
 
 
@@ -48,7 +48,7 @@ DEFAULT_SCHEDULE = (
     # squares moved coupled parameters together, so no ridge moves either: on 6 random parts (seeds 0 and 2) and
     # the bracket, pillow block and enclosure they cost 4-40 evaluations each here and never gained once.
     Stage({"resolution": 128, "rays": True}, 1.0, "pattern", {"initial_step": 1 / 2048, "pair_moves": False},
-          refit_ints=False, options_after_cut={"initial_step": 1 / 128, "pair_moves": False}),
+          refit_ints=False, options_after_cut={"initial_step": 1 / 128}),
 )
 # The same search on one objective that gives only a score (no residual fields).
 SINGLE_STAGE = (Stage(None, 1.0, "pattern"),)
