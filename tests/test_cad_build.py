@@ -234,3 +234,21 @@ def test_glb_colours_are_linear_as_gltf_requires(shared_builder):
     back = meshes_from_glb(data)  # read back as the sRGB colours the parts were given
     assert [tuple(round(c, 6) for c in m.color) for m in back] == \
         [tuple(round(linear_to_srgb(c), 6) for c in f) for f in factors]
+
+
+def test_tessellate_moves_located_faces_with_their_location():
+    """A part placed by a Location (an assembly's located solids) tessellates where it is placed, rotated and
+    moved, not at its origin: the triangles of the moved part are those of the part itself, moved."""
+    import cadquery as cq
+    import numpy as np
+
+    from cad.export import tessellate
+
+    part = cq.Workplane("XY").box(30, 20, 10).faces(">Z").hole(6).val()
+    placed = part.moved(cq.Location(cq.Vector(100, -50, 7), cq.Vector(0, 0, 1), 90))
+    vertices, triangles = tessellate(part, 0.05)
+    moved_vertices, moved_triangles = tessellate(placed, 0.05)
+    assert np.array_equal(triangles, moved_triangles)
+    expected = np.stack([-vertices[:, 1] + 100, vertices[:, 0] - 50, vertices[:, 2] + 7], axis=1)
+    assert np.allclose(moved_vertices, expected, atol=1e-9)
+    assert np.allclose(moved_vertices.min(axis=0), [90, -65, 2], atol=1e-6)
