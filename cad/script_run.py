@@ -64,11 +64,9 @@ class Shown:
                 "describe_parameter": _ignore, "log": _ignore}
 
 
-def load_module(path: Path | str) -> types.ModuleType:
-    """Execute a ``build(p)`` script as a fresh module (cached per path and source hash)."""
-    path = Path(path).resolve()
-    source = path.read_text(encoding="utf-8")
-    key = (str(path), source_hash(source))
+def load_module(path: Path, key: tuple[str, str]) -> types.ModuleType:
+    """Execute a ``build(p)`` script as a fresh module, cached per ``key``: (resolved path, source hash) as
+    run_build computed it from the source it read (the file is read and hashed once per build)."""
     with _modules_lock:
         module = _modules.get(key)
         if module is not None:
@@ -96,9 +94,10 @@ def run_build(path: Path | str, values: dict):
     """Run the script with ``values`` (validated and complete): what ``build(p)`` returned, or a ``Shown``."""
     path = Path(path).resolve()
     source = path.read_text(encoding="utf-8")
-    info = _script_info(path, source)
+    key = (str(path), source_hash(source))
+    info = _script_info(key, source)
     if info.kind == "build" and not info.derived:
-        module = load_module(path)
+        module = load_module(path, key)
         try:
             return module.build(types.SimpleNamespace(**values))
         except Exception as exc:
@@ -106,12 +105,11 @@ def run_build(path: Path | str, values: dict):
     return _run_with_values(path, source, info, values)
 
 
-def _script_info(path: Path, source: str) -> ScriptInfo:
-    key = (str(path), source_hash(source))
+def _script_info(key: tuple[str, str], source: str) -> ScriptInfo:
     with _modules_lock:
         info = _infos.get(key)
     if info is None:
-        info = parse_source(source, str(path))  # a ScriptError is raised again on every run, never cached
+        info = parse_source(source, key[0])  # a ScriptError is raised again on every run, never cached
         with _modules_lock:
             if len(_infos) >= _INFOS_KEPT:
                 _infos.pop(next(iter(_infos)))

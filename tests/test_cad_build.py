@@ -240,7 +240,6 @@ def test_tessellate_moves_located_faces_with_their_location():
     """A part placed by a Location (an assembly's located solids) tessellates where it is placed, rotated and
     moved, not at its origin: the triangles of the moved part are those of the part itself, moved."""
     import cadquery as cq
-    import numpy as np
 
     from cad.export import tessellate
 
