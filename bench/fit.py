@@ -11,7 +11,8 @@ objective evaluations (a build and IoU; a repeated state is answered from a cach
 
 Solvers: ``optim`` (``cad.fit.fit`` on its own coarse-to-fine schedule, ``optim_fit``; ``optim-worker`` the same through
 one build worker of ``cad.worker_pool``, ``optim-parallel`` through ``--workers`` of them with the fit's batches
-evaluated concurrently, as /api/optimise runs it: same states and answer, ``parallel_identical`` per case says so;
+evaluated concurrently and its next probe started ahead on an idle worker, as /api/optimise runs it: same states
+and answer, ``parallel_identical`` per case says so, ``builds`` counts the probes started ahead and never asked;
 ``optim-whole`` the serial fit with the whole shape's residuals only, without the per-part blocks a named STEP
 assembly adds, ``cad.residual_fields``), ``powell`` and ``nelder-mead``
 (``scipy.optimize.minimize`` on the numeric parameters normalised to [0, 1], bounds respected, ints rounded inside
@@ -57,15 +58,16 @@ SIMPLEX_STEP = 0.1  # Nelder-Mead's initial simplex, share of each range
 FIT = "cad.fit.fit(schedule=DEFAULT_SCHEDULE)"  # what optim_fit calls, for the report
 
 
-def optim_fit(schema, start: dict, objective, budget: int, objective_many=None, workers: int = 1) -> tuple:
-    """optim's fit on its own schedule: the ONE place that calls it. Returns (values, stopped, trace): the trace
-    is (evaluations, best final-stage score) after each gain.
+def optim_fit(schema, start: dict, objective, budget: int, submit=None, workers: int = 1) -> tuple:
+    """optim's fit on its own schedule: the ONE place that calls it. Returns (values, stopped, trace, wasted): the
+    trace is (evaluations, best final-stage score) after each gain; wasted: states started ahead on an idle
+    worker and never asked (builds that are not evaluations).
     (Measured before cad/fit landed with ``cad.optimise.optimise(schema, start, objective, max_steps=budget,
     stages=VOXEL_STAGES)``, fields values/steps/stopped.)"""
     from cad.fit import fit
 
-    result = fit(schema, start, objective, max_evaluations=budget, objective_many=objective_many, workers=workers)
-    return result.values, result.stopped, [list(point) for point in result.trace]
+    result = fit(schema, start, objective, max_evaluations=budget, submit=submit, workers=workers)
+    return result.values, result.stopped, [list(point) for point in result.trace], result.wasted_builds
 
 
 # --- cases --------------------------------------------------------------------------------------------------------
@@ -185,31 +187,34 @@ def run_optim(schema, start, path, target, budget, parts: bool = True):
             stage = {**stage, "field": {**stage["field"], "parts": False}}
         return score(values, stage)
 
-    values, stopped, trace = optim_fit(schema, start, objective, budget)
+    values, stopped, trace, _ = optim_fit(schema, start, objective, budget)
     return values, calls["count"], stopped, score.failures["count"], trace
 
 
 def run_optim_parallel(schema, start, path, target, budget, workers):
-    """optim's fit with ``objective_many`` mapped over a pool of ``workers`` build workers (cad.worker_pool), as
-    /api/optimise runs it: each concurrent slot with its own affinity key (the path spelt with /./). The workers
-    are started and have read the target before the clock starts (the web process keeps them)."""
+    """optim's fit with ``submit`` on a pool of ``workers`` build workers (cad.worker_pool), as /api/optimise runs
+    it: each concurrent job with its slot's own affinity key (the path spelt with /./, ``cad.worker_pool.Slots``). The workers are
+    started and have read the target before the clock starts (the web process keeps them). Returns the values,
+    the fit's evaluations, how it stopped, failed builds, wall seconds, the trace and the builds made (the
+    evaluations and the states started ahead that were never asked)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from cad.errors import BuildError
-    from cad.worker_pool import WorkerPool
+    from cad.worker_pool import Slots, WorkerPool
 
     pool, calls, failures = WorkerPool(workers), {"count": 0}, {"count": 0}
     folder, _, name = path.rpartition(os.sep)
     keys = [os.sep.join([folder, *(["."] * slot), name]) for slot in range(workers)]
 
-    lock = threading.Lock()
+    lock, slots = threading.Lock(), Slots(workers)
 
-    def objective(values: dict, stage, slot: int = 0):
+    def objective(values: dict, stage):
         with lock:
             calls["count"] += 1
         try:
-            return pool.call("compare", path, values, target, method="mesh", detail=False, **(stage or {}),
-                             script=keys[slot % workers])
+            with slots.take() as slot:
+                return pool.call("compare", path, values, target, method="mesh", detail=False, **(stage or {}),
+                                 script=keys[slot])
         except BuildError as exc:
             failures["count"] += 1
             log.debug("%s does not score at %s: %s", Path(path).stem, values, exc)
@@ -217,18 +222,24 @@ def run_optim_parallel(schema, start, path, target, budget, workers):
 
     try:
         with ThreadPoolExecutor(workers) as executor:
-            # Warm-up, not counted: every worker started, the target read, each slot's key on its own worker.
-            list(executor.map(lambda slot: objective(start, FINAL_STAGE, slot), range(workers)))
+            # Warm-up, not counted: one job per slot at once, so every worker has started and read the target and
+            # each slot's key is on its own worker.
+            barrier = threading.Barrier(workers)
+
+            def warm_up(_):
+                barrier.wait()
+                return objective(start, FINAL_STAGE)
+
+            list(executor.map(warm_up, range(workers)))
             calls["count"] = 0
             started = time.perf_counter()
-            values, stopped, trace = optim_fit(
-                schema, start, objective, budget,
-                lambda many, stage: list(executor.map(lambda v, slot: objective(v, stage, slot), many,
-                                                      range(len(many)))), workers)
+            values, stopped, trace, wasted = optim_fit(
+                schema, start, objective, budget, lambda values, stage: executor.submit(objective, values, stage),
+                workers)
             elapsed = time.perf_counter() - started
     finally:
         pool.close()
-    return values, calls["count"], stopped, failures["count"], elapsed, trace
+    return values, calls["count"] - wasted, stopped, failures["count"], elapsed, trace, calls["count"]
 
 
 def run_scipy(method: str, schema, start, path, target, budget, baseline_objective: str):
@@ -288,12 +299,12 @@ def run_case(case: dict, budget: int, solvers: list[str], baseline_objective: st
         result["start_iou"] = before["iou"]
         for solver in solvers:
             clear_process_cache()
-            started = time.perf_counter()
+            started, builds = time.perf_counter(), None
             if solver in ("optim", "optim-whole"):
                 values, evaluations, stopped, failures, trace = run_optim(schema, start, str(path), target, budget,
                                                                           parts=solver == "optim")
             elif solver in ("optim-worker", "optim-parallel"):
-                values, evaluations, stopped, failures, elapsed, trace = run_optim_parallel(
+                values, evaluations, stopped, failures, elapsed, trace, builds = run_optim_parallel(
                     schema, start, str(path), target, budget, workers if solver == "optim-parallel" else 1)
                 started = time.perf_counter() - elapsed
             else:
@@ -309,6 +320,7 @@ def run_case(case: dict, budget: int, solvers: list[str], baseline_objective: st
             error = statistics.fmean(abs(values[p.name] - case["hidden"][p.name]) / (p.max - p.min) for p in numeric)
             result["solvers"][solver] = {
                 "iou": after["iou"], "iou_method": after["method"], "evaluations": evaluations, "wall_s": elapsed,
+                "builds": evaluations if builds is None else builds,
                 "stopped": stopped, "failed_evaluations": failures, "parameter_error": error, "values": values,
                 "trace": trace}
             log.info("%-22s %-14s IoU %.4f -> %.4f (%s)  %4d evaluations  %6.1f s  %s", case["name"], solver,
@@ -349,6 +361,7 @@ def summarise(results: list[dict], solvers: list[str]) -> dict:
                 "cases": len(runs), "median_iou": statistics.median(ious), "worst_iou": min(ious),
                 "at_least_0.99": sum(i >= 0.99 for i in ious),
                 "median_evaluations": statistics.median(run["evaluations"] for run in runs),
+                "median_builds": statistics.median(run.get("builds", run["evaluations"]) for run in runs),
                 "median_wall_s": statistics.median(run["wall_s"] for run in runs)}
             reached = [run["to_powell"] for run in runs if run.get("to_powell") is not None]
             if any("to_powell" in run for run in runs):
@@ -360,12 +373,12 @@ def summarise(results: list[dict], solvers: list[str]) -> dict:
 
 def table(summary: dict) -> str:
     lines = [f"{'class':<15}{'solver':<16}{'cases':>6}{'median IoU':>12}{'worst IoU':>11}{'>=0.99':>8}"
-             f"{'median evals':>14}{'median wall s':>15}{'reach Powell':>14}{'evals to it':>13}"]
+             f"{'median evals':>14}{'builds':>8}{'median wall s':>15}{'reach Powell':>14}{'evals to it':>13}"]
     for case_class, by_solver in summary.items():
         for solver, row in by_solver.items():
             line = (f"{case_class:<15}{solver:<16}{row['cases']:>6}{row['median_iou']:>12.4f}"
                     f"{row['worst_iou']:>11.4f}{row['at_least_0.99']:>5}/{row['cases']:<2}"
-                    f"{row['median_evaluations']:>14.0f}{row['median_wall_s']:>15.1f}")
+                    f"{row['median_evaluations']:>14.0f}{row['median_builds']:>8.0f}{row['median_wall_s']:>15.1f}")
             if "reached_powell" in row:  # the evaluations to Powell's final score, median over the cases reached
                 to_it = row["median_to_powell"]
                 line += f"{row['reached_powell']:>11}/{row['cases']:<2}{'-' if to_it is None else f'{to_it:.0f}':>13}"
@@ -404,7 +417,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"comma-separated, of {', '.join(SOLVERS)}")
     parser.add_argument("--workers", type=int, default=2,
                         help="build workers of optim-parallel (the same fit, its batches evaluated concurrently on a "
-                             "pool of build workers, as /api/optimise runs it); optim-worker: the same on one worker")
+                             "pool of build workers and its next probe started ahead, as /api/optimise runs it); "
+                             "optim-worker: the same on one worker")
     parser.add_argument("--baseline-objective", choices=("rays", "exact"), default="rays",
                         help="the baselines' objective: optim's final stage (ray IoU at 128) or the exact IoU")
     parser.add_argument("--jobs", type=int, default=1, help="cases run in parallel processes")

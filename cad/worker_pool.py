@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 
 from cad.worker import DEFAULT_TIMEOUT_S, WorkerClient
 
@@ -29,6 +30,30 @@ def pool_size() -> int:
     except ValueError:
         log.warning("CAD_BUILD_WORKERS=%r is not a whole number; using %d", raw, DEFAULT_WORKERS)
         return DEFAULT_WORKERS
+
+
+class Slots:
+    """The lowest free one of ``count`` slot numbers, held inside a ``with slots.take() as slot`` block. A caller
+    that runs jobs of one script concurrently gives each slot its own affinity key: a job alone then always runs
+    as slot 0, and slot 1's key meets the pool first while slot 0's worker is busy, so it settles on another one
+    (a key per thread instead would bind both keys to one worker during serial stretches, and each overlap after
+    would wait ``AFFINITY_WAIT_S`` for it)."""
+
+    def __init__(self, count: int):
+        self._free, self._lock = list(range(count)), threading.Lock()
+
+    @contextmanager
+    def take(self):
+        with self._lock:
+            if not self._free:
+                raise RuntimeError("more concurrent jobs than slots")
+            slot = min(self._free)
+            self._free.remove(slot)
+        try:
+            yield slot
+        finally:
+            with self._lock:
+                self._free.append(slot)
 
 
 class WorkerPool:

@@ -128,6 +128,19 @@ def test_tiny_end_to_end_run_writes_all_three_solvers(tmp_path):
     assert "median IoU" in done.stdout and "reach Powell" in done.stdout
 
 
+def test_the_parallel_run_is_the_serial_fit_and_counts_the_builds_started_ahead(tmp_path):
+    out = tmp_path / "fit.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "fit.py"), "--random", "1", "--shipped", "none",
+                           "--budget", "40", "--seed", "3", "--solvers", "optim,optim-parallel", "--workers", "2",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (case,) = json.loads(out.read_text())["cases"]
+    serial, parallel = case["solvers"]["optim"], case["solvers"]["optim-parallel"]
+    assert case["parallel_identical"] and parallel["values"] == serial["values"]
+    assert serial["builds"] == serial["evaluations"] <= 40 and parallel["builds"] > parallel["evaluations"]
+    assert " builds" in done.stdout
+
+
 def test_cases_scale_once_and_identically(tmp_path):
     """--scale multiplies every length once (random, shipped alike); the hidden values scale with them."""
     from argparse import Namespace

@@ -1,4 +1,5 @@
-"""cad.fit with objective_many: the batches evaluated concurrently give the serial fit's states, answer and count."""
+"""cad.fit with submit: the batches evaluated concurrently, and states started ahead on idle workers, give the
+serial fit's states, answer and count."""
 import math
 import random
 import threading
@@ -41,10 +42,10 @@ def run(parallel: bool, budget=300, cancel=None, log=None, workers=3):
         return objective(values, stage)
 
     executor = ThreadPoolExecutor(workers)
-    many = (lambda batch, stage: list(executor.map(lambda v: counted(v, stage), batch))) if parallel else None
+    submit = (lambda values, stage: executor.submit(counted, values, stage)) if parallel else None
     try:
         return fit(ROVER, ROVER.defaults(), counted, max_evaluations=budget, parameters=NAMES, schedule=SCHEDULE,
-                   objective_many=many, workers=workers if parallel else 1, cancel=cancel), seen
+                   submit=submit, workers=workers if parallel else 1, cancel=cancel), seen
     finally:
         executor.shutdown()
 
@@ -54,26 +55,56 @@ def test_parallel_and_serial_fits_are_identical():
     for _ in range(2):
         parallel, parallel_seen = run(True)
         assert parallel.values == serial.values and parallel.iou == serial.iou
-        assert parallel.evaluations == serial.evaluations == len(serial_seen) == len(parallel_seen)
+        assert parallel.evaluations == serial.evaluations == len(serial_seen)
         assert parallel.trace == serial.trace and parallel.stopped == serial.stopped
-        assert sorted(parallel_seen, key=repr) == sorted(serial_seen, key=repr)  # the same states, any order
+        # the same states, any order, and the ones started ahead that the search never asked for
+        assert len(parallel_seen) == parallel.evaluations + parallel.wasted_builds
+        serial_states, parallel_states = [repr(state) for state in serial_seen], [repr(s) for s in parallel_seen]
+        assert set(serial_states) <= set(parallel_states) and len(set(parallel_states)) == len(parallel_states)
+        assert serial.wasted_builds == 0
     assert serial.iou > serial.start_iou
 
 
-def test_objective_many_gets_batches_and_the_budget_stays_exact():
-    sizes = []
+def overlap_counting(workers: int):
+    """(submit, most): an objective on ``workers`` threads that records the most evaluations running at once."""
+    lock, running, most = threading.Lock(), [0], [0]
+    executor = ThreadPoolExecutor(workers)
 
-    def many(batch, stage):
-        sizes.append(len(batch))
-        return [objective(v, stage) for v in batch]
+    def timed(values, stage):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.003)
+        with lock:
+            running[0] -= 1
+        return objective(values, stage)
 
-    for budget in (1, 7, 23, 61):
-        result = fit(ROVER, ROVER.defaults(), objective, max_evaluations=budget, parameters=NAMES,
-                     schedule=SCHEDULE, objective_many=many, workers=2)
-        serial = fit(ROVER, ROVER.defaults(), objective, max_evaluations=budget, parameters=NAMES,
-                     schedule=SCHEDULE)
-        assert result.evaluations == serial.evaluations <= budget and result.values == serial.values
-    assert max(sizes) == 2  # chunks of the worker count
+    return executor, (lambda values, stage: executor.submit(timed, values, stage)), most
+
+
+def test_at_most_one_state_runs_per_worker_and_the_budget_stays_exact():
+    executor, submit, most = overlap_counting(2)
+    with executor:
+        for budget in (1, 7, 23, 61):
+            result = fit(ROVER, ROVER.defaults(), objective, max_evaluations=budget, parameters=NAMES,
+                         schedule=SCHEDULE, submit=submit, workers=2)
+            serial = fit(ROVER, ROVER.defaults(), objective, max_evaluations=budget, parameters=NAMES,
+                         schedule=SCHEDULE)
+            assert result.evaluations == serial.evaluations <= budget and result.values == serial.values
+    assert most[0] == 2
+
+
+def test_a_pattern_search_keeps_the_idle_worker_busy_with_its_next_probe():
+    # No batches in this schedule (no differences, no pair moves): every overlap is a probe started ahead.
+    schedule = [Stage("real", 1.0, "pattern", {"initial_step": 1 / 16, "pair_moves": False})]
+    executor, submit, most = overlap_counting(2)
+    with executor:
+        result = fit(ROVER, ROVER.defaults(), objective, max_evaluations=200, parameters=NAMES[:3],
+                     schedule=schedule, submit=submit, workers=2)
+    serial = fit(ROVER, ROVER.defaults(), objective, max_evaluations=200, parameters=NAMES[:3], schedule=schedule)
+    assert most[0] == 2 and result.values == serial.values and result.evaluations == serial.evaluations
+    # most probes miss near the end, so most states started ahead are asked for: few builds are wasted
+    assert 0 < result.wasted_builds < result.evaluations / 3
 
 
 def test_cancel_stops_a_parallel_fit_between_chunks():
@@ -86,7 +117,9 @@ def test_cancel_stops_a_parallel_fit_between_chunks():
             return cancel.is_set()
 
     result, seen = run(True, cancel=Cancel(), log=log, workers=2)
-    assert result.stopped == "cancelled" and result.evaluations == len(seen) and 10 <= len(seen) <= 11
+    # it stops within a chunk (and a state started ahead) of the cancel; every build is accounted for
+    assert result.stopped == "cancelled" and 10 <= len(seen) <= 12
+    assert result.evaluations + result.wasted_builds == len(seen)
 
 
 def test_a_bad_worker_count_is_refused():
@@ -99,11 +132,35 @@ def test_a_reached_target_ends_serial_and_parallel_fits_at_the_same_count():
         miss = abs(values["chassis_length"] - 300)
         return 1.0 if miss < 30 else 0.9 - miss / 1000
 
-    def many(batch, stage):
-        return [hit(v, stage) for v in batch]
-
-    runs = [fit(ROVER, ROVER.defaults(), hit, max_evaluations=100, parameters=NAMES[:3], schedule=SINGLE_STAGE,
-                objective_many=many if workers > 1 else None, workers=workers) for workers in (1, 2, 3)]
+    executor = ThreadPoolExecutor(3)
+    with executor:
+        runs = [fit(ROVER, ROVER.defaults(), hit, max_evaluations=100, parameters=NAMES[:3], schedule=SINGLE_STAGE,
+                    submit=lambda values, stage: executor.submit(hit, values, stage), workers=workers)
+                for workers in (1, 2, 3)]
     assert {(r.stopped, r.evaluations, tuple(r.values.items())) for r in runs} == {
         (runs[0].stopped, runs[0].evaluations, tuple(runs[0].values.items()))}
     assert runs[0].stopped == "target_reached"
+
+
+def test_a_lone_job_always_runs_as_slot_0_and_overlapping_jobs_get_their_own():
+    # The optimiser's affinity keys follow the slots: serial stretches must keep slot 0's key on one worker and
+    # leave slot 1's for the worker that is free when two jobs overlap.
+    from cad.worker_pool import Slots
+
+    slots, seen, inside = Slots(2), [], threading.Barrier(2)
+    for _ in range(3):
+        with slots.take() as slot:
+            seen.append(slot)
+    assert seen == [0, 0, 0]
+
+    def overlapping(_):
+        with slots.take() as slot:
+            inside.wait(timeout=5)  # both held at once
+            return slot
+
+    with ThreadPoolExecutor(2) as executor:
+        assert sorted(executor.map(overlapping, range(2))) == [0, 1]
+    with slots.take() as first, slots.take() as second:
+        assert (first, second) == (0, 1)
+        with pytest.raises(RuntimeError, match="slots"), slots.take():
+            pass

@@ -21,6 +21,7 @@ from cad.errors import BuildError, EmptyGeometry
 from cad.fit import DEFAULT_SCHEDULE, MAX_EVALUATIONS_LIMIT, fit
 from cad.session import VersionConflict
 from cad.worker import BuildTimeout
+from cad.worker_pool import Slots
 from vlm.backend import CancelToken
 
 from .cad_api import entry_json, state_json
@@ -122,7 +123,7 @@ def _run(ctx: dict, progress=None, on_vlm=None, on_best=None) -> dict:
             progress = _with_eta(progress, ctx["max_steps"])
         result = fit(ctx["schema"], search_start, evaluator.objective, max_evaluations=ctx["max_steps"],
                      schedule=DEFAULT_SCHEDULE, progress=progress, cancel=cancel, extra_starts=extra_starts,
-                     objective_many=evaluator.objective_many, workers=evaluator.workers, on_best=on_best)
+                     submit=evaluator.submit, workers=evaluator.workers, on_best=on_best)
     _stop_if_shutting_down(svc)
     if result.values != best_values:
         # The search scores voxels; the state kept is the one the real comparison (exact where possible) prefers.
@@ -161,24 +162,25 @@ def _with_eta(progress, max_steps: int):
 
 
 class _Evaluator:
-    """The fit's objective over the build workers: ``objective`` for one state, ``objective_many`` for a batch,
-    one state per worker at once (``workers``: the pool's size).
+    """The fit's objective over the build workers: ``objective`` for one state here, ``submit`` for one on a
+    thread of its own, at most ``workers`` (the pool's size) at once; None with one worker.
 
-    Each concurrent slot calls the pool with its own affinity key (``WorkerPool.call(affinity=...)``): the pool
-    would otherwise hold a second job of the same script back for the worker that ran the first
-    (``cad.worker_pool.AFFINITY_WAIT_S``), which serialises the fit. The keys settle on different workers on
-    their first overlap (at most one such wait per run).
+    Each concurrent job calls the pool with its slot's own affinity key (``WorkerPool.call(affinity=...)``,
+    ``cad.worker_pool.Slots``): the pool would otherwise hold a second job of the same script back for the
+    worker that ran the first (``cad.worker_pool.AFFINITY_WAIT_S``), which serialises the fit.
     """
 
     def __init__(self, svc, model, path):
         self.svc, self.model, self.path = svc, model, path
         self.workers = max(len(getattr(svc.builder.worker, "clients", ())), 1)
-        self._executor = None
+        self._executor, self._slots = None, Slots(self.workers)
+        self.submit = None
 
     def __enter__(self):
         if self.workers > 1:
             self._executor = ThreadPoolExecutor(max_workers=self.workers,
                                                 thread_name_prefix=f"optimise-{self.model.name}")
+            self.submit = self._submit
         return self
 
     def __exit__(self, *exc) -> None:
@@ -195,12 +197,12 @@ class _Evaluator:
     def objective(self, values: dict, stage) -> dict | float:
         return self._compare(values, stage, self._script_key(0))
 
-    def objective_many(self, values_list: list, stage) -> list:
-        """The fit hands over at most ``workers`` states at once: state i of the chunk runs in slot i."""
-        if self._executor is None or len(values_list) == 1:
-            return [self.objective(values, stage) for values in values_list]
-        keys = [self._script_key(slot % self.workers) for slot in range(len(values_list))]
-        return list(self._executor.map(lambda v, key: self._compare(v, stage, key), values_list, keys))
+    def _submit(self, values: dict, stage):
+        def job():
+            with self._slots.take() as slot:
+                return self._compare(values, stage, self._script_key(slot))
+
+        return self._executor.submit(job)
 
     def _compare(self, values: dict, stage, affinity: dict) -> dict | float:
         # The whole answer: least-squares stages read its residuals, the others its iou. (What Builder.compare

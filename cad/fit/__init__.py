@@ -4,8 +4,9 @@
   of it; through the start value), the counted and cached objective with a tiny pull toward the start.
 - ``solvers``: Levenberg-Marquardt on residual fields, a coordinate/pattern search, scipy's Powell; one interface.
 - ``integers``: neighbour moves of the ints with a short refit of the floats.
-- Parallel: ``fit(..., objective_many=, workers=)`` evaluates the solvers' batches of independent states
-  concurrently; the batches are fixed by the algorithm, so the answer and the count are those of the serial fit.
+- ``workers``: parallel evaluations, ``fit(..., submit=, workers=)``: the solvers' batches of independent states
+  at once, and the state a serial search would ask next started on an idle worker; the batches are fixed by the
+  algorithm and a state counts only once asked, so the answer and the count are those of the serial fit.
 - ``schedule``: the stages as data; ``fitting``: ``fit`` and ``FitResult`` (the revert pass, then the answer
   moved onto the step grid wherever that costs no IoU).
 

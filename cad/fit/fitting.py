@@ -15,6 +15,7 @@ from cad.fit.problem import Counter, OutOfBudget, Problem, StageObjective
 from cad.fit.schedule import DEFAULT_SCHEDULE
 from cad.fit.solvers import get as get_solver
 from cad.fit.solvers import get_warm_refit
+from cad.fit.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class FitResult:
     evaluations: int
     stopped: str  # "converged" | "budget" | "target_reached" | "cancelled"
     trace: list[tuple[int, float]] = field(default_factory=list)  # (evaluations, best IoU) after each gain
+    wasted_builds: int = 0  # states started ahead on an idle worker that the search never asked for
 
     def changes(self) -> dict:
         """name -> new value for every parameter that moved."""
@@ -46,7 +48,7 @@ class FitResult:
 
 
 def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, cancel=None,
-        parameters: list[str] | None = None, extra_starts=(), schedule=DEFAULT_SCHEDULE, objective_many=None,
+        parameters: list[str] | None = None, extra_starts=(), schedule=DEFAULT_SCHEDULE, submit=None,
         workers: int = 1, on_best=None) -> FitResult:
     """Maximise ``objective(values, stage.options)`` (an IoU, or a dict with ``iou`` and ``residuals``) over the
     numeric parameters of ``schema`` (or the ``parameters`` among them) from ``start``.
@@ -59,11 +61,14 @@ def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, 
     ``is_set()``) stops before the next evaluation; the result is the best state so far. Raises ValueError on a
     bad budget, schedule or name.
 
-    ``objective_many(list_of_values, stage.options) -> list of answers`` (in the same order), when given, is used
-    for the batches of independent states the solvers ask for (least squares' finite-difference columns, the
-    pattern search's pair moves two at a time), handed over ``workers`` at a time; a cancel is seen between such chunks. The
-    batches do not depend on ``workers`` or on the order evaluations finish in: with or without
-    ``objective_many`` the fit makes the same evaluations and returns the same answer.
+    ``submit(values, stage.options) -> concurrent.futures.Future`` of the answer, when given with ``workers``
+    > 1, evaluates on that many workers (``cad.fit.workers``): the batches of independent states the solvers ask
+    for (least squares' finite-difference columns, the pattern search's pair moves two at a time) go ``workers``
+    at a time (a cancel is seen between such chunks), and while the search waits for one state an idle worker
+    starts the one it would ask next on a miss. The batches do not depend on ``workers`` or on the order
+    evaluations finish in, and a state started ahead counts only once asked: with or without ``submit`` the fit
+    makes the same evaluations and returns the same answer (``FitResult.wasted_builds``: states started ahead
+    and never asked).
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a whole number of at least 1, got {workers!r}")
@@ -74,17 +79,20 @@ def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, 
     if not schedule:
         raise ValueError("the schedule needs at least one stage")
     problem = Problem(schema, start, parameters)
-    run = _Run(problem, objective, tuple(schedule), Counter(max_evaluations, cancel), progress,
-               objective_many, workers, on_best)
-    return run.execute([schema.complete({**problem.start, **extra}) for extra in extra_starts])
+    pool = Workers(submit, workers) if submit is not None and workers > 1 else None
+    run = _Run(problem, objective, tuple(schedule), Counter(max_evaluations, cancel), progress, pool, on_best)
+    try:
+        return run.execute([schema.complete({**problem.start, **extra}) for extra in extra_starts])
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 class _Run:
-    def __init__(self, problem, objective, schedule, counter, progress, objective_many=None, workers=1,
-                 on_best=None):
+    def __init__(self, problem, objective, schedule, counter, progress, workers=None, on_best=None):
         self.problem, self.objective, self.schedule = problem, objective, schedule
         self.on_best, self.searching, self.shown_u = on_best, None, None
-        self.objective_many, self.workers = objective_many, workers
+        self.workers = workers
         self.counter, self.progress = counter, progress
         self.stage_index = 0
         self.trace: list[tuple[int, float]] = []
@@ -94,9 +102,9 @@ class _Run:
 
     def stage_objective(self, index, target=None) -> StageObjective:
         options = self.schedule[index].options
-        many = None if self.objective_many is None else (lambda values: self.objective_many(values, options))
         return StageObjective(self.problem, lambda values: self.objective(values, options), self.counter,
-                              on_evaluation=self.report, target=target, evaluate_many=many, chunk=self.workers)
+                              on_evaluation=self.report, target=target, workers=self.workers, stage=index,
+                              options=options)
 
     def report(self) -> None:
         best = self.final.best_iou
@@ -266,4 +274,5 @@ class _Run:
             stopped = "converged" if converged else "budget"
         log.info("fit: IoU %.4f -> %.4f in %d evaluations (%s)", start_iou, iou, self.counter.evaluations, stopped)
         return FitResult(start_values=dict(self.problem.start), values=values, start_iou=start_iou, iou=iou,
-                         evaluations=self.counter.evaluations, stopped=stopped, trace=list(self.trace))
+                         evaluations=self.counter.evaluations, stopped=stopped, trace=list(self.trace),
+                         wasted_builds=0 if self.workers is None else self.workers.wasted)

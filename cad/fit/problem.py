@@ -222,8 +222,9 @@ class StageObjective:
     evaluate: object  # values -> IoU | {"iou", "residuals"}
     counter: Counter
     on_evaluation: object = None  # called after every real evaluation
-    evaluate_many: object = None  # [values] -> [answers], evaluated concurrently; None: one by one
-    chunk: int = 1  # states handed to evaluate_many at once (the workers it has)
+    workers: object = None  # cad.fit.workers.Workers: states evaluated concurrently; None: one by one, here
+    stage: int = 0  # the stage's index (what ``workers`` keys states started ahead by) and its objective options
+    options: object = None
     target: float | None = None  # an IoU that ends the whole fit (the final objective only)
     scores: dict = field(default_factory=dict)
     residual_cache: OrderedDict = field(default_factory=OrderedDict)
@@ -234,17 +235,22 @@ class StageObjective:
     jacobian: object = None  # the last finite-difference Jacobian a least-squares solve measured (warm refits)
     jacobian_indices: tuple = ()  # the coordinate of each of its columns
 
-    def iou(self, u, want_residuals: bool = False) -> float:
+    @property
+    def chunk(self) -> int:
+        return 1 if self.workers is None else self.workers.count
+
+    def iou(self, u, want_residuals: bool = False, ahead=()) -> float:
         key = self.problem.key(u)
         if key not in self.scores or (want_residuals and key not in self.residual_cache):
-            self.evaluate_batch([u], want_residuals)
+            self.evaluate_batch([u], want_residuals, ahead)
         return self.scores[key]
 
-    def evaluate_batch(self, us, want_residuals: bool = False) -> dict:
-        """Evaluate the distinct states among ``us`` that the cache cannot answer, as one batch: they go to
-        ``evaluate_many`` (concurrently, on the build workers) in chunks of ``chunk``, and are recorded in the
-        order of ``us`` whatever order they finish in, so a fit is the same serial or parallel. The budget is
-        exact: past the ceiling only the first states run, then OutOfBudget; a cancel is seen before each chunk.
+    def evaluate_batch(self, us, want_residuals: bool = False, ahead=()) -> dict:
+        """Evaluate the distinct states among ``us`` that the cache cannot answer, as one batch: they go to the
+        build workers (concurrently) in chunks of one per worker, and are recorded in the order of ``us``
+        whatever order they finish in, so a fit is the same serial or parallel. The budget is exact: past the
+        ceiling only the first states run, then OutOfBudget; a cancel is seen before each chunk. ``ahead``: the
+        states the search is likely to ask next, started on a worker left idle (counted only once asked).
         Returns key -> residuals (or None) of the states evaluated here."""
         pending, seen = [], set()
         for u in us:
@@ -262,16 +268,23 @@ class StageObjective:
                 self.counter.cancelled = True  # a cancel stops the batch between chunks (a reached target
                 raise OutOfBudget  # does not: what a batch evaluates must not depend on the chunk size)
             chunk = pending[begin:min(begin + self.chunk, granted)]
-            values = [self.problem.to_values(u) for _, u in chunk]
-            answers = [self.evaluate(v) for v in values] if self.evaluate_many is None or len(chunk) == 1 \
-                else list(self.evaluate_many(values))
-            if len(answers) != len(chunk):
-                raise ValueError(f"objective_many answered {len(answers)} states for {len(chunk)}")
+            if self.workers is None:
+                answers = [self.evaluate(self.problem.to_values(u)) for _, u in chunk]
+            else:
+                last = begin + self.chunk >= granted and granted < self.counter.remaining()
+                answers = self.workers.answers(self.stage, self.options, [(key, self.problem.to_values(u))
+                                                                          for key, u in chunk],
+                                               self.started_ahead(ahead) if last else ())
             for (key, u), answer in zip(chunk, answers):
                 fresh[key] = self.record(key, u, answer)
         if granted < len(pending):
             raise OutOfBudget
         return fresh
+
+    def started_ahead(self, us) -> list:
+        """(key, values) of the states among ``us`` not known yet, to start ahead."""
+        known = [self.problem.key(u) for u in us]
+        return [(key, self.problem.to_values(u)) for key, u in zip(known, us) if key not in self.scores]
 
     def record(self, key, u, answer):
         """Count one evaluation's answer; returns its residuals (or None)."""
@@ -322,13 +335,15 @@ class StageObjective:
         finally:
             self.trackers.remove(tracker)
 
-    def score(self, u) -> float:
-        """What solvers maximise: the IoU less a tiny pull toward the start (ties go to the smaller change)."""
-        return self.iou(u) - REGULARISATION * self.problem.distance(u)
+    def score(self, u, ahead=()) -> float:
+        """What solvers maximise: the IoU less a tiny pull toward the start (ties go to the smaller change).
+        ``ahead``: states the solver may ask next, started on an idle worker meanwhile (see evaluate_batch)."""
+        return self.iou(u, ahead=ahead) - REGULARISATION * self.problem.distance(u)
 
-    def residuals(self, u):
-        """The residual vector at ``u`` (None where the state does not build or the stage gives none)."""
-        self.iou(u, want_residuals=True)
+    def residuals(self, u, ahead=()):
+        """The residual vector at ``u`` (None where the state does not build or the stage gives none); ``ahead``
+        as for ``score``."""
+        self.iou(u, want_residuals=True, ahead=ahead)
         key = self.problem.key(u)
         self.residual_cache.move_to_end(key)
         return self.residual_cache[key]

@@ -82,8 +82,8 @@ class _LevenbergMarquardt:
         self.problem, self.objective, self.max_move = problem, objective, max_move
         self.indices = problem.float_indices()
 
-    def residuals(self, u):
-        found = self.objective.residuals(u)
+    def residuals(self, u, ahead=()):
+        found = self.objective.residuals(u, ahead)
         return None if found is None else np.asarray(found, dtype=np.float32)
 
     def run(self, u, max_iterations, stall_share_of_start=0.0, stall_iterations=2):
@@ -175,20 +175,31 @@ class _LevenbergMarquardt:
         def step_for(damped):
             return np.linalg.solve(normal + damped * scale * identity, -gradient)
 
-        for _ in range(5):
+        def candidate_at(damped):
+            damped, delta = self.trust_region(step_for, damped)
+            return damped, self.moved(u, {i: float(d) for i, d in zip(self.indices, delta)})
+
+        for attempt in range(5):
             try:
-                damping, delta = self.trust_region(step_for, damping)
+                damping, candidate = candidate_at(damping)
             except np.linalg.LinAlgError:
                 damping *= 10
                 continue
-            candidate = self.moved(u, {i: float(d) for i, d in zip(self.indices, delta)})
             if candidate == u:
                 break
-            trial = self.residuals(candidate)
+            trial = self.residuals(candidate, self.on_miss(candidate_at, damping * 4) if attempt < 4 else ())
             if trial is not None and float(trial @ trial) < cost:
                 return candidate, trial, max(damping / 3, 1e-7)
             damping *= 4
         return None, None, damping
+
+    @staticmethod
+    def on_miss(candidate_at, damping) -> list:
+        """The state the next try would ask for if this one does not lower the cost (started ahead)."""
+        try:
+            return [candidate_at(damping)[1]]
+        except np.linalg.LinAlgError:
+            return []
 
     def trust_region(self, step_for, damping):
         """The least damping (from ``damping`` up) whose step moves no coordinate more than max_move, found by

@@ -47,18 +47,19 @@ class _Search:
                 return self.u, self.score
             sweep_start = self.u
             losses = {}  # (index, sign) -> (score lost per unit position, move tried) where a move lost
-            improved = any([self._coordinate_move(i, losses) for i in active])
+            following = dict(zip(active, active[1:]))
+            improved = any([self._coordinate_move(i, losses, following.get(i)) for i in active])
             moved = [i for i in self.indices if self.u[i] != sweep_start[i]]
             if len(moved) > 1:
                 self._pattern_move(sweep_start)
             if not improved and self.pair_moves:
                 self._pair_moves(losses)
 
-    def _try(self, candidate) -> bool:
+    def _try(self, candidate, ahead=()) -> bool:
         candidate = self.problem.snap(candidate)
         if candidate == self.u:
             return False
-        score = self.objective.score(candidate)
+        score = self.objective.score(candidate, ahead=[u for u in ahead if u != self.u])
         if score > self.score + GAIN:
             self.u, self.score = candidate, score
             return True
@@ -70,16 +71,23 @@ class _Search:
             u[index] = min(max(u[index] + amount, 0.0), 1.0)
         return tuple(u)
 
-    def _coordinate_move(self, index, losses) -> bool:
+    def _first_probe(self, index) -> tuple:
+        return self.problem.snap(self._shifted([(index, self.direction[index] * self.steps[index])]))
+
+    def _coordinate_move(self, index, losses, following=None) -> bool:
         step, before, grid = self.steps[index], self.score, self.problem.resolution(index)
         changes = []
-        # (Both directions as one batch, for two workers at once, was tried: the spare evaluation after every gain
-        # cost the bracket 0.940 -> 0.905 exact IoU at a budget of 150; probing one after the other stays.)
-        for sign in (self.direction[index], -self.direction[index]):
-            candidate = self.problem.snap(self._shifted([(index, sign * step)]))
+        # One direction after the other: both as one counted batch cost the bracket 0.940 -> 0.905 exact IoU at a
+        # budget of 150 (the spare evaluation after every gain). The probe that follows a miss (the other way,
+        # then the next coordinate's first) is only started ahead on an idle worker, counted if asked.
+        probes = [self.problem.snap(self._shifted([(index, sign * step)]))
+                  for sign in (self.direction[index], -self.direction[index])]
+        after = [] if following is None else [self._first_probe(following)]
+        for sign, candidate, ahead in zip((self.direction[index], -self.direction[index]), probes,
+                                          ([probes[1]] if probes[1] != self.u else after, after)):
             if candidate == self.u:
                 continue
-            if self._try(candidate):
+            if self._try(candidate, ahead):
                 self.direction[index] = sign
                 self.steps[index] = min(step * GROW, MAX_STEP)
                 return True
@@ -92,13 +100,15 @@ class _Search:
         # Shrink, but try one grid step before giving the coordinate up (0: done).
         self.steps[index] = max(step * SHRINK, grid) if step > grid * (1 + 1e-9) else 0.0
         return False
+
     def _pattern_move(self, origin) -> None:
         """Push on along the sweep's joint move, doubling, while it gains."""
         direction = [a - b for a, b in zip(self.u, origin)]
         for _ in range(PATTERN_DOUBLINGS):
-            if not self._try(self._shifted(enumerate(direction))):
+            further = [d * GROW for d in direction]
+            if not self._try(self._shifted(enumerate(direction)), [self._shifted(enumerate(further))]):
                 return
-            direction = [d * GROW for d in direction]
+            direction = further
 
     def _pair_moves(self, losses) -> bool:
         """Move two pinned coordinates at once, the second by what keeps the first-order loss balanced."""
