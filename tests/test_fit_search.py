@@ -115,6 +115,33 @@ def test_the_integer_strategy_solves_a_count_whose_floats_must_follow():
     assert result.values["vents"] == 5 and result.values["vent_width"] == pytest.approx(6.0)
 
 
+def test_a_count_in_a_basin_its_neighbours_cannot_leave_is_found_among_its_few_values():
+    # Ten holes on a circle where the target has five at the same angles: the ten include the five, so nine and
+    # eight (and every count near ten) score worse; only five itself is right.
+    schema = Schema([number("holes", 5, 10, 10, kind="int"), number("circle", 40, 120, 80.0, step=0.1)])
+
+    def objective(values, stage):
+        extra = 0.0 if values["holes"] == 5 else 0.02 if values["holes"] == 10 else 0.05
+        return 1.0 - extra - abs(values["circle"] - 90.0) / 400
+
+    def last_stage(every_int_value):
+        return [Stage(None, 1.0, "pattern", {"pair_moves": False}, refit_ints=False,
+                      every_int_value=every_int_value)]
+
+    found = fit(schema, schema.defaults(), objective, max_evaluations=300, schedule=last_stage(True))
+    assert found.values == {"holes": 5, "circle": 90.0}
+    stuck = fit(schema, schema.defaults(), objective, max_evaluations=300, schedule=last_stage(False))
+    assert stuck.values["holes"] == 10  # the neighbours alone stay in the basin
+    # an int with many values is not swept: from 40 of 1..40 (every count above nine scoring as ten) it stays
+    wide = Schema([number("holes", 1, 40, 40, kind="int"), number("circle", 40, 120, 80.0, step=0.1)])
+
+    def wide_objective(values, stage):
+        return objective({**values, "holes": 10 if values["holes"] > 9 else values["holes"]}, stage)
+
+    assert fit(wide, wide.defaults(), wide_objective, max_evaluations=300,
+               schedule=last_stage(True)).values["holes"] == 40
+
+
 def test_least_squares_uses_the_residuals_and_ints_get_refitted():
     def objective(values, stage):
         goal = 150.0 + 40.0 * values["wheels_per_side"]

@@ -174,7 +174,8 @@ class _Run:
                 u, score = refit(u)
                 while True:
                     u, score, moved = improve(self.problem, objective, refit, u, score, confirm=confirm,
-                                              warm_refit=warm_refit, refit_neighbours=stage.refit_ints)
+                                              warm_refit=warm_refit, refit_neighbours=stage.refit_ints,
+                                              every_value=stage.every_int_value)
                     if not moved:
                         return True
                     u, score = refit(u)

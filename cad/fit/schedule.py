@@ -17,6 +17,7 @@ class Stage:
     solver_options: dict = field(default_factory=dict)
     grid: str = "fine"  # "step": snap to the schema steps; "fine": to a hundredth of them (cad.fit.problem)
     refit_ints: bool = True  # False: an int's neighbours are tried as plain moves only (no refit of the floats)
+    every_int_value: bool = False  # also an int's values beyond its neighbours, plain (cad.fit.integers.FEW_VALUES)
     # Solver options that override those of ``solver_options`` where the stage before ran out of its share (its
     # answer may be far off: a tight budget): a stage that trusts a converged predecessor re-explores instead.
     options_after_cut: dict | None = None
@@ -46,9 +47,10 @@ DEFAULT_SCHEDULE = (
     # stages also tried every int's neighbours with the floats refitted (confirmed by this stage's objective); here
     # a neighbour is a plain move only (the refits cost 113 of 536 evaluations on an 8-parameter part). Least
     # squares moved coupled parameters together, so no ridge moves either: on 6 random parts (seeds 0 and 2) and
-    # the bracket, pillow block and enclosure they cost 4-40 evaluations each here and never gained once.
+    # the bracket, pillow block and enclosure they cost 4-40 evaluations each here and never gained once. An int
+    # with few values also tries the rest of them, plain, once its neighbours are done (cad.fit.integers).
     Stage({"resolution": 128, "rays": True}, 1.0, "pattern", {"initial_step": 1 / 2048, "pair_moves": False},
-          refit_ints=False, options_after_cut={"initial_step": 1 / 128}),
+          refit_ints=False, every_int_value=True, options_after_cut={"initial_step": 1 / 128}),
 )
 # The same search on one objective that gives only a score (no residual fields).
 SINGLE_STAGE = (Stage(None, 1.0, "pattern"),)
