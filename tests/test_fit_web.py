@@ -75,3 +75,26 @@ def test_optimise_streams_its_best_state_so_far(app):
         assert b["changes"] == {n: v for n, v in b["values"].items() if v != start[n]}
         for name, value in b["changes"].items():
             assert schema[name]["min"] <= value <= schema[name]["max"]
+
+
+def test_a_comparison_that_starts_after_shutdown_began_starts_no_worker(tmp_path):
+    # A state the fit started ahead may begin on its thread after the server began shutting down: it must fail
+    # as the run does, not start a fresh build worker for nothing.
+    from cad import worker
+    from web import create_app
+    from web.config import Config
+    from web.errors import ApiError
+    from web.optimise_api import _Evaluator
+
+    app = create_app(Config(data_dir=tmp_path / "data", cad_warmup=False, testing=True))
+    svc = app.extensions["optim"]
+    model = svc.registry.get("bracket")
+    target = tmp_path / "target.step"
+    target.write_bytes(b"not read")
+    svc.shutdown()
+    assert worker.shared_client().pid is None
+    with _Evaluator(svc, model, target) as evaluator:
+        job = evaluator.submit(model.schema.defaults(), None) if evaluator.submit else None
+        with pytest.raises(ApiError, match="shutting down"):
+            job.result(timeout=30) if job is not None else evaluator.objective(model.schema.defaults(), None)
+    assert worker.shared_client().pid is None

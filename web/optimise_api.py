@@ -206,7 +206,9 @@ class _Evaluator:
 
     def _compare(self, values: dict, stage, affinity: dict) -> dict | float:
         # The whole answer: least-squares stages read its residuals, the others its iou. (What Builder.compare
-        # sends, with the slot's affinity key.)
+        # sends, with the slot's affinity key.) A job that starts after shutdown began (one the fit started ahead,
+        # or queued behind it) must not start a new worker: it fails as the run does.
+        _stop_if_shutting_down(self.svc)
         builder = self.svc.builder
         try:
             return builder.worker.call("compare", str(self.model.path), self.model.schema.complete(values),

@@ -79,7 +79,7 @@ def fit(schema, start: dict, objective, *, max_evaluations: int, progress=None, 
     if not schedule:
         raise ValueError("the schedule needs at least one stage")
     problem = Problem(schema, start, parameters)
-    pool = Workers(submit, workers) if submit is not None and workers > 1 else None
+    pool = Workers(submit, workers, cancel) if submit is not None and workers > 1 else None
     run = _Run(problem, objective, tuple(schedule), Counter(max_evaluations, cancel), progress, pool, on_best)
     try:
         return run.execute([schema.complete({**problem.start, **extra}) for extra in extra_starts])

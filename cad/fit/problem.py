@@ -271,20 +271,21 @@ class StageObjective:
             if self.workers is None:
                 answers = [self.evaluate(self.problem.to_values(u)) for _, u in chunk]
             else:
-                last = begin + self.chunk >= granted and granted < self.counter.remaining()
+                # States ahead only with the batch's last chunk, and only if budget is left to ask for them.
+                look_ahead = begin + self.chunk >= granted and granted < self.counter.remaining()
                 answers = self.workers.answers(self.stage, self.options, [(key, self.problem.to_values(u))
                                                                           for key, u in chunk],
-                                               self.started_ahead(ahead) if last else ())
+                                               self.unevaluated(ahead) if look_ahead else ())
             for (key, u), answer in zip(chunk, answers):
                 fresh[key] = self.record(key, u, answer)
         if granted < len(pending):
             raise OutOfBudget
         return fresh
 
-    def started_ahead(self, us) -> list:
-        """(key, values) of the states among ``us`` not known yet, to start ahead."""
-        known = [self.problem.key(u) for u in us]
-        return [(key, self.problem.to_values(u)) for key, u in zip(known, us) if key not in self.scores]
+    def unevaluated(self, us) -> list:
+        """(key, values) of the states among ``us`` this stage has not evaluated (what may be started ahead)."""
+        keys = [self.problem.key(u) for u in us]
+        return [(key, self.problem.to_values(u)) for key, u in zip(keys, us) if key not in self.scores]
 
     def record(self, key, u, answer):
         """Count one evaluation's answer; returns its residuals (or None)."""

@@ -14,10 +14,11 @@ KEPT = 8  # answers started ahead and not asked yet, kept (oldest dropped): a se
 
 
 class Workers:
-    """``submit(values, options) -> Future`` over ``count`` workers, shared by every stage of one fit."""
+    """``submit(values, options) -> Future`` over ``count`` workers, shared by every stage of one fit; once
+    ``cancel`` (anything with ``is_set()``) is set nothing more is started ahead."""
 
-    def __init__(self, submit, count: int):
-        self.submit, self.count = submit, count
+    def __init__(self, submit, count: int, cancel=None):
+        self.submit, self.count, self.cancel = submit, count, cancel
         self.ahead: OrderedDict = OrderedDict()  # (stage index, state key) -> Future, started ahead, not asked
         self.asked: list = []  # futures of the last batch the search asked for
         self.started_ahead = self.used_ahead = self.dropped_ahead = 0
@@ -44,7 +45,7 @@ class Workers:
                 self.used_ahead += 1
             self.asked.append(future)
         asked = {key for key, _ in items}
-        for key, values in ahead:
+        for key, values in ahead if self.cancel is None or not self.cancel.is_set() else ():
             if self.running() >= self.count:
                 break
             if key not in asked and (stage, key) not in self.ahead:
