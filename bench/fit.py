@@ -193,8 +193,9 @@ def run_optim(schema, start, path, target, budget, parts: bool = True):
 
 def run_optim_parallel(schema, start, path, target, budget, workers):
     """optim's fit with ``submit`` on a pool of ``workers`` build workers (cad.worker_pool), as /api/optimise runs
-    it: each concurrent job with its slot's own affinity key (the path spelt with /./, ``cad.worker_pool.Slots``). The workers are
-    started and have read the target before the clock starts (the web process keeps them). Returns the values,
+    it: each concurrent job with its slot's own affinity key (the path spelt with /./, ``cad.worker_pool.Slots``).
+    The workers are started and have read the target before the clock starts (the web process keeps them).
+    Returns the values,
     the fit's evaluations, how it stopped, failed builds, wall seconds, the trace and the builds made (the
     evaluations and the states started ahead that were never asked)."""
     from concurrent.futures import ThreadPoolExecutor

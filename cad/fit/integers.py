@@ -47,11 +47,8 @@ def improve(problem, objective, refit, u, score, *, confirm=None, warm_refit=Non
 
 def _best_neighbour(problem, objective, refit, warm_refit, u, score, index):
     """The first neighbour of int ``index`` that beats ``score`` (refitted where the plain move does not)."""
-    unit = problem.resolution(index)
     for units in NEIGHBOURS:
-        candidate = list(u)
-        candidate[index] = min(max(u[index] + units * unit, 0.0), 1.0)
-        candidate = problem.snap(candidate)
+        candidate = _moved(problem, u, index, units)
         if candidate == u:
             continue
         plain = objective.score(candidate)
@@ -80,15 +77,20 @@ def _best_other_value(problem, objective, u, score, index):
     for offset in range(-here, values - here):
         if abs(offset) <= max(NEIGHBOURS):
             continue
-        candidate = list(u)
-        candidate[index] = min(max(u[index] + offset * unit, 0.0), 1.0)
-        candidate = problem.snap(candidate)
+        candidate = _moved(problem, u, index, offset)
         if candidate == u:
             continue
         found = objective.score(candidate)
         if found > (score if best is None else best[1]):
             best = (candidate, found)
     return best
+
+
+def _moved(problem, u, index, units: int) -> tuple:
+    """``u`` with int ``index`` moved by ``units`` whole steps (within its range, on the grid)."""
+    candidate = list(u)
+    candidate[index] = min(max(u[index] + units * problem.resolution(index), 0.0), 1.0)
+    return problem.snap(candidate)
 
 
 def refit_within(problem, objective, refit, u, per_float: int = REFIT_PER_FLOAT, allowance: int | None = None):

@@ -20,7 +20,6 @@ class Workers:
     def __init__(self, submit, count: int, cancel=None):
         self.submit, self.count, self.cancel = submit, count, cancel
         self.ahead: OrderedDict = OrderedDict()  # (stage index, state key) -> Future, started ahead, not asked
-        self.asked: list = []  # futures of the last batch the search asked for
         self.started_ahead = self.used_ahead = self.dropped_ahead = 0
 
     @property
@@ -28,32 +27,33 @@ class Workers:
         """Builds of states started ahead that the search did not ask for (so far; cancelled in time: none)."""
         return self.started_ahead - self.used_ahead - self.dropped_ahead
 
-    def running(self) -> int:
-        return sum(not f.done() for f in [*self.asked, *self.ahead.values()])
+    def running(self, asked) -> int:
+        """Builds running: the ``asked`` futures and those started ahead."""
+        return sum(not f.done() for f in [*asked, *self.ahead.values()])
 
     def answers(self, stage: int, options, items, ahead=()) -> list:
         """The answers of ``items`` ((key, values) the search asks for in stage ``stage``, whose objective
-        options are ``options``), all started at once (one per worker:
-        the caller hands over at most ``count``); then each of ``ahead`` (the same form) is started if a worker
-        is still free. Raises what the objective raised for an asked state; an unasked one's failure is dropped."""
-        self.asked = []
+        options are ``options``), all started at once (one per worker: the caller hands over at most ``count``);
+        then each of ``ahead`` (the same form) is started if a worker is still free. Raises what the objective
+        raised for an asked state; an unasked one's failure is dropped."""
+        futures = []
         for key, values in items:
             future = self.ahead.pop((stage, key), None)
             if future is None:
                 future = self.submit(values, options)
             else:
                 self.used_ahead += 1
-            self.asked.append(future)
+            futures.append(future)
         asked = {key for key, _ in items}
         for key, values in ahead if self.cancel is None or not self.cancel.is_set() else ():
-            if self.running() >= self.count:
+            if self.running(futures) >= self.count:
                 break
             if key not in asked and (stage, key) not in self.ahead:
                 self.ahead[(stage, key)] = self.submit(values, options)
                 self.started_ahead += 1
         while len(self.ahead) > KEPT:
             self._drop(self.ahead.popitem(last=False)[1])
-        return [future.result() for future in self.asked]
+        return [future.result() for future in futures]
 
     def _drop(self, future) -> None:
         if future.cancel():
