@@ -138,6 +138,7 @@ class WorkerClient:
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
         self.starts = 0
+        self.closes = 0  # times close() stopped it: a job that waited across one must not start a new worker
         self.role = role
         self.memory_mb = sandbox.memory_mb(role) if memory_mb is None else int(memory_mb)
         self.cpu_s = sandbox.cpu_seconds() if cpu_s is None else float(cpu_s)
@@ -155,9 +156,17 @@ class WorkerClient:
     def busy(self) -> bool:
         return self._lock.locked()
 
-    def call(self, job: str, *args, timeout_s: float = DEFAULT_TIMEOUT_S, script: str = "<worker>", **kwargs):
-        """Run ``job`` in the worker and return its result; raise what the job raised (rebuilt on this side)."""
+    def call(self, job: str, *args, timeout_s: float = DEFAULT_TIMEOUT_S, script: str = "<worker>",
+             waited_since: int | None = None, **kwargs):
+        """Run ``job`` in the worker and return its result; raise what the job raised (rebuilt on this side).
+        A job that was waiting (for this worker's lock, or for the pool since ``closes`` read ``waited_since``)
+        while close() stopped the worker fails with WorkerCrashed instead of starting a new one: shutdown stops
+        what is queued too."""
+        waited_since = self.closes if waited_since is None else waited_since
         with self._lock:
+            if self.closes != waited_since:
+                raise WorkerCrashed(script, None, "the build worker was stopped (the server is shutting down) "
+                                                  "while this job waited for it")
             process = self._ensure_started()
             try:
                 self._send(process, (job, args, kwargs))
@@ -181,7 +190,8 @@ class WorkerClient:
 
     def close(self) -> None:
         """Stop the worker now, even in the middle of a job (shutdown must not wait for a hanging script): the
-        job's caller then gets WorkerCrashed."""
+        job's caller then gets WorkerCrashed, and so does every job waiting for it."""
+        self.closes += 1
         process = self._process
         if process is not None:
             sandbox.kill_group(process.pid)

@@ -97,9 +97,11 @@ class WorkerPool:
             answers = [c.call("stats") for c in running]
             return {"pid": answers[0]["pid"], "pids": [a["pid"] for a in answers],
                     "builds": sum(a["builds"] for a in answers)}
+        closes = [client.closes for client in self.clients]  # a close while it waits for a worker stops it too
         index = self._acquire(affinity or script)
         try:
-            return self.clients[index].call(job, *args, timeout_s=timeout_s, script=script, **kwargs)
+            return self.clients[index].call(job, *args, timeout_s=timeout_s, script=script,
+                                            waited_since=closes[index], **kwargs)
         finally:
             self._release(index)
 

@@ -262,3 +262,38 @@ def test_a_reader_that_crashes_or_hangs_is_the_target_files_fault(tmp_path):
         assert builder.target_worker.call("ping") not in (None, pid)  # a fresh reader
     finally:
         builder.target_worker.close()
+
+
+def test_a_job_waiting_for_a_worker_when_shutdown_stops_the_pool_fails_and_starts_no_worker(tmp_path):
+    # Shutdown kills the workers; a job queued behind a running one (the optimiser starts states ahead) must
+    # fail like the running one, not start a fresh worker once the slot frees.
+    from cad.worker import WorkerCrashed
+    from cad.worker_pool import WorkerPool
+
+    spinner, cube = tmp_path / "spinner.py", tmp_path / "cube.py"
+    spinner.write_text(HEADER + hostile_scripts(tmp_path)["spinner"])
+    cube.write_text(HEADER + "def build(p):\n" + CUBE)
+    pool, errors = WorkerPool(1), {}
+
+    def run(name, path):
+        try:
+            pool.call("produce", str(path), {"size": 10.0}, "stl", timeout_s=60, script=str(path))
+        except WorkerCrashed as exc:
+            errors[name] = str(exc)
+
+    try:
+        threads = {name: threading.Thread(target=run, args=(name, path))
+                   for name, path in (("running", spinner), ("waiting", cube))}
+        threads["running"].start()
+        deadline = time.monotonic() + 30
+        while pool.pid is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        threads["waiting"].start()
+        time.sleep(0.5)  # the cube now waits for the spinner's worker
+        pool.close()
+        for thread in threads.values():
+            thread.join(timeout=30)
+        assert set(errors) == {"running", "waiting"} and "stopped" in errors["waiting"]
+        assert pool.pid is None  # nothing started a new worker
+    finally:
+        pool.close()
