@@ -84,7 +84,7 @@ class _Search:
         signs = (self.direction[index], -self.direction[index])
         probes = [self._probe(index, sign) for sign in signs]
         after = [] if following is None else [self._probe(following, self.direction[following])]
-        for sign, candidate, ahead in zip(signs, probes, ([probes[1], *after], after)):
+        for sign, candidate, ahead in zip(signs, probes, ([probes[1]] if probes[1] != self.u else after, after)):
             if candidate == self.u:
                 continue
             if self._try(candidate, ahead):
